@@ -1,0 +1,79 @@
+"""The competition metric: mean over postings of F1(predicted set, true set), self included.
+
+Two implementations that must agree: :func:`f1_from_sets`, a plain reference over Python sets as
+Kaggle computes it, and :func:`f1_from_pairs`, a vectorised form over predicted pairs that the
+threshold search calls thousands of times.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def f1_from_sets(pred: Sequence[Iterable], true: Sequence[Iterable]) -> dict[str, float]:
+    """Mean per-posting F1, precision and recall from predicted and true match sets.
+
+    Both sets must already hold the posting itself, as in the competition.
+    """
+    if len(pred) != len(true):
+        raise ValueError(f"{len(pred)} predictions for {len(true)} postings")
+    f1 = prec = rec = 0.0
+    for p, t in zip(pred, true):
+        p, t = set(p), set(t)
+        hit = len(p & t)
+        f1 += 2 * hit / (len(p) + len(t)) if (p or t) else 1.0
+        prec += hit / len(p) if p else 0.0
+        rec += hit / len(t) if t else 0.0
+    n = max(len(pred), 1)
+    return {"f1": f1 / n, "precision": prec / n, "recall": rec / n, "rows": len(pred)}
+
+
+def true_sets_from_labels(ids: Sequence[str], labels: Sequence) -> dict[str, set[str]]:
+    """posting_id -> set of posting_ids that share its label (itself included)."""
+    groups: dict = {}
+    for pid, lab in zip(ids, labels):
+        groups.setdefault(lab, set()).add(pid)
+    return {pid: groups[lab] for pid, lab in zip(ids, labels)}
+
+
+def score_matches(matches: Mapping[str, Iterable[str]], truth: Mapping[str, Iterable[str]]) -> dict[str, float]:
+    """Score a submission given as posting_id -> matched ids against posting_id -> true ids."""
+    missing = sorted(set(truth) - set(matches))
+    if missing:
+        raise ValueError(f"{len(missing)} posting(s) of the truth have no prediction, e.g. {missing[:3]}")
+    ids = list(truth)
+    return f1_from_sets([matches[i] for i in ids], [truth[i] for i in ids])
+
+
+def f1_from_pairs(
+    rows: np.ndarray, same: np.ndarray, group_size: np.ndarray, per_posting: bool = False
+) -> dict[str, float] | np.ndarray:
+    """Vectorised metric from predicted pairs that exclude self-pairs.
+
+    Args:
+        rows: (P,) query index of each predicted pair (i, j), i != j, no duplicates.
+        same: (P,) whether the pair shares a label.
+        group_size: (N,) size of each posting's true group, itself included.
+        per_posting: return the (N,) F1 array instead of the means.
+    """
+    n = len(group_size)
+    # +1: each predicted set holds the posting itself, which is always a true match.
+    hits = np.bincount(rows, weights=same, minlength=n) + 1.0
+    n_pred = np.bincount(rows, minlength=n) + 1.0
+    f1 = 2.0 * hits / (n_pred + group_size)
+    if per_posting:
+        return f1
+    return {
+        "f1": float(f1.mean()),
+        "precision": float((hits / n_pred).mean()),
+        "recall": float((hits / group_size).mean()),
+        "rows": int(n),
+    }
+
+
+def group_sizes(labels: np.ndarray) -> np.ndarray:
+    """(N,) number of postings sharing each posting's label."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return counts[inverse].astype(np.float64)

@@ -1,0 +1,70 @@
+"""The unsupervised signals: TF-IDF on titles and the 64-bit perceptual hash of images."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from pipeline.config import TfidfConfig
+
+_SPACE = re.compile(r"\s+")
+# Shopee titles carry UTF-8 bytes written out as literal escapes ("\xe3\x80\x90BISA COD"); they
+# encode emoji and brackets, so they are dropped rather than decoded.
+_BYTE_ESCAPE = re.compile(r"(\\x[0-9a-fA-F]{2})+")
+
+
+def clean_title(title: str) -> str:
+    """Undo HTML escapes, drop literal byte escapes and squeeze spaces; case is kept."""
+    title = _BYTE_ESCAPE.sub(" ", html.unescape(title))
+    return _SPACE.sub(" ", title).strip()
+
+
+def normalise_title(title: str) -> str:
+    """:func:`clean_title`, lower-cased: what TF-IDF sees."""
+    return clean_title(title).lower()
+
+
+def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
+    """Fit TF-IDF on the given titles (the gallery being searched) and return L2-normalised rows.
+
+    Fitting on the gallery itself is what the test set allows: the vectoriser is unsupervised, so
+    fitting it on the test titles leaks no label.
+    """
+    vectoriser = TfidfVectorizer(
+        analyzer=cfg.analyzer,
+        ngram_range=(cfg.ngram_min, cfg.ngram_max),
+        min_df=cfg.min_df,
+        max_features=cfg.max_features,
+        sublinear_tf=cfg.sublinear_tf,
+        dtype=np.float32,
+    )
+    cleaned = [normalise_title(t) for t in titles]
+    try:
+        x = vectoriser.fit_transform(cleaned)
+    except ValueError:
+        # Every title empty (or only stop characters): no vocabulary; give zero vectors, no matches.
+        return sp.csr_matrix((len(cleaned), 1), dtype=np.float32)
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def phash_codes(hashes: Iterable[str]) -> np.ndarray:
+    """(N, 8) uint8 packed bits of 16-hex-digit phashes, as FAISS binary indexes take them."""
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(-1, 8)
+
+
+def compute_phash(paths: Iterable[str | Path]) -> list[str]:
+    """The 64-bit DCT phash of each image, in the ``image_phash`` column's hex form."""
+    import imagehash
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(str(imagehash.phash(im)))
+    return out

@@ -1,0 +1,228 @@
+"""Margin heads over ``label_group``, shared by the image and title encoders.
+
+ArcFace (arXiv 1801.07698) adds an angular margin to the target class, CosFace (arXiv 1801.09414)
+a cosine margin; both optionally with K sub-centres per class (ArcFace paper, section on
+sub-centre ArcFace), which lets a class with noisy or multi-modal members spread over K centres.
+A head returns scaled logits; the loss is plain ``F.cross_entropy(logits, labels)``.
+
+The two heads share :class:`MarginHead`, which computes the cosine and places the modified target
+cosine; each subclass only implements :meth:`MarginHead.apply_margin`, as pytorch-metric-learning
+does.
+
+The weight's rows are class-major, row ``c * K + k`` is sub-centre ``k`` of class ``c``, which is
+also pytorch-metric-learning's ``SubCenterArcFaceLoss`` layout (its ``W`` is our weight transposed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Keeps acos and its gradient, -1 / sqrt(1 - cos^2), finite at cos = +-1. In fp32 this moves a
+# logit by at most scale * 1e-6.
+COS_EPS = 1e-6
+
+
+class MarginHead(nn.Module):
+    """Normalised linear classifier whose target logit gets a margin; subclasses pick the margin.
+
+    Args:
+        in_features: embedding size D.
+        n_classes: number of classes C.
+        scale: s, multiplies every logit.
+        subcenters: K sub-centres per class; a class's cosine is the max over its sub-centres.
+    """
+
+    def __init__(self, in_features: int, n_classes: int, scale: float, subcenters: int = 1):
+        super().__init__()
+        if in_features < 1 or n_classes < 1 or subcenters < 1:
+            raise ValueError(
+                f"in_features, n_classes and subcenters must be >= 1, got "
+                f"{in_features}, {n_classes}, {subcenters}"
+            )
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.in_features = in_features
+        self.n_classes = n_classes
+        self.scale = float(scale)
+        self.subcenters = subcenters
+        self.weight = nn.Parameter(torch.empty(n_classes * subcenters, in_features))  # (C*K, D)
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine between each embedding and each class, max over sub-centres.
+
+        Args:
+            embeddings: (B, D), any float dtype.
+
+        Returns:
+            (B, C) float32 cosines, unclamped.
+        """
+        # fp32 throughout: a bf16 matmul alone moves logits by a few hundredths at s = 30.
+        x = F.normalize(embeddings.float(), dim=1)
+        w = F.normalize(self.weight.float(), dim=1)  # each sub-centre normalised on its own
+        cos = x @ w.t()  # (B, C*K)
+        return cos.view(-1, self.n_classes, self.subcenters).amax(dim=2)
+
+    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """Map the target class's cosine (any shape, float32) to its margin-penalised value."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled logits.
+
+        Args:
+            embeddings: (B, D).
+            labels: (B,) class indices in [0, C). Without them, no margin is applied (inference).
+
+        Returns:
+            (B, C) float32 logits: s * cos, with the target entry replaced by s * apply_margin(cos).
+        """
+        # Autocast would otherwise run the matmul in half precision and undo the casts above.
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            cos = self.cosine(embeddings)
+            if labels is not None:
+                idx = labels.long().unsqueeze(1)  # (B, 1)
+                cos = cos.scatter(1, idx, self.apply_margin(cos.gather(1, idx)))
+            return cos * self.scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, n_classes={self.n_classes}, "
+            f"subcenters={self.subcenters}, scale={self.scale}"
+        )
+
+
+class ArcFace(MarginHead):
+    """Additive angular margin: the target logit is s * cos(theta + m).
+
+    Past theta = pi - m, cos(theta + m) would rise again and reward moving away from the class,
+    so there the target logit becomes cos(theta) - m * sin(m). That is insightface's fallback (its
+    ``cos - mm`` with ``mm = sin(pi - m) * m``) and pytorch-metric-learning's: a CosFace-style
+    penalty that keeps the logit decreasing in theta; it jumps down at the switch, never up.
+
+    Args:
+        in_features: embedding size D.
+        n_classes: number of classes C.
+        scale: s, multiplies every logit.
+        margin_rad: m in radians, in [0, pi). Settable during training (see :class:`MarginWarmup`).
+        subcenters: K sub-centres per class.
+        easy_margin: apply the margin only where cos(theta) > 0, leaving the rest unpenalised.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        scale: float = 30.0,
+        margin_rad: float = 0.5,
+        subcenters: int = 1,
+        easy_margin: bool = False,
+    ):
+        super().__init__(in_features, n_classes, scale, subcenters)
+        self.margin_rad = margin_rad
+        self.easy_margin = easy_margin
+
+    @property
+    def margin_rad(self) -> float:
+        return self._margin_rad
+
+    @margin_rad.setter
+    def margin_rad(self, value: float) -> None:
+        if not 0.0 <= value < math.pi:
+            raise ValueError(f"margin_rad must be in [0, pi), got {value}")
+        self._margin_rad = float(value)
+
+    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+        # The constants follow margin_rad on every call, so a warm-up needs no extra step.
+        m = self.margin_rad
+        cos = cos_target.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
+        theta = torch.acos(cos)
+        penalised = torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * math.sin(m))
+        if self.easy_margin:
+            penalised = torch.where(cos > 0, penalised, cos)
+        return penalised
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin_rad={self.margin_rad}, easy_margin={self.easy_margin}"
+
+
+class CosFace(MarginHead):
+    """Additive cosine margin: the target logit is s * (cos(theta) - m).
+
+    Args:
+        in_features: embedding size D.
+        n_classes: number of classes C.
+        scale: s, multiplies every logit.
+        margin: m, subtracted from the target cosine (a cosine, not an angle).
+        subcenters: K sub-centres per class.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        scale: float = 30.0,
+        margin: float = 0.35,
+        subcenters: int = 1,
+    ):
+        super().__init__(in_features, n_classes, scale, subcenters)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+        return cos_target - self.margin
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin={self.margin}"
+
+
+@dataclass(frozen=True)
+class MarginWarmup:
+    """Linear ramp of ArcFace's angular margin from ``start_rad`` to ``end_rad`` over ``steps``.
+
+    Constant at ``end_rad`` from ``steps`` on; ``steps=0`` means ``end_rad`` throughout. Starting
+    low lets a freshly initialised head learn before the margin makes the target hard to reach;
+    the competition's winners ended at 0.8 to 1.0 rad.
+    """
+
+    start_rad: float
+    end_rad: float
+    steps: int
+
+    def __call__(self, step: int) -> float:
+        if self.steps <= 0:
+            return self.end_rad
+        frac = min(max(step / self.steps, 0.0), 1.0)
+        return self.start_rad + (self.end_rad - self.start_rad) * frac
+
+    def apply(self, head: ArcFace, step: int) -> float:
+        """Set ``head.margin_rad`` for ``step`` and return it."""
+        # A radian margin means nothing to CosFace, and nn.Module would silently accept a new
+        # attribute, so refuse rather than set one that no code reads.
+        if not isinstance(head, ArcFace):
+            raise TypeError(f"MarginWarmup ramps ArcFace.margin_rad, got {type(head).__name__}")
+        head.margin_rad = self(step)
+        return head.margin_rad
+
+
+HEADS: dict[str, type[MarginHead]] = {"arcface": ArcFace, "cosface": CosFace}
+
+
+def build_head(kind: str, in_features: int, n_classes: int, **kwargs) -> MarginHead:
+    """Build a margin head by name.
+
+    Args:
+        kind: one of ``HEADS`` ("arcface", "cosface").
+        in_features: embedding size D.
+        n_classes: number of classes C.
+        **kwargs: passed to the head's constructor; an unknown one raises TypeError there.
+    """
+    if kind not in HEADS:
+        raise ValueError(f"unknown head kind {kind!r}; valid kinds: {', '.join(sorted(HEADS))}")
+    return HEADS[kind](in_features, n_classes, **kwargs)

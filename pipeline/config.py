@@ -28,6 +28,16 @@ class ConfigError(ValueError):
 class FoldsConfig:
     n_splits: int = 5
     seed: int = 42
+    # Out-of-fold search space. "all": each held-out fold's postings are searched among every train
+    # posting (embedded by that fold's model), close to the test set's size. "fold": only among the
+    # held-out fold itself, the usual Kaggle CV, smaller and so more optimistic.
+    gallery: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.gallery not in ("all", "fold"):
+            raise ConfigError(f"folds.gallery must be 'all' or 'fold', got {self.gallery!r}")
+        if self.n_splits < 2:
+            raise ConfigError(f"folds.n_splits must be at least 2, got {self.n_splits}")
 
 
 @dataclass
@@ -100,14 +110,17 @@ class MatchConfig:
     fusion_weights: dict[str, float] = field(default_factory=dict)  # per dense modality; default 1
     union: bool = True
     min2: bool = True
-    blend_rounds: int = 1
-    n_thresholds: int = 41
+    blend_rounds: int = 1  # largest number of blending rounds tuning tries (0 = off)
+    n_thresholds: int = 81
+    phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
+    cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
 
 
 @dataclass
 class Config:
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     seed: int = 42
+    baseline_untrained: bool = True  # also embed with the untrained encoders, for the report
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)

@@ -19,8 +19,10 @@ Memory stays O(N·k·S) for N postings, k neighbours and S signals.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -143,22 +145,27 @@ def gallery_neighbours(
     batch_size: int = 4096,
     index: str = "flat",
     cache: dict[str, Neighbours] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Neighbours]:
     """Neighbours of every signal in the gallery, plus ``concat`` and ``blend`` where they apply.
 
     Args:
         cache: a dict kept across calls with the same gallery; base signals and ``concat`` are
             searched once, so trying several blending settings only re-runs the blend.
+        timings: when given, seconds per step are added to it (``search_<signal>``, ``blend``).
     """
     cache = {} if cache is None else cache
+    timings = {} if timings is None else timings
     vectors = dict(gallery.vectors)
     dense = [n for n in DENSE_SIGNALS if n in vectors]
     if len(dense) >= 2:
-        vectors["concat"] = concat_embeddings(vectors, settings.fusion_weights)
+        with _timed(timings, "fuse_concat"):
+            vectors["concat"] = concat_embeddings(vectors, settings.fusion_weights)
     out: dict[str, Neighbours] = {}
     for name, v in vectors.items():
         if name not in cache:
-            cache[name] = search(name, v, k, batch_size, index)
+            with _timed(timings, f"search_{name}"):
+                cache[name] = search(name, v, k, batch_size, index)
         out[name] = cache[name]
     target = settings.blend_signal
     if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
@@ -167,9 +174,10 @@ def gallery_neighbours(
         key = f"blend:{target}:{settings.blend_rounds}:{settings.blend_threshold:.6f}"
         if key not in cache:
             x, nb = vectors[target], out[target]
-            for _ in range(settings.blend_rounds):
-                x = blend(x, nb, settings.blend_threshold)
-                nb = search(target, x, k, batch_size, index)
+            with _timed(timings, "blend"):
+                for _ in range(settings.blend_rounds):
+                    x = blend(x, nb, settings.blend_threshold)
+                    nb = search(target, x, k, batch_size, index)
             cache[key] = nb
         out["blend"] = cache[key]
     return out
@@ -198,6 +206,11 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.query)
+
+    def subset(self, query_mask: np.ndarray) -> "Candidates":
+        """The pairs whose query is in ``query_mask`` ((n,) bool over global postings)."""
+        keep = query_mask[self.query]
+        return Candidates(self.query[keep], self.match[keep], {k: v[keep] for k, v in self.sims.items()}, self.n)
 
     @staticmethod
     def concat(parts: list["Candidates"]) -> "Candidates":
@@ -299,6 +312,13 @@ def prediction_floors(settings: MatchSettings) -> dict[str, float]:
         s = settings.min2_signal
         floors[s] = min(floors.get(s, math.inf), settings.min2_floor)
     return floors
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str):
+    t0 = time.perf_counter()
+    yield
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

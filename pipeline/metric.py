@@ -48,7 +48,11 @@ def score_matches(matches: Mapping[str, Iterable[str]], truth: Mapping[str, Iter
 
 
 def f1_from_pairs(
-    rows: np.ndarray, same: np.ndarray, group_size: np.ndarray, per_posting: bool = False
+    rows: np.ndarray,
+    same: np.ndarray,
+    group_size: np.ndarray,
+    subset: np.ndarray | None = None,
+    per_posting: bool = False,
 ) -> dict[str, float] | np.ndarray:
     """Vectorised metric from predicted pairs that exclude self-pairs.
 
@@ -56,20 +60,24 @@ def f1_from_pairs(
         rows: (P,) query index of each predicted pair (i, j), i != j, no duplicates.
         same: (P,) whether the pair shares a label.
         group_size: (N,) size of each posting's true group, itself included.
-        per_posting: return the (N,) F1 array instead of the means.
+        subset: (N,) bool, average over these postings only (default: all).
+        per_posting: return the F1 array instead of the means.
     """
     n = len(group_size)
     # +1: each predicted set holds the posting itself, which is always a true match.
     hits = np.bincount(rows, weights=same, minlength=n) + 1.0
     n_pred = np.bincount(rows, minlength=n) + 1.0
-    f1 = 2.0 * hits / (n_pred + group_size)
+    g = group_size
+    if subset is not None:
+        hits, n_pred, g = hits[subset], n_pred[subset], g[subset]
+    f1 = 2.0 * hits / (n_pred + g)
     if per_posting:
         return f1
     return {
         "f1": float(f1.mean()),
         "precision": float((hits / n_pred).mean()),
-        "recall": float((hits / group_size).mean()),
-        "rows": int(n),
+        "recall": float((hits / g).mean()),
+        "rows": int(len(f1)),
     }
 
 

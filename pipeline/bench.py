@@ -1,0 +1,94 @@
+"""``pipeline bench``: the whole predict path on N random clustered postings, timed per step.
+
+The postings have two dense modalities (image and text, ``dim`` each) and a phash, grouped like
+Kaggle's label groups (2 to 50 postings, most of them small). The path is the one ``predict``
+runs: a FAISS search per signal, the weighted concatenation, neighbourhood blending, the union and
+min-2 decision, then building, validating and writing the submission.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.matching import MatchSettings
+from pipeline.metric import score_matches, true_sets_from_labels
+
+
+def clustered_postings(n: int, dim: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Random postings in Kaggle-like groups: per-modality unit vectors near a group centre, and a
+    phash a few bit flips away from the group's hash. Groups come in families of about three
+    whose centres are close (the sibling products that make matching hard)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.minimum(2 + rng.geometric(0.45, size=n) - 1, 50)
+    labels = np.repeat(np.arange(len(sizes)), sizes)[:n]
+    n_groups = labels.max() + 1
+    family = rng.integers(0, max(1, n_groups // 3), size=n_groups)
+    vectors = {}
+    for name, noise in (("image", 1.0), ("text", 0.8)):
+        fam = _unit(rng.standard_normal((family.max() + 1, dim), dtype=np.float32))
+        centres = _unit(fam[family] + 0.8 * _unit(rng.standard_normal((n_groups, dim), dtype=np.float32)))
+        x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+        vectors[name] = _unit(x)
+        del fam, centres, x
+    hashes = rng.integers(0, 256, size=(n_groups, 8), dtype=np.uint8)[labels]
+    flips = rng.random((n, 64)) < 0.08  # about 5 of 64 bits differ from the group's hash
+    vectors["phash"] = hashes ^ np.packbits(flips, axis=1)
+    return vectors, labels
+
+
+def run_bench(n: int, dim: int = 512, k: int = 50, index: str = "flat", seed: int = 0) -> dict:
+    """Time the predict path; returns seconds per step, peak RSS and the F1 on the known groups."""
+    from pipeline.stages import match_submission
+    from pipeline.submission import write_submission
+
+    t0 = time.perf_counter()
+    vectors, labels = clustered_postings(n, dim, seed)
+    ids = np.array([f"p{i}" for i in range(n)], dtype=object)
+    t_data = time.perf_counter() - t0
+    rss_inputs = _peak_rss_mb()
+
+    cfg = Config(modalities=["image", "text", "phash"])
+    cfg.match.k, cfg.match.index = k, index
+    settings = MatchSettings(
+        thresholds={"concat": 0.55, "blend": 0.6, "phash": 0.85},
+        min2_signal="concat", min2_floor=0.3, blend_signal="concat", blend_rounds=1, blend_threshold=0.5,
+        fusion_weights={"image": 0.5, "text": 0.5},
+    )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sub = match_submission(vectors, ids, settings, cfg, timings=timings)
+    with tempfile.TemporaryDirectory() as tmp:
+        t1 = time.perf_counter()
+        write_submission(sub, Path(tmp) / "submission.csv", ids)
+        timings["write_submission"] = time.perf_counter() - t1
+    total = time.perf_counter() - t0
+
+    truth = true_sets_from_labels(ids.tolist(), labels.tolist())
+    pred = {pid: set(m.split()) for pid, m in zip(sub["posting_id"], sub["matches"])}
+    return {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "index": index,
+        "seconds": {key: round(v, 3) for key, v in timings.items()},
+        "predict_seconds": round(total, 2),
+        "data_seconds": round(t_data, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "rss_after_inputs_mb": round(rss_inputs, 1),
+        "input_mb": round(sum(v.nbytes for v in vectors.values()) / 2**20, 1),
+        "f1": round(score_matches(pred, truth)["f1"], 4),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -1,0 +1,227 @@
+"""``python -m pipeline STAGE ...``: one command line for every stage.
+
+The stage names and their flags are a contract with users' scripts and notebooks; keep them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.config import MODALITIES, ConfigError, load_config
+from pipeline.data import DataError
+
+EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 match.k=30."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _log_to_stderr()
+    from pipeline.stages import StageError
+    from pipeline.submission import SubmissionError
+
+    try:
+        return args.func(args) or 0
+    except (DataError, ConfigError, StageError, SubmissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _log_to_stderr() -> None:
+    """Progress lines of the stages on stderr; stdout stays for results (JSON lines, paths)."""
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Shopee-style product matching: synthetic data, training, tuning and submissions.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def add(name: str, func: Callable, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("synth", _synth, "Write a synthetic dataset in Kaggle's layout (JPEGs, phash, hard sibling groups).")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--groups", type=int, default=200, help="label groups over train and test (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
+
+    p = add("run", _run, "Run every stage: folds, training, out-of-fold tuning, test matching, report.",
+            EPILOG_OVERRIDES)
+    _data_and_config(p)
+    p.add_argument("--resume", action="store_true", help="continue killed trainings from their checkpoints")
+
+    p = add("prepare", _prepare, "Validate the data, assign GroupKFold folds and write the run's config.",
+            EPILOG_OVERRIDES)
+    _data_and_config(p)
+
+    for modality in ("image", "text"):
+        p = add(f"train-{modality}", _train, f"Train the {modality} encoder with its ArcFace head, per fold and on all rows.")
+        p.add_argument("--run", required=True, type=Path, help="prepared run folder")
+        p.add_argument("--fold", action="append", default=None,
+                       help="fold number, or 'full' for the model trained on every row; repeatable (default: all)")
+        p.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
+        p.set_defaults(modality=modality)
+
+    p = add("embed", _embed, "Write the encoders' L2-normalised embeddings (out-of-fold galleries and test).")
+    p.add_argument("--run", required=True, type=Path, help="run folder with trained models")
+    p.add_argument("--modalities", default=None, help="comma list of learned modalities (default: those of the run)")
+
+    p = add("tune", _tune, "Tune thresholds and fusion on out-of-fold F1; writes thresholds.json and plots.")
+    p.add_argument("--run", required=True, type=Path, help="run folder")
+
+    p = add("predict", _predict, "Match test.csv with the tuned settings and write submission.csv.")
+    p.add_argument("--run", required=True, type=Path, help="tuned run folder")
+    p.add_argument("--data", type=Path, default=None, help="data folder to use instead of the run's")
+    p.add_argument("--out", type=Path, default=None, help="submission path (default RUN/submission.csv)")
+
+    p = add("score", _score, "Score a submission against the truth; prints one JSON line.")
+    p.add_argument("--submission", required=True, type=Path, help="posting_id,matches CSV")
+    p.add_argument("--truth", required=True, type=Path, help="posting_id,label_group or posting_id,matches CSV")
+
+    p = add("demo", _demo, "Synthetic data then a full run with every modality, sized for 2 CPU cores.",
+            EPILOG_OVERRIDES)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    p.add_argument("--data", type=Path, default=None, help="where to write the synthetic data (default data/synthetic)")
+    p.add_argument("--groups", type=int, default=160, help="synthetic label groups (default 160)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo preset")
+
+    p = add("bench", _bench, "Time the predict path on N random clustered embeddings; prints one JSON line.")
+    p.add_argument("--n", type=int, required=True, help="number of postings")
+    p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
+    p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (default flat)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
+    p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
+    p.add_argument("--out", required=True, type=Path, help="package folder to write")
+    p.add_argument("--wheels", type=Path, default=None, help="folder of extra wheels to include (e.g. faiss-cpu)")
+    p.add_argument("--title", default="shopee-pipeline-package", help="Kaggle dataset title/slug")
+    return parser
+
+
+def _data_and_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="folder with train.csv, test.csv and the image folders")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--modalities", default=None,
+                   help=f"comma list from {','.join(MODALITIES)} (default: the config's, all of them)")
+    p.add_argument("--config", default=None, help="YAML file (or preset name, e.g. demo) with the keys to change")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _config(args):
+    overrides = list(args.overrides)
+    if getattr(args, "modalities", None):
+        overrides.append(f"modalities=[{args.modalities}]")
+    return load_config(args.config, overrides)
+
+
+def _synth(args) -> int:
+    from pipeline.synth import make_synthetic
+
+    summary = make_synthetic(args.out, n_groups=args.groups, seed=args.seed, image_size=args.image_size)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _run(args) -> int:
+    from pipeline.stages import run_all
+
+    report = run_all(args.data, args.out, _config(args), resume=args.resume)
+    print(json.dumps({"oof_f1": round(report["oof_f1"], 4), "report": str(args.out / "report.json"),
+                      "submission": report["submission"]}))
+    return 0
+
+
+def _prepare(args) -> int:
+    from pipeline.stages import prepare
+
+    prepare(args.data, args.out, _config(args))
+    return 0
+
+
+def _train(args) -> int:
+    from pipeline.stages import train
+
+    folds = None
+    if args.fold:
+        try:
+            folds = [None if f == "full" else int(f) for f in args.fold]
+        except ValueError:
+            raise ConfigError(f"--fold takes fold numbers or 'full', got {args.fold}") from None
+    train(args.run, args.modality, folds=folds, resume=args.resume)
+    return 0
+
+
+def _embed(args) -> int:
+    from pipeline.stages import embed
+
+    embed(args.run, modalities=args.modalities.split(",") if args.modalities else None)
+    return 0
+
+
+def _tune(args) -> int:
+    from pipeline.stages import tune_stage
+
+    report = tune_stage(args.run)
+    print(json.dumps({"oof_f1": round(report["final"]["f1"], 4)}))
+    return 0
+
+
+def _predict(args) -> int:
+    from pipeline.stages import predict
+
+    print(predict(args.run, out=args.out, data_dir=args.data))
+    return 0
+
+
+def _score(args) -> int:
+    from pipeline.metric import score_matches
+    from pipeline.submission import read_matches, read_truth
+
+    scores = score_matches(read_matches(args.submission), read_truth(args.truth))
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()}))
+    return 0
+
+
+def _demo(args) -> int:
+    from pipeline.stages import demo
+
+    report = demo(args.out, data=args.data, groups=args.groups, seed=args.seed, overrides=args.overrides)
+    s = report["test_score"]
+    print(f"out-of-fold F1 {report['oof_f1']:.4f} (per signal: "
+          + ", ".join(f"{k} {v['f1']:.3f}" for k, v in report["per_modality"].items()) + ")")
+    print(f"test F1 {s['f1']:.4f} (precision {s['precision']:.3f}, recall {s['recall']:.3f}) "
+          f"in {report['demo_seconds']:.0f}s")
+    print(f"submission written to {report['submission_copy']}; report at {args.out / 'report.json'}")
+    return 0
+
+
+def _bench(args) -> int:
+    from pipeline.bench import run_bench
+
+    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed)))
+    return 0
+
+
+def _package(args) -> int:
+    from pipeline.package import package_run
+
+    print(package_run(args.run, args.out, wheels=args.wheels, title=args.title))
+    return 0

@@ -92,12 +92,22 @@ class TextConfig:
 
 @dataclass
 class TfidfConfig:
-    analyzer: str = "word"  # word | char_wb
-    ngram_min: int = 1
+    # word | char_wb | both (word and character n-grams side by side, weighted by char_weight)
+    analyzer: str = "both"
+    ngram_min: int = 1  # word n-grams
     ngram_max: int = 1
+    char_ngram_min: int = 2  # character n-grams within word boundaries
+    char_ngram_max: int = 4
+    char_weight: float = 0.5  # share of the cosine that comes from character n-grams ("both")
     min_df: int = 1
     max_features: int | None = None
     sublinear_tf: bool = True
+
+    def __post_init__(self) -> None:
+        if self.analyzer not in ("word", "char_wb", "both"):
+            raise ConfigError(f"tfidf.analyzer must be word, char_wb or both, got {self.analyzer!r}")
+        if not 0.0 <= self.char_weight <= 1.0:
+            raise ConfigError(f"tfidf.char_weight must be in [0, 1], got {self.char_weight}")
 
 
 @dataclass

@@ -34,23 +34,34 @@ def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
     """Fit TF-IDF on the given titles (the gallery being searched) and return L2-normalised rows.
 
     Fitting on the gallery itself is what the test set allows: the vectoriser is unsupervised, so
-    fitting it on the test titles leaks no label.
+    fitting it on the test titles leaks no label. With ``analyzer="both"``, word and character
+    n-gram vectors are each normalised, scaled by the square root of their weight and stacked, so
+    the cosine is the weighted mean of the two cosines (the same rule as the dense fusion).
     """
-    vectoriser = TfidfVectorizer(
-        analyzer=cfg.analyzer,
-        ngram_range=(cfg.ngram_min, cfg.ngram_max),
-        min_df=cfg.min_df,
-        max_features=cfg.max_features,
-        sublinear_tf=cfg.sublinear_tf,
-        dtype=np.float32,
-    )
     cleaned = [normalise_title(t) for t in titles]
+    parts = []
+    if cfg.analyzer in ("word", "both"):
+        parts.append((1.0 - cfg.char_weight if cfg.analyzer == "both" else 1.0,
+                      _fit(cleaned, cfg, "word", (cfg.ngram_min, cfg.ngram_max))))
+    if cfg.analyzer in ("char_wb", "both"):
+        parts.append((cfg.char_weight if cfg.analyzer == "both" else 1.0,
+                      _fit(cleaned, cfg, "char_wb", (cfg.char_ngram_min, cfg.char_ngram_max))))
+    x = sp.hstack([np.sqrt(w) * p for w, p in parts], format="csr", dtype=np.float32)
+    # Renormalise: a title empty in one part has a zero row there.
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x, dtype=np.float32)
+
+
+def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[int, int]) -> sp.csr_matrix:
+    vectoriser = TfidfVectorizer(
+        analyzer=analyzer, ngram_range=ngram_range, min_df=cfg.min_df, max_features=cfg.max_features,
+        sublinear_tf=cfg.sublinear_tf, dtype=np.float32,
+    )
     try:
-        x = vectoriser.fit_transform(cleaned)
+        return sp.csr_matrix(vectoriser.fit_transform(titles), dtype=np.float32)
     except ValueError:
-        # Every title empty (or only stop characters): no vocabulary; give zero vectors, no matches.
-        return sp.csr_matrix((len(cleaned), 1), dtype=np.float32)
-    return sp.csr_matrix(x, dtype=np.float32)
+        # Every title empty (or only stop characters): no vocabulary; zero vectors, no matches.
+        return sp.csr_matrix((len(titles), 1), dtype=np.float32)
 
 
 def phash_codes(hashes: Iterable[str]) -> np.ndarray:

@@ -253,6 +253,12 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str):
+        # YAML 1.1 reads "3e-3" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
     if isinstance(default, list) and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, type(default)):

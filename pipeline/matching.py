@@ -158,21 +158,28 @@ def gallery_neighbours(
     timings = {} if timings is None else timings
     vectors = dict(gallery.vectors)
     dense = [n for n in DENSE_SIGNALS if n in vectors]
+    # The fused signal depends on the weights, so its cache entry does too.
+    keys = {name: name for name in vectors}
     if len(dense) >= 2:
-        with _timed(timings, "fuse_concat"):
-            vectors["concat"] = concat_embeddings(vectors, settings.fusion_weights)
+        weights = {n: float(settings.fusion_weights.get(n, 1.0)) for n in dense}
+        keys["concat"] = "concat:" + ",".join(f"{n}={w:.6f}" for n, w in weights.items())
+        if keys["concat"] not in cache:
+            with _timed(timings, "fuse_concat"):
+                vectors["concat"] = concat_embeddings(vectors, weights)
     out: dict[str, Neighbours] = {}
-    for name, v in vectors.items():
-        if name not in cache:
+    for name, key in keys.items():
+        if key not in cache:
             with _timed(timings, f"search_{name}"):
-                cache[name] = search(name, v, k, batch_size, index)
-        out[name] = cache[name]
+                cache[key] = search(name, vectors[name], k, batch_size, index)
+        out[name] = cache[key]
     target = settings.blend_signal
     if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
-        if target not in vectors:
-            raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(vectors)}")
-        key = f"blend:{target}:{settings.blend_rounds}:{settings.blend_threshold:.6f}"
+        if target not in keys:
+            raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(keys)}")
+        key = f"blend:{keys[target]}:{settings.blend_rounds}:{settings.blend_threshold:.6f}"
         if key not in cache:
+            if target == "concat" and "concat" not in vectors:
+                vectors["concat"] = concat_embeddings(vectors, weights)
             x, nb = vectors[target], out[target]
             with _timed(timings, "blend"):
                 for _ in range(settings.blend_rounds):

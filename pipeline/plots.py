@@ -66,3 +66,55 @@ def plot_training_logs(logs: Mapping[str, "object"], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_pairs(pairs, images_dir: str | Path, title: str, path: str | Path | None = None, max_chars: int = 38):
+    """Posting pairs side by side: both images with their titles and the pair's score.
+
+    Args:
+        pairs: rows with ``query_image``, ``match_image``, ``query_title``, ``match_title``, ``score``.
+        images_dir: the folder holding the images.
+        path: save the figure there (atomically) and close it; without it the open figure is
+            returned, for a notebook to show.
+    """
+    from PIL import Image
+
+    n = max(len(pairs), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(7, 2.6 * n), squeeze=False)
+    for row, (_, p) in zip(axes, pairs.iterrows()):
+        for ax, side in zip(row, ("query", "match")):
+            with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_title(str(p[f"{side}_title"])[:max_chars], fontsize=8)
+            ax.axis("off")
+        row[0].text(-0.05, 0.5, f"{p['score']:.2f}", transform=row[0].transAxes, ha="right", va="center", fontsize=9)
+    for ax in axes.ravel()[2 * len(pairs):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        return save_figure(fig, path)
+    return fig
+
+
+def plot_group_samples(df, images_dir: str | Path, n_groups: int = 4, per_group: int = 4, seed: int = 0,
+                       max_chars: int = 28):
+    """A grid of sample images: one row per label group, its postings side by side with titles."""
+    from PIL import Image
+
+    sizes = df.groupby("label_group")["posting_id"].transform("size")
+    groups = df.loc[sizes >= 2, "label_group"].drop_duplicates().sample(
+        n=min(n_groups, df.loc[sizes >= 2, "label_group"].nunique()), random_state=seed)
+    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.4 * per_group, 2.6 * len(groups)), squeeze=False)
+    for row, group in zip(axes, groups):
+        members = df[df["label_group"] == group].head(per_group)
+        for ax, (_, p) in zip(row, members.iterrows()):
+            with Image.open(Path(images_dir) / p["image"]) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_title(str(p["title"])[:max_chars], fontsize=7)
+        for ax in row:
+            ax.axis("off")
+        row[0].text(-0.08, 0.5, str(group), transform=row[0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
+    fig.suptitle("sample postings, one label group per row")
+    fig.tight_layout()
+    return fig

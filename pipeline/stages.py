@@ -535,16 +535,23 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def _training_summary(run: Run) -> dict[str, Any]:
-    """Last epoch's metrics of each trained model."""
-    out = {}
+def training_logs(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Per-epoch log of every trained model, keyed ``modality/fold0`` ... ``modality/full``."""
+    run = open_run(run_dir)
+    logs = {}
     for m in run.cfg.learned:
         for model_dir in sorted((run.paths.root / "models" / m).glob("*")):
-            log_csv = model_dir / "log.csv"
-            if log_csv.exists():
-                last = pd.read_csv(log_csv).iloc[-1].to_dict()
-                out[f"{m}/{model_dir.name}"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in last.items()}
-    return out
+            if (model_dir / "log.csv").exists():
+                logs[f"{m}/{model_dir.name}"] = pd.read_csv(model_dir / "log.csv")
+    return logs
+
+
+def _training_summary(run: Run) -> dict[str, Any]:
+    """Last epoch's metrics of each trained model."""
+    return {
+        name: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in df.iloc[-1].to_dict().items()}
+        for name, df in training_logs(run.paths.root).items()
+    }
 
 
 def demo(out: str | Path = "runs/demo", data: str | Path | None = None, groups: int = 160, seed: int = 0,
@@ -580,3 +587,45 @@ def demo(out: str | Path = "runs/demo", data: str | Path | None = None, groups: 
     report["submission_copy"] = str(sub_path)
     io.write_json(report, RunPaths(out).report)
     return report
+
+
+def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
+    """Every out-of-fold candidate pair under the tuned settings, for error analysis.
+
+    Columns: query and match posting ids, titles and images, ``same`` (true match), ``predicted``,
+    and one similarity column per signal (-inf where that signal did not list the pair).
+    """
+    run = open_run(run_dir)
+    settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
+    df = run.train_df()
+    galleries, caches = oof_galleries(run, df, run.folds())
+    c = _builder(galleries, caches, len(df), run.cfg)(settings)
+    labels = df["label_group"].to_numpy()
+    out = pd.DataFrame({
+        "query_id": df["posting_id"].to_numpy()[c.query],
+        "match_id": df["posting_id"].to_numpy()[c.match],
+        "query_title": df["title"].to_numpy()[c.query],
+        "match_title": df["title"].to_numpy()[c.match],
+        "query_image": df["image"].to_numpy()[c.query],
+        "match_image": df["image"].to_numpy()[c.match],
+        "same": labels[c.query] == labels[c.match],
+        "predicted": decide(c, settings),
+    })
+    for name, sims in c.sims.items():
+        out[name] = sims
+    return out
+
+
+def hardest_errors(pairs: pd.DataFrame, n: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(false positives with the highest similarity, false negatives with the highest similarity).
+
+    The score used to rank is the best similarity over the signals, so the rows shown are the
+    confident mistakes and the near misses.
+    """
+    signal_cols = [c for c in pairs.columns if c in ("image", "text", "tfidf", "phash", "concat", "blend")]
+    score = pairs[signal_cols].max(axis=1)
+    fp = pairs[pairs["predicted"] & ~pairs["same"]].assign(score=score).sort_values("score", ascending=False)
+    fn = pairs[~pairs["predicted"] & pairs["same"]].assign(score=score).sort_values("score", ascending=False)
+    # Each pair appears from both ends; keep one.
+    dedup = lambda d: d[d["query_id"] < d["match_id"]]  # noqa: E731
+    return dedup(fp).head(n), dedup(fn).head(n)

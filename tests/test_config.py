@@ -9,6 +9,7 @@ def test_defaults_and_overrides():
     assert cfg.match.k == 30
     assert cfg.modalities == ["text", "tfidf"]
     assert cfg.image.head.margin_rad == 0.8
+    assert load_config(None, ["text.train.lr=3e-5"]).text.train.lr == 3e-5  # YAML 1.1 reads this as a string
     assert cfg.learned == ["text"]
     # Untouched siblings keep their defaults.
     assert cfg.image.train.lr == Config().image.train.lr

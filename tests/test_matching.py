@@ -127,3 +127,21 @@ def test_tuning_fuses_better_than_any_single_signal_and_cv_is_honest():
     assert Scorer(c, labels).f1(decide(c, result.settings)) == pytest.approx(result.steps["final"]["f1"])
     cv = cross_validated(build, labels, folds, n_thresholds=21, blend_rounds=0)
     assert len(cv["per_fold_f1"]) == 3 and 0 < cv["f1"] <= 1
+
+
+def test_neighbour_cache_keys_follow_fusion_weights_and_blending():
+    g, _ = _clustered_gallery(200)
+    cache: dict = {}
+    settings = [
+        MatchSettings(fusion_weights={"image": 0.9, "text": 0.1}),
+        MatchSettings(fusion_weights={"image": 0.1, "text": 0.9}),
+        MatchSettings(fusion_weights={"image": 0.1, "text": 0.9}, blend_signal="concat", blend_rounds=1, blend_threshold=0.4),
+    ]
+    for s in settings:
+        cached = gallery_neighbours(g, s, k=10, cache=cache)
+        fresh = gallery_neighbours(g, s, k=10)
+        for name in fresh:
+            np.testing.assert_array_equal(cached[name].sim, fresh[name].sim)
+    a = gallery_neighbours(g, settings[0], k=10, cache=cache)["concat"].sim
+    b = gallery_neighbours(g, settings[1], k=10, cache=cache)["concat"].sim
+    assert not np.allclose(a, b)

@@ -1,0 +1,20 @@
+import numpy as np
+
+from pipeline.bench import clustered_postings, run_bench
+
+
+def test_clustered_postings_are_unit_vectors_in_groups():
+    vectors, labels = clustered_postings(500, dim=16, seed=0)
+    assert set(vectors) == {"image", "text", "phash"}
+    np.testing.assert_allclose(np.linalg.norm(vectors["image"], axis=1), 1.0, atol=1e-5)
+    assert vectors["phash"].shape == (500, 8) and vectors["phash"].dtype == np.uint8
+    sizes = np.bincount(labels)
+    assert sizes.max() <= 50 and (sizes[:-1] >= 2).all()
+
+
+def test_bench_reports_every_step_and_memory():
+    out = run_bench(n=800, dim=16, k=20)
+    assert {"search_image", "search_text", "search_phash", "search_concat", "blend", "decide",
+            "build_submission", "write_submission"} <= set(out["seconds"])
+    assert out["peak_rss_mb"] > 0 and out["predict_seconds"] > 0
+    assert 0.3 < out["f1"] <= 1.0

@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.io import atomic_path, read_json, save_npy, write_json
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_and_uses_normal_permissions(tmp_path):
+    target = write_json({"a": 1}, tmp_path / "x.json")
+    write_json({"a": np.float32(2.5), "b": np.arange(2)}, target)
+    assert read_json(target) == {"a": 2.5, "b": [0, 1]}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(np.load(save_npy(arr, tmp_path / "a.npy")), arr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "x.json"]

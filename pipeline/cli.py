@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_OVERRIDES)
     _data_and_config(p)
     p.add_argument("--resume", action="store_true", help="continue killed trainings from their checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="retrain models the run folder already holds")
 
     p = add("prepare", _prepare, "Validate the data, assign GroupKFold folds and write the run's config.",
             EPILOG_OVERRIDES)
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fold", action="append", default=None,
                        help="fold number, or 'full' for the model trained on every row; repeatable (default: all)")
         p.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="discard existing models and train again")
         p.set_defaults(modality=modality)
 
     p = add("embed", _embed, "Write the encoders' L2-normalised embeddings (out-of-fold galleries and test).")
@@ -143,7 +145,7 @@ def _synth(args) -> int:
 def _run(args) -> int:
     from pipeline.stages import run_all
 
-    report = run_all(args.data, args.out, _config(args), resume=args.resume)
+    report = run_all(args.data, args.out, _config(args), resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"oof_f1": round(report["oof_f1"], 4), "report": str(args.out / "report.json"),
                       "submission": report["submission"]}))
     return 0
@@ -165,7 +167,7 @@ def _train(args) -> int:
             folds = [None if f == "full" else int(f) for f in args.fold]
         except ValueError:
             raise ConfigError(f"--fold takes fold numbers or 'full', got {args.fold}") from None
-    train(args.run, args.modality, folds=folds, resume=args.resume)
+    train(args.run, args.modality, folds=folds, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -4,7 +4,7 @@ Layout of the folder::
 
     wheels/                      this project's wheel, plus extra wheels (e.g. faiss-cpu, imagehash),
                                  for ``pip install --no-index``
-    models/<modality>/model.pt   the encoders trained on every train row
+    models/<modality>/model.pt   the encoders that embed test.csv (see ``train.final``)
     models/text/backbone/        tokenizer and transformer config, so no hub is needed
     config.yaml                  the run's resolved config
     thresholds.json              the tuned match settings
@@ -32,7 +32,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
                 title: str = "shopee-pipeline-package") -> Path:
     """Write the package folder for a trained and tuned run; the folder appears complete or not at all."""
     from pipeline.encoders import load_encoder
-    from pipeline.stages import StageError, open_run
+    from pipeline.stages import StageError, open_run, test_model_file
 
     run = open_run(run_dir)
     if not run.paths.thresholds.exists():
@@ -49,9 +49,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
             for whl in sorted(Path(wheels).glob("*.whl")):
                 shutil.copy2(whl, staging / "wheels" / whl.name)
         for m in run.cfg.learned:
-            src = run.paths.model_dir(m, None) / "model.pt"
-            if not src.exists():
-                raise StageError(f"{src} missing: packaging needs the model trained on every row (train.final=full)")
+            src = test_model_file(run, m)
             dst = staging / "models" / m
             dst.mkdir(parents=True)
             shutil.copy2(src, dst / "model.pt")

@@ -156,14 +156,15 @@ def _modality_cfg(cfg: Config, modality: str):
 
 
 def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train one encoder per fold (on the other folds) and, unless ``train.final`` is none, on all rows.
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one encoder per fold (on the other folds) and, when ``train.final`` is full, one on all rows.
 
     Args:
         folds: which to train: fold numbers, and None for the full model. Default: all of them.
         resume: continue each model from its last full-state checkpoint.
+        overwrite: discard models the folder already holds and train them again.
     """
-    from pipeline.train import train_encoder
+    from pipeline.train import RunStateError, train_encoder
 
     run = open_run(run_dir)
     mcfg = _modality_cfg(run.cfg, modality)
@@ -180,11 +181,14 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
             name = "full" if fold is None else f"fold{fold}"
             log.info("[train-%s] %s: %d rows, %d groups", modality, name, rows.sum(), len(np.unique(labels[rows])))
             eval_fn = None if fold is None else _held_out_eval(run, modality, items, labels, fold_of == fold)
-            results[name] = train_encoder(
-                modality, mcfg, items[rows].tolist(), labels[rows], run.paths.model_dir(modality, fold),
-                seed=run.cfg.seed + (0 if fold is None else fold + 1),
-                resume=resume, eval_fn=eval_fn, progress=progress,
-            )
+            try:
+                results[name] = train_encoder(
+                    modality, mcfg, items[rows].tolist(), labels[rows], run.paths.model_dir(modality, fold),
+                    seed=run.cfg.seed + (0 if fold is None else fold + 1),
+                    resume=resume, overwrite=overwrite, eval_fn=eval_fn, progress=progress,
+                )
+            except RunStateError as e:
+                raise StageError(f"{e} (from the command line: --resume or --overwrite)") from e
     return results
 
 
@@ -248,11 +252,19 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
                 model = build_encoder(m, mcfg).eval()
                 written[f"{m}/untrained"] = _embed_to(run, m, "untrained", model, items.tolist(),
                                                      df["posting_id"].to_numpy(), bs, progress)
-            if mcfg.train.final == "full":
-                model = load_encoder(_model_file(run, m, None))
+            if mcfg.train.final != "none":
+                model = load_encoder(test_model_file(run, m))
                 written[f"{m}/test"] = _embed_to(run, m, "test", model, _encoder_items(run, m, test, "test"),
                                                 test["posting_id"].to_numpy(), bs, progress)
     return written
+
+
+def test_model_file(run: Run, modality: str) -> Path:
+    """The model that embeds test.csv, as ``train.final`` says."""
+    final = _modality_cfg(run.cfg, modality).train.final
+    if final == "none":
+        raise StageError(f"{modality}.train.final is none: no model embeds test.csv")
+    return _model_file(run, modality, None if final == "full" else 0)
 
 
 def _model_file(run: Run, modality: str, fold: int | None) -> Path:
@@ -497,15 +509,18 @@ def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSe
 
 
 def run_all(data_dir: str | Path, run_dir: str | Path, cfg: Config, resume: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Every stage in order; returns and writes report.json."""
     run = prepare(data_dir, run_dir, cfg)
     for m in cfg.learned:
-        train(run.paths.root, m, resume=resume, progress=progress)
+        train(run.paths.root, m, resume=resume, overwrite=overwrite, progress=progress)
     if cfg.learned:
         embed(run.paths.root, progress=progress)
     tune_stage(run.paths.root, progress=progress)
-    predict(run.paths.root, progress=progress)
+    if all(_modality_cfg(cfg, m).train.final != "none" for m in cfg.learned):
+        predict(run.paths.root, progress=progress)
+    else:
+        log.info("[predict] skipped: train.final is none, so no model embeds test.csv")
     return write_report(run.paths.root)
 
 
@@ -527,7 +542,7 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
         "thresholds": io.read_json(run.paths.thresholds)["settings"],
         "timings": run.manifest.get("timings", {}),
         "data": {k: run.manifest[k] for k in ("data_dir", "train_rows", "train_groups", "test_rows")},
-        "submission": str(run.paths.submission),
+        "submission": str(run.paths.submission) if run.paths.submission.exists() else None,
         "config": run.cfg.to_dict(),
         "code_version": io.code_version(),
     }
@@ -576,7 +591,9 @@ def demo(out: str | Path = "runs/demo", data: str | Path | None = None, groups: 
     make_synthetic(data_dir, n_groups=groups, seed=seed, progress=progress)
     t_synth = time.perf_counter() - t_synth
     cfg = load_config("demo", overrides)
-    report = run_all(data_dir, out, cfg, progress=progress)
+    if RunPaths(out).manifest.exists():
+        log.info("[demo] starting over in %s", out)
+    report = run_all(data_dir, out, cfg, overwrite=True, progress=progress)
     sub_path = PROJECT_ROOT / "submissions" / "submission.csv"
     sub_path.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(sub_path) as tmp:

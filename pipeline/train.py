@@ -43,6 +43,10 @@ from pipeline.encoders import MODALITIES as ENCODER_MODALITIES, build_encoder, s
 from pipeline.heads import ArcFace, CosFace, MarginHead, MarginWarmup, build_head
 from pipeline.io import atomic_path, code_version, read_json, save_torch, write_csv, write_json
 
+class RunStateError(RuntimeError):
+    """An output folder that holds another or an unfinished run; the message says what to do."""
+
+
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 # Config keys that change nothing in the weights a run produces: a resumed or finished run may
@@ -108,7 +112,7 @@ def train_encoder(
       and data is not retrained: its summary is returned with ``skipped=True``;
     * an unfinished one (``last.pt`` only) continues with ``resume=True``; without it, or when
       either run differs in a setting that matters (anything but :data:`RESUME_IGNORED`), a
-      ``RuntimeError`` says what to do;
+      :class:`RunStateError` says what to do;
     * ``overwrite=True`` deletes the run's files and starts over.
 
     ``resume=True`` on an empty folder starts a fresh run, so a preemptible job can always pass it.
@@ -528,7 +532,7 @@ def _check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], where: Pat
              for k in sorted(set(a) | set(b))
              if k.removeprefix("cfg.") not in RESUME_IGNORED and a.get(k, "<absent>") != b.get(k, "<absent>")]
     if diffs:
-        raise RuntimeError(f"{where} belongs to a different run ({'; '.join(diffs)}); use another output folder "
+        raise RunStateError(f"{where} belongs to a different run ({'; '.join(diffs)}); use another output folder "
                            "or overwrite=True to start over")
 
 
@@ -547,7 +551,7 @@ def _existing_run(files: RunFiles, identity: Mapping[str, Any], *, resume: bool,
     if not files.last.exists():
         return None, None
     if not resume:
-        raise RuntimeError(f"{files.last} holds an unfinished run: pass resume=True to continue it "
+        raise RunStateError(f"{files.last} holds an unfinished run: pass resume=True to continue it "
                            "or overwrite=True to start over")
     ckpt = torch.load(files.last, map_location="cpu", weights_only=True)
     _check_same_run(ckpt["run"], identity, files.last)

@@ -132,6 +132,7 @@ class MatchConfig:
     n_thresholds: int = 81
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
+    pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
 
 
 @dataclass

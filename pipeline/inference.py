@@ -28,7 +28,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
         A summary: rows, mean matches per posting, seconds per step, the output path.
     """
     from pipeline.encoders import load_encoder
-    from pipeline.stages import match_submission, unsupervised_vectors
+    from pipeline.stages import load_pair_model, match_submission, unsupervised_vectors
     from pipeline.train import embed_items
 
     package_dir, data = Path(package_dir), Dataset(Path(data_dir))
@@ -49,7 +49,8 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
         )
         vectors[m] = embed_items(model, items, batch_size=batch_size, progress=progress)
         timings[f"embed_{m}"] = time.perf_counter() - t0
-    sub = match_submission(vectors, ids, settings, cfg, timings=timings)
+    sub = match_submission(vectors, ids, settings, cfg, timings=timings,
+                           pair_model=load_pair_model(package_dir, settings))
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),

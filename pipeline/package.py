@@ -8,6 +8,7 @@ Layout of the folder::
     models/text/backbone/        tokenizer and transformer config, so no hub is needed
     config.yaml                  the run's resolved config
     thresholds.json              the tuned match settings
+    pair_model.pkl               the learned pair score, when the settings use it
     manifest.json                code version, source run, out-of-fold F1
     dataset-metadata.json        what the Kaggle CLI needs to create the dataset
 """
@@ -57,6 +58,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
                 load_encoder(src).save_pretrained_files(dst / "backbone")
         shutil.copy2(run.paths.config, staging / "config.yaml")
         shutil.copy2(run.paths.thresholds, staging / "thresholds.json")
+        if run.paths.pair_model.exists():
+            shutil.copy2(run.paths.pair_model, staging / "pair_model.pkl")
         io.write_json({
             "code_version": io.code_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

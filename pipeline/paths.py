@@ -72,6 +72,10 @@ class RunPaths:
         return self.root / "thresholds.json"
 
     @property
+    def pair_model(self) -> Path:
+        return self.root / "pair_model.pkl"
+
+    @property
     def tune_report(self) -> Path:
         return self.root / "tune.json"
 

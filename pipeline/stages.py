@@ -34,6 +34,7 @@ from pipeline.matching import (
     prediction_floors,
 )
 from pipeline.neighbours import Neighbours
+from pipeline.pairs import PAIR_SIGNAL, PairModel, cross_fit
 from pipeline.paths import RunPaths
 from pipeline.signals import compute_phash, phash_codes, tfidf_vectors
 from pipeline.submission import build_submission, write_submission
@@ -408,11 +409,12 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     kwargs = dict(
         n_thresholds=cfg.match.n_thresholds, blend_rounds=cfg.match.blend_rounds, union=cfg.match.union,
         min2=cfg.match.min2, fusion_weights=cfg.match.fusion_weights or None,
+        pair_model=cfg.match.pair_model, seed=cfg.seed,
     )
     with stage(run, "tune"):
         galleries, caches = oof_galleries(run, df, fold_of)
         build = _builder(galleries, caches, len(df), cfg)
-        result = tune(build, labels, **kwargs)
+        result = tune(build, labels, folds=fold_of, **kwargs)
         report: dict[str, Any] = {
             "gallery": cfg.folds.gallery,
             "final": result.steps["final"],
@@ -424,6 +426,9 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
             log.info("[tune] cross-validated F1 (tuned on other folds) %.4f", report["final_cv"]["f1"])
         if cfg.baseline_untrained and cfg.learned:
             report["untrained"] = _untrained_scores(run, df, fold_of, labels)
+        run.paths.pair_model.unlink(missing_ok=True)
+        if uses_pair_model(result.settings):
+            result.pair_model.save(run.paths.pair_model)
         io.write_json({"settings": result.settings.to_dict(), "oof_f1": result.steps["final"]["f1"]},
                       run.paths.thresholds)
         io.write_json(report, run.paths.tune_report)
@@ -470,7 +475,7 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
         vectors = unsupervised_vectors(run.cfg, test, run.data.images_dir("test"))
         for m in run.cfg.learned:
             vectors[m] = np.asarray(_load_embeddings(run, m, "test", ids))
-        sub = match_submission(vectors, ids, settings, run.cfg)
+        sub = match_submission(vectors, ids, settings, run.cfg, pair_model=load_pair_model(run.paths.root, settings))
         path = Path(out) if out is not None else run.paths.submission
         write_submission(sub, path, ids)
         log.info("[predict] %d postings, %.2f matches each on average -> %s",
@@ -478,12 +483,27 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
     return path
 
 
+def uses_pair_model(settings: MatchSettings) -> bool:
+    return PAIR_SIGNAL in settings.thresholds or settings.min2_signal == PAIR_SIGNAL
+
+
+def load_pair_model(folder: str | Path, settings: MatchSettings) -> PairModel | None:
+    """The pair model saved beside thresholds.json, when the settings use it."""
+    if not uses_pair_model(settings):
+        return None
+    path = Path(folder) / "pair_model.pkl"
+    if not path.exists():
+        raise StageError(f"{path} missing: the tuned settings use the pair model; rerun the tune stage")
+    return PairModel.load(path)
+
+
 def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSettings, cfg: Config,
-                     timings: dict[str, float] | None = None) -> pd.DataFrame:
+                     timings: dict[str, float] | None = None, pair_model: PairModel | None = None) -> pd.DataFrame:
     """The whole predict path on one gallery: neighbours, fusion, blending, decision, submission.
 
     Args:
         timings: when given, seconds per step are added to it.
+        pair_model: needed when the settings use the ``pair`` signal.
     """
     timings = {} if timings is None else timings
     n = len(ids)
@@ -492,7 +512,14 @@ def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSe
     m = cfg.match
     nb = gallery_neighbours(gallery, settings, k=m.k, batch_size=m.batch_size, index=m.index, timings=timings)
     t0 = time.perf_counter()
-    c = build_candidates(gallery, nb, n, floors=prediction_floors(settings))
+    if uses_pair_model(settings):
+        if pair_model is None:
+            raise StageError("the tuned settings use the pair model, but none was given")
+        # The pair model reads every signal's evidence, so no signal's pairs can be dropped early.
+        c = build_candidates(gallery, nb, n)
+        c.sims[PAIR_SIGNAL] = pair_model.predict(c)
+    else:
+        c = build_candidates(gallery, nb, n, floors=prediction_floors(settings))
     mask = decide(c, settings)
     order_by = next(iter(settings.thresholds), None)
     lists = match_lists(c, mask, n, score=order_by)
@@ -529,7 +556,7 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
     run = open_run(run_dir)
     tune_report = io.read_json(run.paths.tune_report)
     steps = tune_report["steps"]
-    per_signal = {k: v for k, v in steps.items() if k in ("image", "text", "tfidf", "phash", "concat", "blend")}
+    per_signal = {k: v for k, v in steps.items() if k in ("image", "text", "tfidf", "phash", "concat", "blend", PAIR_SIGNAL)}
     report = {
         "oof_f1": tune_report["final"]["f1"],
         "oof": tune_report["final"],
@@ -615,9 +642,13 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     run = open_run(run_dir)
     settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
     df = run.train_df()
-    galleries, caches = oof_galleries(run, df, run.folds())
+    fold_of = run.folds()
+    galleries, caches = oof_galleries(run, df, fold_of)
     c = _builder(galleries, caches, len(df), run.cfg)(settings)
     labels = df["label_group"].to_numpy()
+    if uses_pair_model(settings):
+        signals = load_pair_model(run.paths.root, settings).signals
+        c.sims[PAIR_SIGNAL], _ = cross_fit(c, labels, fold_of, signals, run.cfg.seed)
     out = pd.DataFrame({
         "query_id": df["posting_id"].to_numpy()[c.query],
         "match_id": df["posting_id"].to_numpy()[c.match],
@@ -639,7 +670,7 @@ def hardest_errors(pairs: pd.DataFrame, n: int = 8) -> tuple[pd.DataFrame, pd.Da
     The score used to rank is the best similarity over the signals, so the rows shown are the
     confident mistakes and the near misses.
     """
-    signal_cols = [c for c in pairs.columns if c in ("image", "text", "tfidf", "phash", "concat", "blend")]
+    signal_cols = [c for c in pairs.columns if c in ("image", "text", "tfidf", "phash", "concat", "blend", PAIR_SIGNAL)]
     score = pairs[signal_cols].max(axis=1)
     fp = pairs[pairs["predicted"] & ~pairs["same"]].assign(score=score).sort_values("score", ascending=False)
     fn = pairs[~pairs["predicted"] & pairs["same"]].assign(score=score).sort_values("score", ascending=False)

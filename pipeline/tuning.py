@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.matching import BLENDABLE_SIGNALS, Candidates, MatchSettings, best_pair_per_query, decide
 from pipeline.metric import f1_from_pairs, group_sizes
+from pipeline.pairs import PAIR_SIGNAL, PairModel, cross_fit
 
 BuildFn = Callable[[MatchSettings], Candidates]
 
@@ -40,6 +41,7 @@ class TuneResult:
     settings: MatchSettings
     steps: dict[str, dict[str, float]]  # step name -> f1/precision/recall (and threshold)
     curves: dict[str, Curve] = field(default_factory=dict)
+    pair_model: PairModel | None = None  # fitted on every tuned pair, for later rows
 
 
 class Scorer:
@@ -84,7 +86,8 @@ def threshold_grid(sims: np.ndarray, n: int) -> np.ndarray:
 
 def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_rounds: int = 1,
          union: bool = True, min2: bool = True, fusion_weights: dict[str, float] | None = None,
-         weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None) -> TuneResult:
+         weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None,
+         folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0) -> TuneResult:
     """Tune every match setting on out-of-fold candidates.
 
     Args:
@@ -98,6 +101,9 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         fusion_weights: fixed image/text weights for ``concat``; empty or None tunes the image share
             over ``weight_grid``.
         rows: (N,) bool, tune on these postings' candidates only (default: all).
+        folds: (N,) fold of every posting; needed by the pair model's cross-fitting.
+        pair_model: learn the ``pair`` signal (see :mod:`pipeline.pairs`) from the other signals.
+        seed: the pair model's random state.
     """
     if rows is not None:
         full_build = build
@@ -123,6 +129,14 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         target = max(blendable, key=lambda s: curves[s].best[1])
         c, scorer = _tune_blend(build, base, labels, rows, target, blend_rounds, n_thresholds, steps, curves)
 
+    fitted = None
+    if pair_model and folds is not None and len(np.unique(folds[c.query])) >= 2:
+        c.sims[PAIR_SIGNAL], fitted = cross_fit(c, labels, folds, sorted(c.sims), seed)
+        scorer = Scorer(c, labels, rows)
+        curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
+        t, _ = curves[PAIR_SIGNAL].best
+        steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t}
+
     solo = {name: curves[name].best for name in c.sims}
     best_signal = max(solo, key=lambda s: solo[s][1])
     settings = dataclasses.replace(base, thresholds={best_signal: solo[best_signal][0]})
@@ -137,7 +151,7 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         steps["min2"] = {**scorer.score(decide(c, settings)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings))
     curves["fused"] = _shift_curve(scorer, settings)
-    return TuneResult(settings=settings, steps=steps, curves=curves)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted)
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -250,8 +264,10 @@ def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tun
     per_fold = []
     for fold in np.unique(folds):
         held_out = folds == fold
-        result = tune(build, labels, rows=~held_out, **tune_kwargs)
+        result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
         c = build(result.settings).subset(held_out)
+        if result.pair_model is not None:
+            c.sims[PAIR_SIGNAL] = result.pair_model.predict(c)
         s = Scorer(c, labels, held_out).score(decide(c, result.settings))
         per_fold.append(round(s["f1"], 4))
         for key in totals:

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (default flat)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pair", action="store_true", help="include the learned pair score in the timed path")
 
     p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
     p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
@@ -218,7 +219,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from pipeline.bench import run_bench
 
-    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed)))
+    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair)))
     return 0
 
 

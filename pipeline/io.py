@@ -60,7 +60,19 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    return write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", path)
+    """Write strict JSON: infinities and NaN (no JSON value) become null."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    return write_text(text + "\n", path)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | os.PathLike) -> Any:

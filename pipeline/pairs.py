@@ -78,12 +78,16 @@ class PairModel:
         self.model.fit(pair_features(c, self.signals), y)
         return self
 
-    def predict(self, c: Candidates) -> np.ndarray:
+    def predict(self, c: Candidates, chunk_pairs: int = 500_000) -> np.ndarray:
+        """(P,) match probability of each pair, scored in blocks of whole queries so that memory
+        stays at about ``chunk_pairs`` rows of features whatever the number of postings."""
         if self.model is None:
             raise RuntimeError("PairModel.predict before fit")
-        if len(c) == 0:
-            return np.empty(0, np.float32)
-        return self.model.predict_proba(pair_features(c, self.signals))[:, 1].astype(np.float32)
+        out = np.empty(len(c), np.float32)
+        for rows in _query_blocks(c.query, chunk_pairs):
+            part = Candidates(c.query[rows], c.match[rows], {k: v[rows] for k, v in c.sims.items()}, c.n)
+            out[rows] = self.model.predict_proba(pair_features(part, self.signals))[:, 1]
+        return out
 
     def save(self, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
@@ -99,6 +103,19 @@ class PairModel:
         out = cls(blob["signals"], blob["seed"], blob["max_iter"])
         out.model = blob["model"]
         return out
+
+
+def _query_blocks(query: np.ndarray, size: int):
+    """Index arrays of about ``size`` pairs each that never split one query's pairs."""
+    order = np.argsort(query, kind="stable")
+    q = query[order]
+    start = 0
+    while start < len(order):
+        stop = min(start + size, len(order))
+        # Extend to the end of the query that the block would cut.
+        stop = int(np.searchsorted(q, q[stop - 1], side="right"))
+        yield order[start:stop]
+        start = stop
 
 
 def cross_fit(c: Candidates, labels: np.ndarray, folds: np.ndarray, signals: list[str], seed: int = 0

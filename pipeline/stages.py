@@ -517,9 +517,14 @@ def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSe
             raise StageError("the tuned settings use the pair model, but none was given")
         # The pair model reads every signal's evidence, so no signal's pairs can be dropped early.
         c = build_candidates(gallery, nb, n)
+        timings["candidates"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         c.sims[PAIR_SIGNAL] = pair_model.predict(c)
+        timings["pair_model"] = time.perf_counter() - t0
     else:
         c = build_candidates(gallery, nb, n, floors=prediction_floors(settings))
+        timings["candidates"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     mask = decide(c, settings)
     order_by = next(iter(settings.thresholds), None)
     lists = match_lists(c, mask, n, score=order_by)

@@ -26,3 +26,9 @@ def test_atomic_write_replaces_and_uses_normal_permissions(tmp_path):
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(np.load(save_npy(arr, tmp_path / "a.npy")), arr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "x.json"]
+
+
+def test_json_is_strict_with_infinities_as_null(tmp_path):
+    path = write_json({"floor": float("inf"), "x": [np.float64("nan"), 1.5]}, tmp_path / "a.json")
+    assert "Infinity" not in path.read_text() and "NaN" not in path.read_text()
+    assert read_json(path) == {"floor": None, "x": [None, 1.5]}

@@ -61,5 +61,7 @@ def test_tuning_with_the_pair_model_and_its_round_trip(clustered, tmp_path):
     path = result.pair_model.save(tmp_path / "pair.pkl")
     c = build(result.settings)
     np.testing.assert_array_equal(PairModel.load(path).predict(c), result.pair_model.predict(c))
+    # Scoring in small blocks of whole queries gives the same probabilities.
+    np.testing.assert_allclose(result.pair_model.predict(c, chunk_pairs=97), result.pair_model.predict(c), atol=1e-6)
     cv = cross_validated(build, labels, folds, n_thresholds=21, blend_rounds=0, pair_model=True)
     assert 0 < cv["f1"] <= 1 and len(cv["per_fold_f1"]) == 3

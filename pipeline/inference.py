@@ -28,7 +28,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
         A summary: rows, mean matches per posting, seconds per step, the output path.
     """
     from pipeline.encoders import load_encoder
-    from pipeline.stages import load_pair_model, match_submission, unsupervised_vectors
+    from pipeline.stages import encoder_items, load_pair_model, match_submission, unsupervised_vectors
     from pipeline.train import embed_items
 
     package_dir, data = Path(package_dir), Dataset(Path(data_dir))
@@ -44,10 +44,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
         t0 = time.perf_counter()
         text_dir = package_dir / "models" / "text" / "backbone" if m == "text" else None
         model = load_encoder(package_dir / "models" / m / "model.pt", text_model_dir=text_dir)
-        items = (
-            [str(data.images_dir("test") / name) for name in test["image"]] if m == "image" else test["title"].tolist()
-        )
-        vectors[m] = embed_items(model, items, batch_size=batch_size, progress=progress)
+        vectors[m] = embed_items(model, encoder_items(data, m, test, "test"), batch_size=batch_size, progress=progress)
         timings[f"embed_{m}"] = time.perf_counter() - t0
     sub = match_submission(vectors, ids, settings, cfg, timings=timings,
                            pair_model=load_pair_model(package_dir, settings))

@@ -143,9 +143,10 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
 # ---------------------------------------------------------------------------------------------
 
 
-def _encoder_items(run: Run, modality: str, df: pd.DataFrame, split: str) -> list[str]:
+def encoder_items(data: Dataset, modality: str, df: pd.DataFrame, split: str) -> list[str]:
+    """What an encoder reads for each row: image paths (image) or titles (text)."""
     if modality == "image":
-        root = run.data.images_dir(split)
+        root = data.images_dir(split)
         return [str(root / name) for name in df["image"]]
     return df["title"].tolist()
 
@@ -172,7 +173,7 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
     df = run.train_df()
     fold_of = run.folds()
     labels = df["label_group"].to_numpy()
-    items = np.asarray(_encoder_items(run, modality, df, "train"), dtype=object)
+    items = np.asarray(encoder_items(run.data, modality, df, "train"), dtype=object)
     if folds is None:
         folds = list(range(run.cfg.folds.n_splits)) + ([None] if mcfg.train.final == "full" else [])
     results = {}
@@ -227,11 +228,12 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
     """Write the L2-normalised embeddings the tune and predict stages search.
 
     For fold f, the fold's model embeds its gallery (every train row, or the fold's own rows when
-    ``folds.gallery`` is ``fold``). The full model embeds test.csv. With ``baseline_untrained``, the
-    untrained encoder (same seed) embeds every train row too, for the report.
+    ``folds.gallery`` is ``fold``); the model that ``train.final`` names embeds test.csv. With
+    ``baseline_untrained``, the encoder as built before training embeds every train row too, for
+    the report.
     """
     from pipeline.encoders import build_encoder, load_encoder
-    from pipeline.train import embed_items, seed_everything
+    from pipeline.train import seed_everything
 
     run = open_run(run_dir)
     modalities = [m for m in (modalities or run.cfg.learned)]
@@ -242,7 +244,7 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
         for m in modalities:
             mcfg = _modality_cfg(run.cfg, m)
             bs = _mcfg_batch(run.cfg, m)
-            items = np.asarray(_encoder_items(run, m, df, "train"), dtype=object)
+            items = np.asarray(encoder_items(run.data, m, df, "train"), dtype=object)
             for fold in range(run.cfg.folds.n_splits):
                 model = load_encoder(_model_file(run, m, fold))
                 rows = _gallery_rows(run.cfg, fold_of, fold)
@@ -255,7 +257,7 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
                                                      df["posting_id"].to_numpy(), bs, progress)
             if mcfg.train.final != "none":
                 model = load_encoder(test_model_file(run, m))
-                written[f"{m}/test"] = _embed_to(run, m, "test", model, _encoder_items(run, m, test, "test"),
+                written[f"{m}/test"] = _embed_to(run, m, "test", model, encoder_items(run.data, m, test, "test"),
                                                 test["posting_id"].to_numpy(), bs, progress)
     return written
 
@@ -462,19 +464,31 @@ def _untrained_scores(run: Run, df: pd.DataFrame, fold_of: np.ndarray, labels: n
 
 def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | Path | None = None,
             progress: bool = True) -> Path:
-    """Match test.csv with the tuned settings and write a validated submission."""
+    """Match test.csv with the tuned settings and write a validated submission.
+
+    Args:
+        out: the submission path (default ``RUN/submission.csv``).
+        data_dir: read test.csv from here instead of the run's data folder; learned modalities are
+            then embedded on the fly with the model that ``train.final`` names.
+    """
+    from pipeline.encoders import load_encoder
+    from pipeline.train import embed_items
+
     run = open_run(run_dir)
-    if data_dir is not None:
-        run.manifest["data_dir"] = str(Path(data_dir).resolve())
     if not run.paths.thresholds.exists():
         raise StageError(f"{run.paths.thresholds} missing: run `python -m pipeline tune --run {run.paths.root}` first")
     settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
+    data = run.data if data_dir is None else Dataset(Path(data_dir).resolve())
     with stage(run, "predict"):
-        test = run.test_df()
+        test = data.read("test", check_images=data_dir is not None and "image" in run.cfg.learned)
         ids = test["posting_id"].to_numpy()
-        vectors = unsupervised_vectors(run.cfg, test, run.data.images_dir("test"))
+        vectors = unsupervised_vectors(run.cfg, test, data.images_dir("test"))
         for m in run.cfg.learned:
-            vectors[m] = np.asarray(_load_embeddings(run, m, "test", ids))
+            if data_dir is None:
+                vectors[m] = np.asarray(_load_embeddings(run, m, "test", ids))
+            else:
+                vectors[m] = embed_items(load_encoder(test_model_file(run, m)), encoder_items(data, m, test, "test"),
+                                         batch_size=_mcfg_batch(run.cfg, m), progress=progress)
         sub = match_submission(vectors, ids, settings, run.cfg, pair_model=load_pair_model(run.paths.root, settings))
         path = Path(out) if out is not None else run.paths.submission
         write_submission(sub, path, ids)

@@ -69,3 +69,16 @@ def test_stages_out_of_order_say_what_to_run(tmp_path, text_run):
         stages.embed(tmp_path / "r", progress=False)
     with pytest.raises(stages.StageError, match="run `python -m pipeline tune"):
         stages.predict(tmp_path / "r", progress=False)
+
+
+def test_predict_on_another_data_folder_embeds_it_and_keeps_the_run(text_run, tmp_path):
+    data, run, _ = text_run
+    other = tmp_path / "other"
+    other.mkdir()
+    test = pd.read_csv(data / "test.csv").iloc[:7]
+    test.to_csv(other / "test.csv", index=False)
+    out = stages.predict(run, out=tmp_path / "sub.csv", data_dir=other, progress=False)
+    sub = pd.read_csv(out)
+    assert sorted(sub["posting_id"]) == sorted(test["posting_id"])
+    # The run still points at its own data.
+    assert json.loads((run / "run.json").read_text())["data_dir"] == str(data.resolve())

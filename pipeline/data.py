@@ -97,6 +97,7 @@ def read_postings(path: str | Path, labelled: bool, images_dir: str | Path | Non
         raise DataError(f"{path}: no rows")
 
     _check_nonempty(df, path, "posting_id")
+    _check_id_spaces(df, path)
     _check_unique_ids(df, path)
     _check_nonempty(df, path, "image")
     _check_phash(df, path)
@@ -163,6 +164,14 @@ def _check_nonempty(df: pd.DataFrame, path: Path, column: str) -> None:
         raise DataError(f"{where(path, i + 1, column)}: empty value")
 
 
+def _check_id_spaces(df: pd.DataFrame, path: Path) -> None:
+    # A submission separates ids with spaces, so an id holding one could never be matched.
+    spaced = df["posting_id"].str.contains(r"\s", regex=True)
+    if spaced.any():
+        i = int(spaced.to_numpy().argmax())
+        raise DataError(f"{where(path, i + 1, 'posting_id')}: posting_id {df['posting_id'].iat[i]!r} contains whitespace")
+
+
 def _check_unique_ids(df: pd.DataFrame, path: Path) -> None:
     dup = df["posting_id"].duplicated(keep="first")
     if dup.any():
@@ -186,13 +195,14 @@ def _check_phash(df: pd.DataFrame, path: Path) -> None:
 
 def _parse_labels(df: pd.DataFrame, path: Path) -> pd.Series:
     raw = df["label_group"].str.strip()
-    numeric = pd.to_numeric(raw, errors="coerce")
-    bad = raw.eq("") | numeric.isna() | (numeric != numeric.round())
+    # Digits only ("123.0", as pandas writes an int column that held a NaN, is accepted): "inf",
+    # "1e400" or "3.5" are not group ids, and a value past int64 would wrap.
+    bad = ~raw.str.fullmatch(r"-?\d{1,18}(\.0+)?")
     if bad.any():
         i = int(bad.to_numpy().argmax())
-        what = "missing" if raw.iat[i] == "" else f"not an integer: {raw.iat[i]!r}"
+        what = "missing" if raw.iat[i] == "" else f"not an integer (at most 18 digits): {raw.iat[i]!r}"
         raise DataError(f"{where(path, i + 1, 'label_group')}: label_group {what}")
-    return numeric.astype("int64")
+    return raw.str.replace(r"\.0+$", "", regex=True).astype("int64")
 
 
 def _clean_titles(titles: pd.Series, path: Path) -> pd.Series:

@@ -112,6 +112,9 @@ def sparse_knn(x: sp.csr_matrix, k: int = 50, batch_size: int = 1024, progress: 
         order = np.argsort(-top_sim, axis=1, kind="stable")
         idx[start:stop] = np.take_along_axis(top, order, axis=1)
         sim[start:stop] = np.take_along_axis(top_sim, order, axis=1)
+    # Rows sharing no term with the query are not neighbours, only arbitrary fillers of the top-k.
+    none = sim <= 0
+    idx[none], sim[none] = -1, -np.inf
     return Neighbours(idx, sim)
 
 

@@ -16,6 +16,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from pipeline.io import atomic_path
@@ -93,13 +94,21 @@ class PairModel:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 pickle.dump({"signals": self.signals, "seed": self.seed, "max_iter": self.max_iter,
-                             "model": self.model}, f)
+                             "sklearn": sklearn.__version__, "model": self.model}, f)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "PairModel":
+        """Load a saved model; scikit-learn must be the version that saved it (pickles of its trees
+        are not portable across versions)."""
         with open(path, "rb") as f:
             blob = pickle.load(f)
+        if blob.get("sklearn") != sklearn.__version__:
+            raise RuntimeError(
+                f"{path} was saved with scikit-learn {blob.get('sklearn')}, this is {sklearn.__version__}: install "
+                f"scikit-learn=={blob.get('sklearn')} (on Kaggle, add its wheel with `pipeline package --wheels`), "
+                "or tune the run again with match.pair_model=false"
+            )
         out = cls(blob["signals"], blob["seed"], blob["max_iter"])
         out.model = blob["model"]
         return out

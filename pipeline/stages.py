@@ -70,8 +70,15 @@ class Run:
     def test_df(self) -> pd.DataFrame:
         return self.data.read("test")
 
-    def folds(self) -> np.ndarray:
-        df = pd.read_csv(self.paths.folds)
+    def folds(self, train: pd.DataFrame | None = None) -> np.ndarray:
+        """(N,) fold of each train row; checked against train.csv, which must not change after prepare."""
+        df = pd.read_csv(self.paths.folds, dtype={"posting_id": str})
+        ids = (self.train_df() if train is None else train)["posting_id"].to_numpy()
+        if len(ids) != len(df) or (df["posting_id"].to_numpy() != ids).any():
+            raise StageError(
+                f"{self.data.train_csv} no longer lists the postings of {self.paths.folds} in the same order; "
+                f"rerun `python -m pipeline prepare` into a new run folder"
+            )
         return df["fold"].to_numpy()
 
     def record_timing(self, stage: str, seconds: float) -> None:
@@ -171,7 +178,7 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
     run = open_run(run_dir)
     mcfg = _modality_cfg(run.cfg, modality)
     df = run.train_df()
-    fold_of = run.folds()
+    fold_of = run.folds(df)
     labels = df["label_group"].to_numpy()
     items = np.asarray(encoder_items(run.data, modality, df, "train"), dtype=object)
     if folds is None:
@@ -238,7 +245,7 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
     run = open_run(run_dir)
     modalities = [m for m in (modalities or run.cfg.learned)]
     df, test = run.train_df(), run.test_df()
-    fold_of = run.folds()
+    fold_of = run.folds(df)
     written = {}
     with stage(run, "embed"):
         for m in modalities:
@@ -406,7 +413,7 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     run = open_run(run_dir)
     cfg = run.cfg
     df = run.train_df()
-    fold_of = run.folds()
+    fold_of = run.folds(df)
     labels = df["label_group"].to_numpy()
     kwargs = dict(
         n_thresholds=cfg.match.n_thresholds, blend_rounds=cfg.match.blend_rounds, union=cfg.match.union,
@@ -661,7 +668,7 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     run = open_run(run_dir)
     settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
     df = run.train_df()
-    fold_of = run.folds()
+    fold_of = run.folds(df)
     galleries, caches = oof_galleries(run, df, fold_of)
     c = _builder(galleries, caches, len(df), run.cfg)(settings)
     labels = df["label_group"].to_numpy()

@@ -55,3 +55,11 @@ def test_hamming_knn_matches_brute_force():
     dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
     _assert_same_topk(nb, 1.0 - dist / 64.0, 6)
     assert (nb.sim[:, 0] == 1.0).all()
+
+
+def test_sparse_rows_sharing_no_term_are_not_neighbours():
+    x = sp.csr_matrix(np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32))
+    nb = sparse_knn(x, k=4)
+    assert set(nb.idx[0][nb.idx[0] >= 0]) == {0, 1}
+    assert set(nb.idx[2][nb.idx[2] >= 0]) == {2}
+    assert (nb.idx[3] == -1).all() and np.isneginf(nb.sim[3]).all()  # an empty title matches nothing

@@ -65,3 +65,16 @@ def test_tuning_with_the_pair_model_and_its_round_trip(clustered, tmp_path):
     np.testing.assert_allclose(result.pair_model.predict(c, chunk_pairs=97), result.pair_model.predict(c), atol=1e-6)
     cv = cross_validated(build, labels, folds, n_thresholds=21, blend_rounds=0, pair_model=True)
     assert 0 < cv["f1"] <= 1 and len(cv["per_fold_f1"]) == 3
+
+
+def test_loading_a_model_saved_by_another_sklearn_is_refused(clustered, tmp_path):
+    import pickle
+
+    build, labels, _ = clustered
+    c = build(MatchSettings())
+    path = PairModel(sorted(c.sims)).fit(c, labels).save(tmp_path / "pair.pkl")
+    blob = pickle.loads(path.read_bytes())
+    blob["sklearn"] = "0.0.1"
+    path.write_bytes(pickle.dumps(blob))
+    with pytest.raises(RuntimeError, match="saved with scikit-learn 0.0.1"):
+        PairModel.load(path)

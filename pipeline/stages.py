@@ -24,6 +24,7 @@ from pipeline.config import Config, ConfigError, dump_config, load_config
 from pipeline.data import Dataset
 from pipeline.folds import make_folds
 from pipeline.matching import (
+    FUSED_SIGNALS,
     Candidates,
     Gallery,
     MatchSettings,
@@ -300,8 +301,9 @@ def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.nd
 
 def _load_embeddings(run: Run, modality: str, name: str, expected_ids: np.ndarray) -> np.ndarray:
     vec_path, ids_path = run.paths.embeddings(modality, name)
-    if not vec_path.exists():
-        raise StageError(f"{vec_path} missing: run `python -m pipeline embed --run {run.paths.root}` first")
+    for path in (vec_path, ids_path):
+        if not path.exists():
+            raise StageError(f"{path} missing: run `python -m pipeline embed --run {run.paths.root}` first")
     ids = pd.read_csv(ids_path, dtype=str)["posting_id"].to_numpy()
     if len(ids) != len(expected_ids) or (ids != expected_ids).any():
         raise StageError(f"{ids_path} does not list the expected postings; rerun the embed stage")
@@ -482,9 +484,7 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
     from pipeline.train import embed_items
 
     run = open_run(run_dir)
-    if not run.paths.thresholds.exists():
-        raise StageError(f"{run.paths.thresholds} missing: run `python -m pipeline tune --run {run.paths.root}` first")
-    settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
+    settings = _tuned_settings(run)
     data = run.data if data_dir is None else Dataset(Path(data_dir).resolve())
     with stage(run, "predict"):
         test = data.read("test", check_images=data_dir is not None and "image" in run.cfg.learned)
@@ -518,6 +518,15 @@ def load_pair_model(folder: str | Path, settings: MatchSettings) -> PairModel | 
     return PairModel.load(path)
 
 
+def _signals_needed(settings: MatchSettings, pair_model: PairModel | None) -> set[str]:
+    """The base signals (modalities) that the tuned settings read."""
+    names = set(settings.thresholds) | set(settings.fusion_weights)
+    names |= {s for s in (settings.blend_signal, settings.min2_signal) if s}
+    if pair_model is not None and uses_pair_model(settings):
+        names |= set(pair_model.signals)
+    return names - set(FUSED_SIGNALS) - {PAIR_SIGNAL}
+
+
 def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSettings, cfg: Config,
                      timings: dict[str, float] | None = None, pair_model: PairModel | None = None) -> pd.DataFrame:
     """The whole predict path on one gallery: neighbours, fusion, blending, decision, submission.
@@ -527,6 +536,10 @@ def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSe
         pair_model: needed when the settings use the ``pair`` signal.
     """
     timings = {} if timings is None else timings
+    missing = sorted(_signals_needed(settings, pair_model) - set(vectors))
+    if missing:
+        raise StageError(f"the tuned settings use {missing}, but only {sorted(vectors)} were given: "
+                         "turn those modalities on, or tune again without them")
     n = len(ids)
     everything = np.arange(n)
     gallery = Gallery(everything, everything, vectors)
@@ -577,9 +590,17 @@ def run_all(data_dir: str | Path, run_dir: str | Path, cfg: Config, resume: bool
     return write_report(run.paths.root)
 
 
+def _tuned_settings(run: Run) -> MatchSettings:
+    for path in (run.paths.thresholds, run.paths.tune_report):
+        if not path.exists():
+            raise StageError(f"{path} missing: run `python -m pipeline tune --run {run.paths.root}` first")
+    return MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
+
+
 def write_report(run_dir: str | Path) -> dict[str, Any]:
     """Gather the run's figures into report.json."""
     run = open_run(run_dir)
+    _tuned_settings(run)
     tune_report = io.read_json(run.paths.tune_report)
     steps = tune_report["steps"]
     per_signal = {k: v for k, v in steps.items() if k in ("image", "text", "tfidf", "phash", "concat", "blend", PAIR_SIGNAL)}
@@ -666,7 +687,7 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     and one similarity column per signal (-inf where that signal did not list the pair).
     """
     run = open_run(run_dir)
-    settings = MatchSettings.from_dict(io.read_json(run.paths.thresholds)["settings"])
+    settings = _tuned_settings(run)
     df = run.train_df()
     fold_of = run.folds(df)
     galleries, caches = oof_galleries(run, df, fold_of)

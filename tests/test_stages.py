@@ -69,6 +69,18 @@ def test_stages_out_of_order_say_what_to_run(tmp_path, text_run):
         stages.embed(tmp_path / "r", progress=False)
     with pytest.raises(stages.StageError, match="run `python -m pipeline tune"):
         stages.predict(tmp_path / "r", progress=False)
+    with pytest.raises(stages.StageError, match="thresholds.json missing: run `python -m pipeline tune"):
+        stages.write_report(tmp_path / "r")
+
+
+def test_matching_without_a_signal_the_settings_use_is_refused():
+    from pipeline.matching import MatchSettings
+
+    cfg = load_config(None, ["modalities=[text,tfidf]"])
+    settings = MatchSettings(thresholds={"text": 0.5, "tfidf": 0.5})
+    vectors = {"tfidf": stages.unsupervised_vectors(cfg, pd.DataFrame({"title": ["a b", "a c"]}))["tfidf"]}
+    with pytest.raises(stages.StageError, match=r"use \['text'\], but only \['tfidf'\] were given"):
+        stages.match_submission(vectors, np.array(["p0", "p1"]), settings, cfg)
 
 
 def test_predict_on_another_data_folder_embeds_it_and_keeps_the_run(text_run, tmp_path):

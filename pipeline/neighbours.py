@@ -7,11 +7,13 @@ only one (batch, N) block at a time.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
+import torch
 from tqdm.auto import tqdm
 
 PHASH_BITS = 64
@@ -96,22 +98,35 @@ def _faiss_gpus() -> int:
 
 
 def sparse_knn(x: sp.csr_matrix, k: int = 50, batch_size: int = 1024, progress: bool = False) -> Neighbours:
-    """Cosine top-k for L2-normalised sparse rows (TF-IDF), one (batch, N) block at a time."""
+    """Cosine top-k for L2-normalised sparse rows (TF-IDF), one (batch, N) block at a time.
+
+    Each block is the sparse gallery times a dense block of queries (torch's multithreaded sparse
+    x dense product, on CUDA when there is one). With character n-grams nearly every pair of titles
+    shares a term, so a sparse x sparse product would fill the block anyway, and on 70,000 titles
+    it took 3.8 times as long.
+    """
     x = sp.csr_matrix(x, dtype=np.float32)
     n = x.shape[0]
     k = min(k, n)
-    xt = x.T.tocsc()
+    # The dense query block (b, V) and the result (b, N) stay near 128 MB each; smaller blocks
+    # were also faster on 70,000 titles (they stay in cache).
+    batch_size = max(16, min(batch_size, 2**25 // max(x.shape[1], n)))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+        gallery = torch.sparse_csr_tensor(
+            torch.from_numpy(x.indptr.astype(np.int64)), torch.from_numpy(x.indices.astype(np.int64)),
+            torch.from_numpy(x.data), size=x.shape, device=device,
+        )
     idx = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
-    rows = np.arange(batch_size)[:, None]
     for start in tqdm(range(0, n, batch_size), desc="tfidf search", disable=not progress, leave=False):
         stop = min(start + batch_size, n)
-        block = (x[start:stop] @ xt).toarray()  # (b, N)
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        top_sim = block[rows[: stop - start], top]
-        order = np.argsort(-top_sim, axis=1, kind="stable")
-        idx[start:stop] = np.take_along_axis(top, order, axis=1)
-        sim[start:stop] = np.take_along_axis(top_sim, order, axis=1)
+        queries = torch.from_numpy(x[start:stop].toarray()).to(device)
+        block = torch.sparse.mm(gallery, queries.T.contiguous()).T  # (b, N)
+        top_sim, top = torch.topk(block, k, dim=1)
+        idx[start:stop] = top.cpu().numpy()
+        sim[start:stop] = top_sim.cpu().numpy()
     # Rows sharing no term with the query are not neighbours, only arbitrary fillers of the top-k.
     none = sim <= 0
     idx[none], sim[none] = -1, -np.inf

@@ -1,7 +1,7 @@
 """Cost of the predict path against N: runs ``pipeline bench`` for several N, each in a fresh
 process (so peak RSS is its own), prints one JSON line per N and plots seconds and memory.
 
-    python -m benchmarks.bench_matching --sizes 2500 5000 10000 20000 40000 70000 --dim 512
+    python -m benchmarks.bench_matching --sizes 2500 5000 10000 20000 40000 70000 --dim 512 [--tfidf]
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--index", default="flat")
+    parser.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles (see pipeline bench)")
     parser.add_argument("--plot", type=Path, default=Path("runs/bench/matching_cost.png"))
     args = parser.parse_args(argv)
 
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, "-m", "pipeline", "bench", "--n", str(n), "--dim", str(args.dim), "--k", str(args.k),
-               "--index", args.index]
+               "--index", args.index] + (["--tfidf"] if args.tfidf else [])
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (default flat)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pair", action="store_true", help="include the learned pair score in the timed path")
+    p.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles, fitted, searched and blended")
+    p.add_argument("--blend-method", default="graph", choices=["graph", "exact"],
+                   help="how blending finds the new neighbours (default graph; see match.blend_method)")
 
     p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
     p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
@@ -219,7 +222,8 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from pipeline.bench import run_bench
 
-    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair)))
+    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair,
+                                tfidf=args.tfidf, blend_method=args.blend_method)))
     return 0
 
 

@@ -108,6 +108,9 @@ class TfidfConfig:
     char_ngram_max: int = 4
     char_weight: float = 0.5  # share of the cosine that comes from character n-grams ("both")
     min_df: int = 1
+    # Terms in more than this share of titles are dropped. Search time grows with how many titles
+    # share a query's terms, and the commonest character n-grams are in nearly every title.
+    max_df: float = 1.0
     max_features: int | None = None
     sublinear_tf: bool = True
 
@@ -116,6 +119,8 @@ class TfidfConfig:
             raise ConfigError(f"tfidf.analyzer must be word, char_wb or both, got {self.analyzer!r}")
         if not 0.0 <= self.char_weight <= 1.0:
             raise ConfigError(f"tfidf.char_weight must be in [0, 1], got {self.char_weight}")
+        if not 0.0 < self.max_df <= 1.0:
+            raise ConfigError(f"tfidf.max_df must be in (0, 1], got {self.max_df}")
 
 
 @dataclass
@@ -129,10 +134,22 @@ class MatchConfig:
     union: bool = True
     min2: bool = True
     blend_rounds: int = 1  # largest number of blending rounds tuning tries (0 = off)
+    # graph: blended similarities from the top-k lists, no second search; exact: blend the vectors
+    # and search again (TF-IDF on 10,000 synthetic titles: 22 s against 1.6 s; it grows as N squared)
+    blend_method: str = "graph"
     n_thresholds: int = 81
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
+
+    def __post_init__(self) -> None:
+        choices = {"index": ("flat", "hnsw", "ivf"), "blend_method": ("graph", "exact"),
+                   "phash_source": ("column", "image")}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"match.{key} must be one of {list(valid)}, got {getattr(self, key)!r}")
+        if self.k < 2:
+            raise ConfigError(f"match.k must be >= 2 (a posting and one neighbour), got {self.k}")
 
 
 @dataclass

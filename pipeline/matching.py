@@ -121,21 +121,63 @@ def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
     The posting's own row is always in its neighbour list (similarity 1), so an isolated posting
     keeps its vector. Works for dense arrays and sparse TF-IDF rows alike.
     """
-    n = len(nb)
-    keep = (nb.idx >= 0) & (nb.sim >= threshold)
-    rows = np.repeat(np.arange(n), nb.k)[keep.ravel()]
-    cols = nb.idx.ravel()[keep.ravel()]
-    w = sp.csr_matrix((nb.sim.ravel()[keep.ravel()], (rows, cols)), shape=(n, n), dtype=np.float32)
-    # Ties can push a posting's own row out of its top-k; put it back with weight 1.
-    w = w + sp.diags((w.diagonal() == 0).astype(np.float32), format="csr")
-    out = w @ vectors
+    out = _blend_weights(nb, threshold) @ vectors
     if sp.issparse(out):
         norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1))).ravel()
         return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ out, dtype=np.float32)
     return _l2(np.asarray(out, dtype=np.float32))
 
 
+def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbours:
+    """One round of neighbourhood blending and the search after it, computed on the top-k graph.
+
+    Blending gives u_i = sum_j w_ij x_j, so u_i . u_j = (W S W^T)_ij with S = X X^T. Here S is
+    read from the top-k lists instead (symmetrised, 1 on the diagonal), which keeps every
+    similarity big enough to matter, and the new cosine is P_ij / sqrt(P_ii P_jj) with
+    P = W S W^T. Postings are then ranked by it, top-k per row, as a second search would.
+
+    No vectors are needed, so a round costs a few sparse products instead of a search: blending
+    TF-IDF rows fills them with their neighbours' terms, and searching with those rows costs
+    many times the first search. ``block`` rows of P exist at a time.
+    """
+    n, k = len(nb), nb.k
+    have = (nb.idx >= 0).ravel()
+    rows = np.repeat(np.arange(n), k)[have]
+    s = sp.csr_matrix((nb.sim.ravel()[have], (rows, nb.idx.ravel()[have])), shape=(n, n), dtype=np.float32)
+    s = s.maximum(s.T)
+    s = sp.csr_matrix(s - sp.diags(s.diagonal()) + sp.eye(n, dtype=np.float32, format="csr"))
+    w = _blend_weights(nb, threshold)
+    wt = sp.csr_matrix(w.T)
+    ws = w @ s
+    norm = np.sqrt(np.maximum(np.asarray(ws.multiply(w).sum(axis=1)).ravel(), 1e-12))
+    del ws
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sim = np.full((n, k), -np.inf, dtype=np.float32)
+    for start in range(0, n, block):
+        p = sp.csr_matrix(w[start : start + block] @ s @ wt)
+        lengths = np.diff(p.indptr)
+        row = np.repeat(np.arange(p.shape[0]), lengths)
+        cos = p.data / (norm[start + row] * norm[p.indices])
+        order = np.lexsort((p.indices, -cos, row))  # per row, most similar first, ties by index
+        rank = np.arange(len(order)) - np.repeat(p.indptr[:-1], lengths)
+        top = order[rank < k]
+        idx[start + row[top], rank[rank < k]] = p.indices[top]
+        sim[start + row[top], rank[rank < k]] = cos[top]
+    return Neighbours(idx, sim)
+
+
+def _blend_weights(nb: Neighbours, threshold: float) -> sp.csr_matrix:
+    """(N, N) sparse weights of blending: s_ij where the neighbour passes the threshold, and 1 on
+    the diagonal (ties can push a posting's own row out of its top-k; it is put back)."""
+    n = len(nb)
+    keep = ((nb.idx >= 0) & (nb.sim >= threshold)).ravel()
+    rows = np.repeat(np.arange(n), nb.k)[keep]
+    w = sp.csr_matrix((nb.sim.ravel()[keep], (rows, nb.idx.ravel()[keep])), shape=(n, n), dtype=np.float32)
+    return sp.csr_matrix(w + sp.diags((w.diagonal() == 0).astype(np.float32)))
+
+
 BLENDABLE_SIGNALS = ("concat", "image", "text", "tfidf")
+BLEND_METHODS = ("graph", "exact")
 
 
 def gallery_neighbours(
@@ -146,6 +188,7 @@ def gallery_neighbours(
     index: str = "flat",
     cache: dict[str, Neighbours] | None = None,
     timings: dict[str, float] | None = None,
+    blend_method: str = "graph",
 ) -> dict[str, Neighbours]:
     """Neighbours of every signal in the gallery, plus ``concat`` and ``blend`` where they apply.
 
@@ -153,6 +196,8 @@ def gallery_neighbours(
         cache: a dict kept across calls with the same gallery; base signals and ``concat`` are
             searched once, so trying several blending settings only re-runs the blend.
         timings: when given, seconds per step are added to it (``search_<signal>``, ``blend``).
+        blend_method: ``graph`` (``graph_blend``: no second search) or ``exact`` (blend the vectors
+            with ``blend`` and search again).
     """
     cache = {} if cache is None else cache
     timings = {} if timings is None else timings
@@ -176,15 +221,22 @@ def gallery_neighbours(
     if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
         if target not in keys:
             raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(keys)}")
-        key = f"blend:{keys[target]}:{settings.blend_rounds}:{settings.blend_threshold:.6f}"
+        if blend_method not in BLEND_METHODS:
+            raise ValueError(f"blend_method {blend_method!r} unknown; choose one of {BLEND_METHODS}")
+        key = f"blend:{blend_method}:{keys[target]}:{settings.blend_rounds}:{settings.blend_threshold:.6f}"
         if key not in cache:
-            if target == "concat" and "concat" not in vectors:
-                vectors["concat"] = concat_embeddings(vectors, weights)
-            x, nb = vectors[target], out[target]
+            nb = out[target]
             with _timed(timings, "blend"):
-                for _ in range(settings.blend_rounds):
-                    x = blend(x, nb, settings.blend_threshold)
-                    nb = search(target, x, k, batch_size, index)
+                if blend_method == "graph":
+                    for _ in range(settings.blend_rounds):
+                        nb = graph_blend(nb, settings.blend_threshold)
+                else:
+                    if target == "concat" and "concat" not in vectors:
+                        vectors["concat"] = concat_embeddings(vectors, weights)
+                    x = vectors[target]
+                    for _ in range(settings.blend_rounds):
+                        x = blend(x, nb, settings.blend_threshold)
+                        nb = search(target, x, k, batch_size, index)
             cache[key] = nb
         out["blend"] = cache[key]
     return out

@@ -53,8 +53,10 @@ def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
 
 
 def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[int, int]) -> sp.csr_matrix:
+    # As a count, so that on a handful of titles a share below one title does not reject everything.
+    max_df = 1.0 if cfg.max_df >= 1.0 else max(int(cfg.max_df * len(titles)), cfg.min_df)
     vectoriser = TfidfVectorizer(
-        analyzer=analyzer, ngram_range=ngram_range, min_df=cfg.min_df, max_features=cfg.max_features,
+        analyzer=analyzer, ngram_range=ngram_range, min_df=cfg.min_df, max_df=max_df, max_features=cfg.max_features,
         sublinear_tf=cfg.sublinear_tf, dtype=np.float32,
     )
     try:

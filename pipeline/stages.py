@@ -377,14 +377,19 @@ class SharedCache(dict):
         super().__init__()
         self._shared = shared
 
+    def _is_shared(self, key: str) -> bool:
+        # "tfidf", or its blend: "blend:<method>:tfidf:<rounds>:<threshold>".
+        parts = key.split(":")
+        return key in self.SHARED or (parts[0] == "blend" and len(parts) > 2 and parts[2] in self.SHARED)
+
     def __contains__(self, key) -> bool:
-        return key in self._shared if key in self.SHARED else super().__contains__(key)
+        return key in self._shared if self._is_shared(key) else super().__contains__(key)
 
     def __getitem__(self, key):
-        return self._shared[key] if key in self.SHARED else super().__getitem__(key)
+        return self._shared[key] if self._is_shared(key) else super().__getitem__(key)
 
     def __setitem__(self, key, value) -> None:
-        if key in self.SHARED:
+        if self._is_shared(key):
             self._shared[key] = value
         else:
             super().__setitem__(key, value)
@@ -395,7 +400,8 @@ def _builder(galleries: list[Gallery], caches: list[dict], n: int, cfg: Config):
 
     def build(settings: MatchSettings) -> Candidates:
         parts = [
-            build_candidates(g, gallery_neighbours(g, settings, k=m.k, batch_size=m.batch_size, index=m.index, cache=c), n)
+            build_candidates(g, gallery_neighbours(g, settings, k=m.k, batch_size=m.batch_size, index=m.index, cache=c,
+                                                  blend_method=m.blend_method), n)
             for g, c in zip(galleries, caches)
         ]
         return Candidates.concat(parts)
@@ -445,6 +451,7 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         io.write_json(report, run.paths.tune_report)
         chosen = dict(result.settings.thresholds)
         plot_threshold_f1(result.curves, chosen, run.paths.plots / "threshold_f1.png")
+    write_report(run.paths.root)  # so that report.json never shows an earlier tuning
     return report
 
 
@@ -501,6 +508,7 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
         write_submission(sub, path, ids)
         log.info("[predict] %d postings, %.2f matches each on average -> %s",
                  len(sub), sub["matches"].str.count(" ").mean() + 1, path)
+    write_report(run.paths.root)
     return path
 
 
@@ -544,7 +552,8 @@ def match_submission(vectors: dict[str, Any], ids: np.ndarray, settings: MatchSe
     everything = np.arange(n)
     gallery = Gallery(everything, everything, vectors)
     m = cfg.match
-    nb = gallery_neighbours(gallery, settings, k=m.k, batch_size=m.batch_size, index=m.index, timings=timings)
+    nb = gallery_neighbours(gallery, settings, k=m.k, batch_size=m.batch_size, index=m.index, timings=timings,
+                            blend_method=m.blend_method)
     t0 = time.perf_counter()
     if uses_pair_model(settings):
         if pair_model is None:

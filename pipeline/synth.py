@@ -233,6 +233,22 @@ def make_synthetic(out_dir, n_groups: int = 200, seed: int = 0, image_size: int 
     return _write_tables(postings, out_dir, seed, n_families=len(families))
 
 
+def synthetic_titles(labels: np.ndarray, seed: int = 0) -> list[str]:
+    """Seller titles only (no images), one per posting: postings with the same label get titles
+    of the same synthetic group, and labels 0..G-1 map to G groups in sibling families. For
+    benchmarks that need realistic titles at a size where images would take too long."""
+    labels = np.asarray(labels)
+    families = _make_families(int(labels.max()) + 1, seed)
+    groups = [_make_group(fam, i, seed) for fam in families for i in range(len(fam.variants))]
+    seen = np.zeros(len(groups), dtype=np.int64)
+    titles = []
+    for label in labels:
+        rng = np.random.default_rng([seed, _POSTING, int(label), int(seen[label])])
+        seen[label] += 1
+        titles.append(_posting_title(groups[label], rng))
+    return titles
+
+
 def _make_families(n_groups: int, seed: int) -> list[_Family]:
     families, total = [], 0
     while total < n_groups:

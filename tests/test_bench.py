@@ -23,3 +23,21 @@ def test_bench_reports_every_step_and_memory():
 def test_bench_with_the_pair_model():
     out = run_bench(n=600, dim=16, k=10, pair=True)
     assert out["pair_model"] is True and out["seconds"]["pair_model"] > 0
+
+
+def test_bench_with_tfidf_times_its_fit_search_and_blend():
+    out = run_bench(n=600, dim=16, k=10, tfidf=True)
+    assert {"fit_tfidf", "search_tfidf", "blend"} <= set(out["seconds"])
+    assert out["tfidf"] is True and out["blend_method"] == "graph" and 0.3 < out["f1"] <= 1.0
+
+
+def test_synthetic_titles_follow_the_labels():
+    from pipeline.synth import synthetic_titles
+
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    titles = synthetic_titles(labels, seed=3)
+    assert len(titles) == 6 and titles == synthetic_titles(labels, seed=3)
+    assert len(set(titles)) == 6  # each posting writes its own title
+    words = [set(t.lower().split()) for t in titles]
+    # Postings of one group share more words with each other than with another group.
+    assert len(words[3] & words[4]) > len(words[3] & words[0])

@@ -12,10 +12,11 @@ from pipeline.matching import (
     concat_embeddings,
     decide,
     gallery_neighbours,
+    graph_blend,
     match_lists,
     prediction_floors,
 )
-from pipeline.neighbours import Neighbours
+from pipeline.neighbours import Neighbours, dense_knn, sparse_knn
 from pipeline.tuning import Scorer, cross_validated, tune
 
 
@@ -41,6 +42,37 @@ def test_blend_dense_and_sparse_agree_with_hand_computation():
     np.testing.assert_allclose(out, ref, atol=1e-6)
     out_sparse = blend(sp.csr_matrix(x), nb, threshold=0.7)
     np.testing.assert_allclose(out_sparse.toarray(), ref, atol=1e-6)
+
+
+def _as_dict(nb):
+    return {(i, int(j)): float(s) for i in range(len(nb)) for j, s in zip(nb.idx[i], nb.sim[i]) if j >= 0}
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_graph_blend_on_a_complete_graph_equals_blending_and_searching_again(kind):
+    rng = np.random.default_rng(1)
+    if kind == "dense":
+        x = _unit(rng.standard_normal((14, 6)).astype(np.float32))
+        knn = dense_knn
+    else:
+        x = sp.csr_matrix(rng.random((14, 30)).astype(np.float32) * (rng.random((14, 30)) < 0.3))
+        x = sp.csr_matrix(sp.diags(1 / np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())) @ x)
+        knn = sparse_knn
+    nb = knn(x, k=14)  # every pair listed: S is exact
+    for threshold in (0.2, 0.5):
+        exact = _as_dict(knn(blend(x, nb, threshold), k=14))
+        graph = _as_dict(graph_blend(nb, threshold, block=5))
+        pairs = sorted(set(exact) | set(graph))
+        np.testing.assert_allclose([graph.get(p, 0.0) for p in pairs], [exact.get(p, 0.0) for p in pairs], atol=1e-5)
+
+
+def test_graph_blend_ranks_each_posting_first_and_keeps_k():
+    x, _ = clustered_postings(300, 16, seed=2)
+    nb = dense_knn(x["image"], k=10)
+    out = graph_blend(nb, 0.5, block=64)
+    assert out.idx.shape == (300, 10) and (out.idx[:, 0] == np.arange(300)).all()
+    np.testing.assert_allclose(out.sim[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(out.sim, axis=1) <= 1e-6).all()
 
 
 def test_build_candidates_union_and_missing_sims():

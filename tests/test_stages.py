@@ -94,3 +94,22 @@ def test_predict_on_another_data_folder_embeds_it_and_keeps_the_run(text_run, tm
     assert sorted(sub["posting_id"]) == sorted(test["posting_id"])
     # The run still points at its own data.
     assert json.loads((run / "run.json").read_text())["data_dir"] == str(data.resolve())
+
+
+def test_fold_caches_share_the_unsupervised_signals_and_their_blends_only():
+    shared = {}
+    a, b = stages.SharedCache(shared), stages.SharedCache(shared)
+    for key in ("tfidf", "phash", "blend:graph:tfidf:1:0.330000"):
+        a[key] = key
+        assert key in b and b[key] == key
+    for key in ("text", "concat:image=1.000000,text=1.000000", "blend:graph:text:1:0.500000"):
+        a[key] = key
+        assert key in a and key not in b
+
+
+def test_retuning_a_run_rewrites_its_report(text_run):
+    _, run, _ = text_run
+    report = run / "report.json"
+    report.write_text("{}")
+    stages.tune_stage(run, progress=False)
+    assert json.loads(report.read_text())["oof_f1"] > 0

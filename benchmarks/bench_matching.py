@@ -43,6 +43,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     n = [r["n"] for r in rows]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8))
     steps = sorted({k for r in rows for k in r["seconds"]})
+    ax_t.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per step (up to 20)
     for step in steps:
         ax_t.plot(n, [r["seconds"].get(step, 0.0) for r in rows], marker=".", label=step)
     ax_t.plot(n, [r["predict_seconds"] for r in rows], marker="o", c="k", lw=2, label="total")

@@ -174,6 +174,11 @@ class Config:
     def learned(self) -> list[str]:
         return [m for m in self.modalities if m in LEARNED_MODALITIES]
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether the image files are read: by the image encoder, or to recompute the phash."""
+        return "image" in self.modalities or ("phash" in self.modalities and self.match.phash_source == "image")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -36,7 +36,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     settings = MatchSettings.from_dict(io.read_json(package_dir / "thresholds.json")["settings"])
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    test = data.read("test", check_images="image" in cfg.modalities)
+    test = data.read("test", check_images=cfg.needs_images)
     ids = test["posting_id"].to_numpy()
     vectors = unsupervised_vectors(cfg, test, data.images_dir("test"))
     timings["read_and_unsupervised"] = time.perf_counter() - t0

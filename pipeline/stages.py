@@ -116,9 +116,8 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     """
     t0 = time.perf_counter()
     data = Dataset(Path(data_dir).resolve())
-    check_images = "image" in cfg.modalities or cfg.match.phash_source == "image"
-    train = data.read("train", check_images=check_images)
-    test = data.read("test", check_images=check_images)
+    train = data.read("train", check_images=cfg.needs_images)
+    test = data.read("test", check_images=cfg.needs_images)
     folds = make_folds(train["label_group"].to_numpy(), cfg.folds.n_splits, cfg.folds.seed)
 
     paths = RunPaths(Path(run_dir))
@@ -494,7 +493,7 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
     settings = _tuned_settings(run)
     data = run.data if data_dir is None else Dataset(Path(data_dir).resolve())
     with stage(run, "predict"):
-        test = data.read("test", check_images=data_dir is not None and "image" in run.cfg.learned)
+        test = data.read("test", check_images=data_dir is not None and run.cfg.needs_images)
         ids = test["posting_id"].to_numpy()
         vectors = unsupervised_vectors(run.cfg, test, data.images_dir("test"))
         for m in run.cfg.learned:

@@ -57,3 +57,17 @@ def test_missing_config_file_lists_presets():
 def test_section_must_be_mapping():
     with pytest.raises(ConfigError, match="mapping"):
         from_dict({"text": 3})
+
+
+def test_images_are_needed_by_the_image_encoder_or_a_recomputed_phash():
+    assert load_config(None, ["modalities=[image]"]).needs_images
+    assert not load_config(None, ["modalities=[text,tfidf,phash]"]).needs_images
+    assert load_config(None, ["modalities=[tfidf,phash]", "match.phash_source=image"]).needs_images
+    assert not load_config(None, ["modalities=[tfidf]", "match.phash_source=image"]).needs_images
+
+
+@pytest.mark.parametrize("override, key", [("match.blend_method=second", "blend_method"), ("match.index=lsh", "index"),
+                                           ("match.k=1", "k"), ("tfidf.max_df=1.5", "max_df")])
+def test_bad_matching_settings_are_refused_by_name(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])

@@ -148,9 +148,11 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
     s = sp.csr_matrix(s - sp.diags(s.diagonal()) + sp.eye(n, dtype=np.float32, format="csr"))
     w = _blend_weights(nb, threshold)
     wt = sp.csr_matrix(w.T)
-    ws = w @ s
-    norm = np.sqrt(np.maximum(np.asarray(ws.multiply(w).sum(axis=1)).ravel(), 1e-12))
-    del ws
+    # |u_i|^2 = (W S W^T)_ii, a block of rows at a time like P itself.
+    norm = np.concatenate([
+        np.asarray((w[i : i + block] @ s).multiply(w[i : i + block]).sum(axis=1)).ravel() for i in range(0, n, block)
+    ])
+    norm = np.sqrt(np.maximum(norm, 1e-12))
     idx = np.full((n, k), -1, dtype=np.int64)
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, block):

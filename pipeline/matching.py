@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline.neighbours import Neighbours, dense_knn, hamming_knn, sparse_knn
+from pipeline.signals import l2_rows
 
 DENSE_SIGNALS = ("image", "text")
 FUSED_SIGNALS = ("concat", "blend")
@@ -123,8 +124,7 @@ def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
     """
     out = _blend_weights(nb, threshold) @ vectors
     if sp.issparse(out):
-        norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1))).ravel()
-        return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ out, dtype=np.float32)
+        return l2_rows(out)
     return _l2(np.asarray(out, dtype=np.float32))
 
 
@@ -162,9 +162,10 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
         cos = p.data / (norm[start + row] * norm[p.indices])
         order = np.lexsort((p.indices, -cos, row))  # per row, most similar first, ties by index
         rank = np.arange(len(order)) - np.repeat(p.indptr[:-1], lengths)
-        top = order[rank < k]
-        idx[start + row[top], rank[rank < k]] = p.indices[top]
-        sim[start + row[top], rank[rank < k]] = cos[top]
+        kept = rank < k
+        top, rank = order[kept], rank[kept]
+        idx[start + row[top], rank] = p.indices[top]
+        sim[start + row[top], rank] = cos[top]
     return Neighbours(idx, sim)
 
 

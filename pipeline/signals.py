@@ -48,6 +48,11 @@ def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
                       _fit(cleaned, cfg, "char_wb", (cfg.char_ngram_min, cfg.char_ngram_max))))
     x = sp.hstack([np.sqrt(w) * p for w, p in parts], format="csr", dtype=np.float32)
     # Renormalise: a title empty in one part has a zero row there.
+    return l2_rows(x)
+
+
+def l2_rows(x: sp.spmatrix) -> sp.csr_matrix:
+    """Sparse rows scaled to unit L2 norm; an all-zero row stays zero."""
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x, dtype=np.float32)
 

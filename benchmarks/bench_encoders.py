@@ -35,9 +35,10 @@ def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline.config import ImageConfig, TextConfig, TrainConfig
     from pipeline.device import autocast_dtype, pick_device
-    from pipeline.encoders import build_encoder
-    from pipeline.heads import ArcFace
-    from pipeline.train import autocast, build_optimizer, forward, to_device, train_step
+    from pipeline.models.encoders import build_encoder
+    from pipeline.models.heads import ArcFace
+    from pipeline.training.embedding import autocast, forward, to_device
+    from pipeline.training.loop import build_optimizer, train_step
 
     torch.manual_seed(0)
     device = pick_device()

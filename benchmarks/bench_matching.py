@@ -37,13 +37,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    from pipeline.plots import plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
     from pipeline.io import save_figure
 
     n = [r["n"] for r in rows]
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_t, ax_m = fig.subplots(1, 2)
     steps = sorted({k for r in rows for k in r["seconds"]})
-    ax_t.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per step (up to 20)
+    ax_t.set_prop_cycle(color=colormaps["tab20"].colors)  # a colour per step (up to 20)
     for step in steps:
         ax_t.plot(n, [r["seconds"].get(step, 0.0) for r in rows], marker=".", label=step)
     ax_t.plot(n, [r["predict_seconds"] for r in rows], marker="o", c="k", lw=2, label="total")

@@ -50,7 +50,7 @@ print("pipeline", pipeline.__version__, "loaded from", pipeline.__file__)
 # %%
 import json  # noqa: E402
 
-from pipeline.inference import predict_from_package  # noqa: E402
+from pipeline.kaggle.inference import predict_from_package  # noqa: E402
 
 summary = predict_from_package(PACKAGE_DIR, DATA_DIR, OUT_CSV, progress=False)
 print(json.dumps(summary, indent=1))

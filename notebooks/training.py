@@ -42,7 +42,7 @@ from pipeline import plots, stages
 from pipeline.config import load_config
 from pipeline.data import Dataset
 from pipeline.paths import PROJECT_ROOT, working_dir
-from pipeline.synth import make_synthetic
+from pipeline.data.synth import make_synthetic
 
 if DATA_DIR is None:
     DATA_DIR = PROJECT_ROOT / "data" / "synthetic"
@@ -68,8 +68,7 @@ plt.tight_layout()
 plt.show()
 
 # %%
-plots.plot_group_samples(train, data.images_dir("train"), n_groups=4, per_group=4)
-plt.show()
+display(plots.plot_group_samples(train, data.images_dir("train"), n_groups=4, per_group=4))
 
 # %% [markdown]
 # ## 2. Train the encoders

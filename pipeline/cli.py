@@ -12,8 +12,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from pipeline import stages
 from pipeline.config import MODALITIES, ConfigError, load_config
 from pipeline.data import DataError
+from pipeline.kaggle.package import PackageError, package_run
+from pipeline.matching.predict import PredictError
+from pipeline.metric import score_matches
+from pipeline.submission import SubmissionError, read_matches, read_truth
 
 EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 match.k=30."
 
@@ -22,12 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr()
-    from pipeline.stages import StageError
-    from pipeline.submission import SubmissionError
-
     try:
         return args.func(args) or 0
-    except (DataError, ConfigError, StageError, SubmissionError) as e:
+    except (DataError, ConfigError, stages.StageError, SubmissionError, PredictError, PackageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -139,7 +141,7 @@ def _config(args):
 
 
 def _synth(args) -> int:
-    from pipeline.synth import make_synthetic
+    from pipeline.data.synth import make_synthetic  # development tooling, absent from the Kaggle wheel
 
     summary = make_synthetic(args.out, n_groups=args.groups, seed=args.seed, image_size=args.image_size)
     print(json.dumps(summary, default=str))
@@ -147,69 +149,52 @@ def _synth(args) -> int:
 
 
 def _run(args) -> int:
-    from pipeline.stages import run_all
-
-    report = run_all(args.data, args.out, _config(args), resume=args.resume, overwrite=args.overwrite)
+    report = stages.run_all(args.data, args.out, _config(args), resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"oof_f1": round(report["oof_f1"], 4), "report": str(args.out / "report.json"),
                       "submission": report["submission"]}))
     return 0
 
 
 def _prepare(args) -> int:
-    from pipeline.stages import prepare
-
-    prepare(args.data, args.out, _config(args))
+    stages.prepare(args.data, args.out, _config(args))
     return 0
 
 
 def _train(args) -> int:
-    from pipeline.stages import train
-
     folds = None
     if args.fold:
         try:
             folds = [None if f == "full" else int(f) for f in args.fold]
         except ValueError:
             raise ConfigError(f"--fold takes fold numbers or 'full', got {args.fold}") from None
-    train(args.run, args.modality, folds=folds, resume=args.resume, overwrite=args.overwrite)
+    stages.train(args.run, args.modality, folds=folds, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _embed(args) -> int:
-    from pipeline.stages import embed
-
-    embed(args.run, modalities=args.modalities.split(",") if args.modalities else None)
+    stages.embed(args.run, modalities=args.modalities.split(",") if args.modalities else None)
     return 0
 
 
 def _tune(args) -> int:
-    from pipeline.stages import tune_stage
-
-    report = tune_stage(args.run)
+    report = stages.tune_stage(args.run)
     print(json.dumps({"oof_f1": round(report["final"]["f1"], 4)}))
     return 0
 
 
 def _predict(args) -> int:
-    from pipeline.stages import predict
-
-    print(predict(args.run, out=args.out, data_dir=args.data))
+    print(stages.predict(args.run, out=args.out, data_dir=args.data))
     return 0
 
 
 def _score(args) -> int:
-    from pipeline.metric import score_matches
-    from pipeline.submission import read_matches, read_truth
-
     scores = score_matches(read_matches(args.submission), read_truth(args.truth))
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()}))
     return 0
 
 
 def _demo(args) -> int:
-    from pipeline.stages import demo
-
-    report = demo(args.out, data=args.data, groups=args.groups, seed=args.seed, overrides=args.overrides)
+    report = stages.demo(args.out, data=args.data, groups=args.groups, seed=args.seed, overrides=args.overrides)
     s = report["test_score"]
     print(f"out-of-fold F1 {report['oof_f1']:.4f} (per signal: "
           + ", ".join(f"{k} {v['f1']:.3f}" for k, v in report["per_modality"].items()) + ")")
@@ -220,15 +205,11 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
-    from pipeline.bench import run_bench
-
-    print(json.dumps(run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair,
+    print(json.dumps(stages.run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair,
                                 tfidf=args.tfidf, blend_method=args.blend_method)))
     return 0
 
 
 def _package(args) -> int:
-    from pipeline.package import package_run
-
     print(package_run(args.run, args.out, wheels=args.wheels, title=args.title))
     return 0

@@ -85,15 +85,8 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    return Path(path)
-
-
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
-    import torch
+    import torch  # only the stages that train or embed load torch
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -101,11 +94,9 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    import matplotlib.pyplot as plt
-
+    """Write a :class:`matplotlib.figure.Figure` atomically; its format follows the suffix."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
     return Path(path)
 
 

@@ -1,4 +1,9 @@
-"""Figures a user would rather look at than read: F1 against threshold, training curves."""
+"""Figures a user would rather look at than read: F1 against threshold, training curves, pairs.
+
+Every figure is an explicit :class:`matplotlib.figure.Figure`, never pyplot's global state, so
+importing this module switches no backend: a notebook keeps showing its plots inline, and a
+headless run (CI, a Kaggle batch job) writes them to files all the same.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,10 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-import matplotlib
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")  # headless: CI, Kaggle batch runs and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pipeline.io import save_figure  # noqa: E402
+from pipeline.io import save_figure
 
 
 def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float], path: str | Path) -> Path:
@@ -25,7 +28,8 @@ def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float], path: str | 
     names = [n for n in curves if n != "fused"] + (["fused"] if "fused" in curves else [])
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.ravel(), names):
         c = curves[name]
         ax.plot(c.thresholds, c.f1, label="F1", lw=2)
@@ -53,7 +57,8 @@ def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float], path: str | 
 
 def plot_training_logs(logs: Mapping[str, "object"], path: str | Path) -> Path:
     """Loss and held-out F1 per epoch for each trained model (``logs``: label -> DataFrame)."""
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax_loss, ax_f1 = fig.subplots(1, 2)
     for label, df in logs.items():
         ax_loss.plot(df["epoch"], df["loss"], marker="o", label=label)
         if "val_f1" in df:
@@ -77,10 +82,9 @@ def plot_pairs(pairs, images_dir: str | Path, title: str, path: str | Path | Non
         path: save the figure there (atomically) and close it; without it the open figure is
             returned, for a notebook to show.
     """
-    from PIL import Image
-
     n = max(len(pairs), 1)
-    fig, axes = plt.subplots(n, 2, figsize=(7, 2.6 * n), squeeze=False)
+    fig = Figure(figsize=(7, 2.6 * n))
+    axes = fig.subplots(n, 2, squeeze=False)
     for row, (_, p) in zip(axes, pairs.iterrows()):
         for ax, side in zip(row, ("query", "match")):
             with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
@@ -100,12 +104,11 @@ def plot_pairs(pairs, images_dir: str | Path, title: str, path: str | Path | Non
 def plot_group_samples(df, images_dir: str | Path, n_groups: int = 4, per_group: int = 4, seed: int = 0,
                        max_chars: int = 28):
     """A grid of sample images: one row per label group, its postings side by side with titles."""
-    from PIL import Image
-
     sizes = df.groupby("label_group")["posting_id"].transform("size")
     groups = df.loc[sizes >= 2, "label_group"].drop_duplicates().sample(
         n=min(n_groups, df.loc[sizes >= 2, "label_group"].nunique()), random_state=seed)
-    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.4 * per_group, 2.6 * len(groups)), squeeze=False)
+    fig = Figure(figsize=(2.4 * per_group, 2.6 * len(groups)))
+    axes = fig.subplots(len(groups), per_group, squeeze=False)
     for row, group in zip(axes, groups):
         members = df[df["label_group"] == group].head(per_group)
         for ax, (_, p) in zip(row, members.iterrows()):

@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.data import DataError, where
+from pipeline.data.contract import DataError, where
 from pipeline.io import write_csv
+from pipeline.metric import true_sets_from_labels
 
 
 class SubmissionError(ValueError):
@@ -66,8 +67,6 @@ def read_truth(path: str | Path) -> dict[str, set[str]]:
     """Read true match sets from ``posting_id,label_group`` or ``posting_id,matches``."""
     head = pd.read_csv(path, nrows=0)
     if "label_group" in head.columns:
-        from pipeline.metric import true_sets_from_labels
-
         df = _read(path, ("posting_id", "label_group"))
         return true_sets_from_labels(df["posting_id"].tolist(), df["label_group"].tolist())
     if "matches" in head.columns:

@@ -28,7 +28,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> dict:
     """12 label groups at 48 px: 24 train rows in 8 groups and 14 test rows in 4 groups."""
-    from pipeline.synth import make_synthetic
+    from pipeline.data.synth import make_synthetic
 
     root = tmp_path_factory.mktemp("tiny_synth")
     make_synthetic(root, n_groups=12, seed=0, image_size=48, progress=False)

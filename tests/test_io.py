@@ -1,9 +1,10 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline.io import atomic_path, read_json, save_npy, write_json
+from pipeline.io import atomic_path, read_json, write_csv, write_json
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -23,9 +24,9 @@ def test_atomic_write_replaces_and_uses_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
-    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(np.load(save_npy(arr, tmp_path / "a.npy")), arr)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "x.json"]
+    frame = pd.DataFrame({"a": [1, 2]})
+    pd.testing.assert_frame_equal(pd.read_csv(write_csv(frame, tmp_path / "a.csv")), frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "x.json"]
 
 
 def test_json_is_strict_with_infinities_as_null(tmp_path):

@@ -1,0 +1,126 @@
+"""The one predict path: from a gallery's postings to its submission.
+
+:func:`posting_vectors` gives every signal's vectors of a set of postings (fitting TF-IDF on their
+titles, reading or computing phashes, embedding with trained encoders), and :func:`match_postings`
+searches, fuses, blends, scores pairs and decides. ``predict``, the Kaggle inference and ``bench``
+all call these two.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import MODALITIES, Config, MatchConfig
+from pipeline.data.contract import encoder_inputs
+from pipeline.matching.candidates import Gallery, build_candidates
+from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
+from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
+from pipeline.matching.pairs import PAIR_SIGNAL, PairModel
+from pipeline.matching.signals import unsupervised_vectors
+from pipeline.submission import build_submission
+
+
+# Every signal a candidate pair can carry: the modalities, the fused ones and the pair score.
+ALL_SIGNALS = (*MODALITIES, *FUSED_SIGNALS, PAIR_SIGNAL)
+
+
+class PredictError(ValueError):
+    """Inputs that do not fit the tuned settings (a signal they use is missing, or the pair model)."""
+
+
+def uses_pair_model(settings: MatchSettings) -> bool:
+    return PAIR_SIGNAL in settings.thresholds or settings.min2_signal == PAIR_SIGNAL
+
+
+def load_pair_model(path: str | Path, settings: MatchSettings) -> PairModel | None:
+    """The saved pair model, when the settings use it."""
+    if not uses_pair_model(settings):
+        return None
+    if not Path(path).exists():
+        raise PredictError(f"{path} missing: the tuned settings use the pair model; rerun the tune stage")
+    return PairModel.load(path)
+
+
+def signals_needed(settings: MatchSettings, pair_model: PairModel | None) -> set[str]:
+    """The base signals (modalities) that the tuned settings read."""
+    names = set(settings.thresholds) | set(settings.fusion_weights)
+    names |= {s for s in (settings.blend_signal, settings.min2_signal) if s}
+    if pair_model is not None and uses_pair_model(settings):
+        names |= set(pair_model.signals)
+    return names - set(FUSED_SIGNALS) - {PAIR_SIGNAL}
+
+
+def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: Mapping[str, Any] | None = None,
+                    embeddings: Mapping[str, np.ndarray] | None = None, progress: bool = True,
+                    timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Every signal's vectors of ``df``'s postings, for the modalities of ``cfg``.
+
+    Args:
+        encoders: per learned modality, a trained encoder that embeds the postings.
+        embeddings: per learned modality, embeddings already computed (they win over ``encoders``).
+        timings: when given, seconds per step are added to it.
+    """
+    from pipeline.training.embedding import embed_items  # torch: only when something is embedded
+
+    timings = {} if timings is None else timings
+    encoders, embeddings = dict(encoders or {}), dict(embeddings or {})
+    t0 = time.perf_counter()
+    vectors = unsupervised_vectors(cfg, df, images_dir)
+    timings["unsupervised"] = time.perf_counter() - t0
+    for m in cfg.learned:
+        if m in embeddings:
+            vectors[m] = np.asarray(embeddings[m])
+            continue
+        if m not in encoders:
+            raise PredictError(f"no embeddings and no encoder given for the learned modality {m!r}")
+        t0 = time.perf_counter()
+        batch_size = getattr(cfg, m).embed_batch_size
+        vectors[m] = embed_items(encoders[m], encoder_inputs(m, df, images_dir), batch_size=batch_size,
+                                 progress=progress)
+        timings[f"embed_{m}"] = time.perf_counter() - t0
+    return vectors
+
+
+def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchSettings, match: MatchConfig,
+                   pair_model: PairModel | None = None, timings: dict[str, float] | None = None) -> pd.DataFrame:
+    """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
+
+    Args:
+        vectors: per signal, one row per posting (see :func:`posting_vectors`).
+        match: the search settings (``k``, ``batch_size``, ``index``, ``blend_method``).
+        pair_model: needed when the settings use the ``pair`` signal.
+        timings: when given, seconds per step are added to it.
+    """
+    timings = {} if timings is None else timings
+    missing = sorted(signals_needed(settings, pair_model) - set(vectors))
+    if missing:
+        raise PredictError(f"the tuned settings use {missing}, but only {sorted(vectors)} were given: "
+                           "turn those modalities on, or tune again without them")
+    if uses_pair_model(settings) and pair_model is None:
+        raise PredictError("the tuned settings use the pair model, but none was given")
+    n = len(ids)
+    everything = np.arange(n)
+    gallery = Gallery(everything, everything, dict(vectors))
+    nb = gallery_neighbours(gallery, settings, k=match.k, batch_size=match.batch_size, index=match.index,
+                            timings=timings, blend_method=match.blend_method)
+    t0 = time.perf_counter()
+    # The pair model reads every signal's evidence, so no signal's pairs can be dropped early.
+    c = build_candidates(gallery, nb, n, floors=None if uses_pair_model(settings) else prediction_floors(settings))
+    timings["candidates"] = time.perf_counter() - t0
+    if uses_pair_model(settings):
+        t0 = time.perf_counter()
+        c.sims[PAIR_SIGNAL] = pair_model.predict(c)
+        timings["pair_model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mask = decide(c, settings)
+    lists = match_lists(c, mask, n, score=next(iter(settings.thresholds), None))
+    timings["decide"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sub = build_submission(ids, lists)
+    timings["build_submission"] = time.perf_counter() - t0
+    return sub

@@ -1,0 +1,87 @@
+"""The unsupervised signals: TF-IDF on titles and the 64-bit perceptual hash of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import imagehash
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from PIL import Image
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from pipeline.config import Config, ConfigError, TfidfConfig
+from pipeline.data.titles import normalise_title
+
+
+def unsupervised_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path | None = None) -> dict[str, Any]:
+    """TF-IDF (fitted on these titles) and phash codes of a gallery, for the modalities that are on."""
+    out: dict[str, Any] = {}
+    if "tfidf" in cfg.modalities:
+        out["tfidf"] = tfidf_vectors(df["title"].tolist(), cfg.tfidf)
+    if "phash" in cfg.modalities:
+        if cfg.match.phash_source == "image":
+            if images_dir is None:
+                raise ConfigError("match.phash_source=image needs the images folder")
+            hashes = compute_phash(images_dir / name for name in df["image"])
+        else:
+            hashes = df["image_phash"].tolist()
+        out["phash"] = phash_codes(hashes)
+    return out
+
+
+def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
+    """Fit TF-IDF on the given titles (the gallery being searched) and return L2-normalised rows.
+
+    Fitting on the gallery itself is what the test set allows: the vectoriser is unsupervised, so
+    fitting it on the test titles leaks no label. With ``analyzer="both"``, word and character
+    n-gram vectors are each normalised, scaled by the square root of their weight and stacked, so
+    the cosine is the weighted mean of the two cosines (the same rule as the dense fusion).
+    """
+    cleaned = [normalise_title(t) for t in titles]
+    parts = []
+    if cfg.analyzer in ("word", "both"):
+        parts.append((1.0 - cfg.char_weight if cfg.analyzer == "both" else 1.0,
+                      _fit(cleaned, cfg, "word", (cfg.ngram_min, cfg.ngram_max))))
+    if cfg.analyzer in ("char_wb", "both"):
+        parts.append((cfg.char_weight if cfg.analyzer == "both" else 1.0,
+                      _fit(cleaned, cfg, "char_wb", (cfg.char_ngram_min, cfg.char_ngram_max))))
+    x = sp.hstack([np.sqrt(w) * p for w, p in parts], format="csr", dtype=np.float32)
+    # Renormalise: a title empty in one part has a zero row there.
+    return l2_rows(x)
+
+
+def l2_rows(x: sp.spmatrix) -> sp.csr_matrix:
+    """Sparse rows scaled to unit L2 norm; an all-zero row stays zero."""
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x, dtype=np.float32)
+
+
+def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[int, int]) -> sp.csr_matrix:
+    # As a count, so that on a handful of titles a share below one title does not reject everything.
+    max_df = 1.0 if cfg.max_df >= 1.0 else max(int(cfg.max_df * len(titles)), cfg.min_df)
+    vectoriser = TfidfVectorizer(
+        analyzer=analyzer, ngram_range=ngram_range, min_df=cfg.min_df, max_df=max_df, max_features=cfg.max_features,
+        sublinear_tf=cfg.sublinear_tf, dtype=np.float32,
+    )
+    try:
+        return sp.csr_matrix(vectoriser.fit_transform(titles), dtype=np.float32)
+    except ValueError:
+        # Every title empty (or only stop characters): no vocabulary; zero vectors, no matches.
+        return sp.csr_matrix((len(titles), 1), dtype=np.float32)
+
+
+def phash_codes(hashes: Iterable[str]) -> np.ndarray:
+    """(N, 8) uint8 packed bits of 16-hex-digit phashes, as FAISS binary indexes take them."""
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes], dtype=np.uint8).reshape(-1, 8)
+
+
+def compute_phash(paths: Iterable[str | Path]) -> list[str]:
+    """The 64-bit DCT phash of each image, in the ``image_phash`` column's hex form."""
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(str(imagehash.phash(im)))
+    return out

@@ -1,0 +1,1 @@
+"""Models: margin heads over ``label_group`` (:mod:`.heads`) and the image and title encoders (:mod:`.encoders`)."""

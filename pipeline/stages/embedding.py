@@ -1,0 +1,59 @@
+"""``embed``: the L2-normalised embeddings that the tune and predict stages search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline import io
+from pipeline.data import encoder_inputs
+from pipeline.data.folds import gallery_rows
+from pipeline.models.encoders import build_encoder, load_encoder
+from pipeline.stages.context import Run, modality_cfg, open_run, stage
+from pipeline.training.checkpoint import seed_everything
+from pipeline.training.embedding import embed_items
+
+
+def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the L2-normalised embeddings the tune and predict stages search.
+
+    For fold f, the fold's model embeds its gallery (every train row, or the fold's own rows when
+    ``folds.gallery`` is ``fold``); the model that ``train.final`` names embeds test.csv. With
+    ``baseline_untrained``, the encoder as built before training embeds every train row too, for
+    the report.
+    """
+    run = open_run(run_dir)
+    df, test = run.train_df(), run.test_df()
+    fold_of = run.folds(df)
+    ids = df["posting_id"].to_numpy()
+    written = {}
+    with stage(run, "embed"):
+        for m in modalities or run.cfg.learned:
+            mcfg = modality_cfg(run.cfg, m)
+            items = np.asarray(encoder_inputs(m, df, run.data.images_dir("train")), dtype=object)
+            for fold in range(run.cfg.folds.n_splits):
+                rows = gallery_rows(run.cfg.folds.gallery, fold_of, fold)
+                model = load_encoder(run.model_file(m, fold))
+                written[f"{m}/oof_fold{fold}"] = _embed_to(run, m, f"oof_fold{fold}", model, items[rows].tolist(),
+                                                           ids[rows], progress)
+            if run.cfg.baseline_untrained:
+                seed_everything(run.cfg.seed)
+                model = build_encoder(m, mcfg).eval()
+                written[f"{m}/untrained"] = _embed_to(run, m, "untrained", model, items.tolist(), ids, progress)
+            if mcfg.train.final != "none":
+                model = load_encoder(run.test_model_file(m))
+                written[f"{m}/test"] = _embed_to(run, m, "test", model,
+                                                 encoder_inputs(m, test, run.data.images_dir("test")),
+                                                 test["posting_id"].to_numpy(), progress)
+    return written
+
+
+def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.ndarray, progress: bool) -> str:
+    vec_path, ids_path = run.paths.embeddings(modality, name)
+    embed_items(model, items, batch_size=modality_cfg(run.cfg, modality).embed_batch_size, out_path=vec_path,
+                progress=progress)
+    io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
+    return str(vec_path)

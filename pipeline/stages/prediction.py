@@ -1,0 +1,46 @@
+"""``predict``: match test.csv with the tuned settings and write a validated submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data import Dataset
+from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
+from pipeline.stages.report import write_report
+from pipeline.stages.context import log, open_run, stage
+from pipeline.submission import write_submission
+
+
+def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | Path | None = None,
+            progress: bool = True) -> Path:
+    """Match test.csv with the tuned settings and write a validated submission.
+
+    Args:
+        out: the submission path (default ``RUN/submission.csv``).
+        data_dir: read test.csv from here instead of the run's data folder; learned modalities are
+            then embedded on the fly with the model that ``train.final`` names.
+    """
+    run = open_run(run_dir)
+    settings = run.tuned_settings()
+    data = run.data if data_dir is None else Dataset(Path(data_dir).resolve())
+    with stage(run, "predict"):
+        test = data.read("test", check_images=data_dir is not None and run.cfg.needs_images)
+        ids = test["posting_id"].to_numpy()
+        if data_dir is None:
+            embeddings = {m: run.embeddings(m, "test", ids) for m in run.cfg.learned}
+            encoders = {}
+        else:
+            from pipeline.models.encoders import load_encoder  # torch: only when something is embedded
+
+            embeddings = {}
+            encoders = {m: load_encoder(run.test_model_file(m)) for m in run.cfg.learned}
+        vectors = posting_vectors(run.cfg, test, data.images_dir("test"), encoders=encoders, embeddings=embeddings,
+                                  progress=progress)
+        pair_model = load_pair_model(run.paths.pair_model, settings)
+        sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model)
+        path = Path(out) if out is not None else run.paths.submission
+        write_submission(sub, path, ids)
+        log.info("[predict] %d postings, %.2f matches each on average -> %s",
+                 len(sub), sub["matches"].str.count(" ").mean() + 1, path)
+    write_report(run.paths.root)
+    return path

@@ -1,0 +1,70 @@
+"""``train-image`` / ``train-text``: one encoder per fold (on the other folds) and one on every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.config import MatchConfig
+from pipeline.data import encoder_inputs
+from pipeline.matching.candidates import Gallery, build_candidates
+from pipeline.matching.decide import MatchSettings
+from pipeline.matching.fusion import gallery_neighbours
+from pipeline.matching.tuning import Scorer, threshold_grid
+from pipeline.stages.context import StageError, log, modality_cfg, open_run, stage
+from pipeline.training.checkpoint import RunStateError
+from pipeline.training.embedding import embed_items
+from pipeline.training.loop import train_encoder
+
+
+def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None = None,
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one encoder per fold (on the other folds) and, when ``train.final`` is full, one on all rows.
+
+    Args:
+        folds: which to train: fold numbers, and None for the full model. Default: all of them.
+        resume: continue each model from its last full-state checkpoint.
+        overwrite: discard models the folder already holds and train them again.
+    """
+    run = open_run(run_dir)
+    mcfg = modality_cfg(run.cfg, modality)
+    df = run.train_df()
+    fold_of = run.folds(df)
+    labels = df["label_group"].to_numpy()
+    items = np.asarray(encoder_inputs(modality, df, run.data.images_dir("train")), dtype=object)
+    if folds is None:
+        folds = list(range(run.cfg.folds.n_splits)) + ([None] if mcfg.train.final == "full" else [])
+    results = {}
+    with stage(run, f"train-{modality}"):
+        for fold in folds:
+            rows = np.ones(len(df), bool) if fold is None else fold_of != fold
+            name = "full" if fold is None else f"fold{fold}"
+            log.info("[train-%s] %s: %d rows, %d groups", modality, name, rows.sum(), len(np.unique(labels[rows])))
+            eval_fn = None if fold is None else held_out_eval(
+                items[fold_of == fold].tolist(), labels[fold_of == fold], mcfg.embed_batch_size, run.cfg.match)
+            try:
+                results[name] = train_encoder(
+                    modality, mcfg, items[rows].tolist(), labels[rows], run.paths.model(modality, fold).root,
+                    seed=run.cfg.seed + (0 if fold is None else fold + 1),
+                    resume=resume, overwrite=overwrite, eval_fn=eval_fn, progress=progress,
+                )
+            except RunStateError as e:
+                raise StageError(f"{e} (from the command line: --resume or --overwrite)") from e
+    return results
+
+
+def held_out_eval(items: list, labels: np.ndarray, batch_size: int, match: MatchConfig):
+    """Per-epoch F1 of the signal alone on a held-out fold (searched within the fold, for speed)."""
+    k = min(match.k, len(items))
+
+    def evaluate(model) -> dict[str, float]:
+        x = embed_items(model, items, batch_size=batch_size, progress=False)
+        everything = np.arange(len(x))
+        g = Gallery(everything, everything, {model.modality: x})
+        c = build_candidates(g, gallery_neighbours(g, MatchSettings(), k=k), len(x))
+        _, f1 = Scorer(c, labels).curve(model.modality, threshold_grid(c.sims[model.modality], 41)).best
+        return {"val_f1": f1}
+
+    return evaluate

@@ -1,0 +1,103 @@
+"""Tuning against brute force on tiny cases: coordinate ascent, min-2, and the folds it relies on."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.data.folds import make_folds
+from pipeline.matching.candidates import Candidates
+from pipeline.matching.decide import MatchSettings, Min2, decide
+from pipeline.matching.tuning import Scorer, _coordinate_ascent, _tune_min2, threshold_grid, tune
+from pipeline.metric import f1_from_sets
+
+
+def tiny_candidates(seed: int, n: int = 24, signals=("a", "b")) -> tuple[Candidates, np.ndarray]:
+    """Every ordered pair of n postings in groups of 1-3, with noisy similarities that lean towards
+    true matches; each signal misses some pairs (-inf), as top-k lists do."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n), rng.integers(1, 4, size=n))[:n]
+    q, m = np.array([(i, j) for i in range(n) for j in range(n) if i != j]).T
+    same = labels[q] == labels[m]
+    sims = {}
+    for s in signals:
+        x = np.round(np.clip(0.45 + 0.3 * same + 0.2 * rng.standard_normal(len(q)), 0, 1), 2).astype(np.float32)
+        x[rng.random(len(q)) < 0.2] = -np.inf
+        sims[s] = x
+    return Candidates(q, m, sims, n), labels
+
+
+def reference_f1(c: Candidates, labels: np.ndarray, mask: np.ndarray) -> float:
+    """Kaggle's metric on Python sets, each posting's set holding itself."""
+    pred = [{i} | set(c.match[mask & (c.query == i)].tolist()) for i in range(c.n)]
+    true = [set(np.flatnonzero(labels == labels[i]).tolist()) for i in range(c.n)]
+    return f1_from_sets(pred, true)["f1"]
+
+
+def union_of(c: Candidates, thresholds: dict[str, float]) -> MatchSettings:
+    return MatchSettings(thresholds={k: v for k, v in thresholds.items() if not math.isinf(v)})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coordinate_ascent_ends_where_no_single_threshold_change_helps(seed):
+    c, labels = tiny_candidates(seed)
+    grids = {s: threshold_grid(c.sims[s], 7) for s in c.sims}
+    scorer = Scorer(c, labels)
+    start = MatchSettings(thresholds={"a": float(grids["a"][3])})
+    tuned = _coordinate_ascent(scorer, start, grids, Min2(c, "a"), passes=10)
+    f1 = reference_f1(c, labels, decide(c, tuned))
+    # Brute force over each coordinate in turn, the other held: nothing beats the tuned rule.
+    for name, grid in grids.items():
+        for t in [math.inf, *grid]:
+            trial = {**tuned.thresholds, name: float(t)}
+            if all(math.isinf(v) for v in trial.values()):
+                continue
+            assert reference_f1(c, labels, decide(c, union_of(c, trial))) <= f1 + 1e-9
+    # And the union is at least as good as the best single signal at its best threshold.
+    best_single = max(reference_f1(c, labels, c.sims[s] >= t) for s in grids for t in grids[s])
+    assert f1 >= best_single - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_min2_floor_is_the_brute_force_best(seed):
+    c, labels = tiny_candidates(seed)
+    scorer = Scorer(c, labels)
+    grid = threshold_grid(c.sims["a"], 15)
+    union = MatchSettings(thresholds={"a": 0.8, "b": 0.85})
+    tuned = _tune_min2(scorer, union, Min2(c, "a"), grid)
+    candidates = [union] + [MatchSettings(thresholds=union.thresholds, min2_signal="a", min2_floor=float(f))
+                            for f in grid]
+    brute = max(reference_f1(c, labels, decide(c, s)) for s in candidates)
+    assert reference_f1(c, labels, decide(c, tuned)) == pytest.approx(brute, abs=1e-9)
+
+
+def test_min2_gives_each_lonely_posting_its_best_pair_above_the_floor():
+    c, labels = tiny_candidates(7)
+    settings = MatchSettings(thresholds={"a": 0.9}, min2_signal="b", min2_floor=0.3)
+    mask = decide(c, settings)
+    union = c.sims["a"] >= 0.9
+    for i in range(c.n):
+        added = mask & ~union & (c.query == i)
+        mine = (c.query == i) & np.isfinite(c.sims["b"])
+        if union[c.query == i].any() or not mine.any() or c.sims["b"][mine].max() < 0.3:
+            assert not added.any()
+        else:
+            assert added.sum() == 1 and c.sims["b"][added][0] == c.sims["b"][mine].max()
+
+
+def test_tuned_f1_is_what_decide_scores():
+    c, labels = tiny_candidates(3, n=40)
+    result = tune(lambda s: c, labels, n_thresholds=11, blend_rounds=0)
+    assert result.steps["final"]["f1"] == pytest.approx(reference_f1(c, labels, decide(c, result.settings)))
+
+
+@pytest.mark.parametrize(("n_splits", "seed"), list(itertools.product((2, 3, 5), range(3))))
+def test_folds_never_split_a_group(n_splits, seed):
+    labels = np.random.default_rng(seed).integers(0, 30, size=200)
+    folds = make_folds(labels, n_splits, seed)
+    for label in np.unique(labels):
+        assert len(np.unique(folds[labels == label])) == 1
+    assert sorted(np.unique(folds)) == list(range(n_splits))

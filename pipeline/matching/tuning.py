@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.matching.candidates import Candidates
-from pipeline.matching.decide import MatchSettings, Min2, decide
+from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
 from pipeline.matching.fusion import BLENDABLE_SIGNALS
 from pipeline.matching.pairs import PAIR_SIGNAL, PairModel, cross_fit
 from pipeline.metric import f1_from_pairs, group_sizes
@@ -203,7 +203,7 @@ def _coordinate_ascent(scorer: Scorer, settings: MatchSettings, grids: dict[str,
         improved = False
         for name, grid in grids.items():
             others = dataclasses.replace(settings, thresholds={k: v for k, v in settings.thresholds.items() if k != name})
-            rest = decide(c, others, min2)
+            rest = union_mask(c, others.thresholds)
             s = c.sims[name]
             for t in [math.inf, *grid]:
                 mask = rest | (s >= t) if not math.isinf(t) else rest

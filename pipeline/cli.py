@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,25 +24,40 @@ from pipeline.submission import SubmissionError, read_matches, read_truth
 EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 match.k=30."
 
 
+# The stages that run under torchrun with several processes (every rank works, rank 0 writes).
+TORCHRUN_STAGES = ("train-image", "train-text", "embed")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr()
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torchrun and args.stage not in TORCHRUN_STAGES:
+        print(f"error: under torchrun only {', '.join(TORCHRUN_STAGES)} run; run {args.stage} with "
+              "`python -m pipeline` (one process)", file=sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except (DataError, ConfigError, stages.StageError, SubmissionError, PredictError, PackageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if torchrun:
+            from pipeline.training.distributed import shutdown
+
+            shutdown()
 
 
 def _log_to_stderr() -> None:
-    """Progress lines of the stages on stderr; stdout stays for results (JSON lines, paths)."""
+    """Progress lines of the stages on stderr; stdout stays for results (JSON lines, paths).
+    Under torchrun, ranks other than 0 print warnings and errors only."""
     logger = logging.getLogger("pipeline")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

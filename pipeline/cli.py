@@ -26,6 +26,8 @@ EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.trai
 
 # The stages that run under torchrun with several processes (every rank works, rank 0 writes).
 TORCHRUN_STAGES = ("train-image", "train-text", "embed")
+# torchrun's own parser reads a later --run as its --run-path, hence the second spelling.
+RUN_DIR_HELP = "run folder; spell it --run-dir after torchrun ... -m pipeline, whose parser takes --run for --run-path"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for modality in ("image", "text"):
         p = add(f"train-{modality}", _train, f"Train the {modality} encoder with its ArcFace head, per fold and on all rows.")
-        p.add_argument("--run", required=True, type=Path, help="prepared run folder")
+        p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
         p.add_argument("--fold", action="append", default=None,
                        help="fold number, or 'full' for the model trained on every row; repeatable (default: all)")
         p.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(modality=modality)
 
     p = add("embed", _embed, "Write the encoders' L2-normalised embeddings (out-of-fold galleries and test).")
-    p.add_argument("--run", required=True, type=Path, help="run folder with trained models")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
     p.add_argument("--modalities", default=None, help="comma list of learned modalities (default: those of the run)")
 
     p = add("tune", _tune, "Tune thresholds and fusion on out-of-fold F1; writes thresholds.json and plots.")

@@ -117,15 +117,14 @@ def train_encoder(
     later_row_epochs: float = 0.0,
 ) -> dict[str, Any]:
     """Train an encoder and its margin head; write ``log.csv``, ``log.json``, ``model.pt`` (and
-    ``last.pt`` after each epoch, deleted at the end unless ``train.keep_last``).
-
-    An existing ``out_dir`` holding a finished run of the same config, seed and data is not
+    ``last.pt`` after each epoch, deleted at the end unless ``train.keep_last``). An existing ``out_dir`` holding a finished run of the same config, seed and data is not
     retrained (its summary comes back with ``skipped=True``); an unfinished one continues with
     ``resume=True`` (which on an empty folder starts afresh, so a preemptible job can always pass
     it); ``overwrite=True`` starts over. Anything else raises
     :class:`~pipeline.training.checkpoint.RunStateError`, saying what to do.
 
     Under torchrun every rank calls this with the same arguments (see the module's docstring).
+    Each finished epoch logs one line (see :class:`~pipeline.training.progress.EpochLog`).
 
     Args:
         modality: "image" (``items`` are image paths) or "text" (``items`` are titles).
@@ -138,16 +137,15 @@ def train_encoder(
             F1) join the epoch's log row. Under torchrun it runs on every rank (embedding is
             sharded) and must return the same metrics on each.
         device: default :func:`pipeline.device.pick_device`; under torchrun, the rank's own.
-        label: names the model in the per-epoch log line (default: the modality).
+        label: names the model in the per-epoch line (default: the modality).
         later_row_epochs: rows times epochs of the models still to train after this one, for the
-            line's time left over all of them (see :class:`~pipeline.training.progress.EpochLog`).
+            line's time left over all of them.
 
     Returns:
         ``model_path``, ``out_dir``, ``skipped``, ``epochs``, ``steps``, ``history`` (the log rows)
         and ``final`` (the last row).
     """
-    world = distributed.init_if_launched()
-    main = distributed.is_main()
+    world, main, label = distributed.init_if_launched(), distributed.is_main(), label or modality
     items, labels = _check_inputs(modality, items, labels, resume, overwrite)
     files = ModelPaths(Path(out_dir))
     y, classes = label_index(labels)
@@ -156,28 +154,20 @@ def train_encoder(
     finished, ckpt = existing_run(files, identity, resume=resume, overwrite=overwrite, clear=main)
     if finished is not None:
         if main:
-            log.info("%s: finished earlier in %s, skipped", label or modality, files.root)
+            log.info("%s: finished earlier in %s, skipped", label, files.root)
         return run_summary(files, finished["history"], skipped=True)
 
     seed_everything(seed)
     s = _setup(modality, cfg, items, y, len(classes), device, load_weights=ckpt is None, world=world)
-    start_epoch, step, history = 0, 0, []
-    if ckpt is not None:
-        for name, part in s.parts.items():
-            part.load_state_dict(ckpt[name])
-        start_epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-        set_rng_state(ckpt["rng"])
-        del ckpt
-
+    start_epoch, step, history = _restore(s, ckpt) if ckpt is not None else (0, 0, [])
+    del ckpt
     context = {"run": identity, "device": str(s.device), "n_items": len(items), "n_classes": len(classes),
                "batch_size": s.batch_size, "steps_per_epoch": s.steps_per_epoch, "epochs": cfg.train.epochs,
-               "code_version": code_version()}
-    if world > 1:
-        context["world_size"] = world
-    epoch_log = EpochLog(label or modality, cfg.train.epochs, len(items), later_row_epochs, enabled=main)
+               "code_version": code_version(), **({"world_size": world} if world > 1 else {})}
+    epoch_log = EpochLog(label, cfg.train.epochs, len(items), later_row_epochs, enabled=main)
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
-        row, step = _run_epoch(s, seed, epoch, step, desc=f"train {label or modality} {epoch + 1}/{cfg.train.epochs}",
+        row, step = _run_epoch(s, seed, epoch, step, desc=f"train {label} {epoch + 1}/{cfg.train.epochs}",
                                progress=progress and main)
         if eval_fn is not None:
             row.update(_evaluate(eval_fn, s.model, s.device))
@@ -185,14 +175,26 @@ def train_encoder(
         if main:
             _save_epoch(files, s, context, history, epoch, step, identity, classes)
         epoch_log(row, time.perf_counter() - started)
-
     if main:
-        save_encoder(s.model, files.model, modality, cfg)
-        write_logs(files, context, history, done=True)
-        if not cfg.train.keep_last:
-            files.last.unlink(missing_ok=True)  # model.pt and log.json mark the run finished
+        _finish(files, s, modality, cfg, context, history)
     distributed.barrier()  # no rank goes on (e.g. to embed with model.pt) before the files exist
     return run_summary(files, history, skipped=False)
+
+
+def _finish(files: ModelPaths, s: _Session, modality: str, cfg: ImageConfig | TextConfig, context: dict,
+            history: list[dict]) -> None:
+    save_encoder(s.model, files.model, modality, cfg)
+    write_logs(files, context, history, done=True)
+    if not cfg.train.keep_last:
+        files.last.unlink(missing_ok=True)  # model.pt and log.json mark the run finished
+
+
+def _restore(s: _Session, ckpt: dict[str, Any]) -> tuple[int, int, list[dict]]:
+    """Load a checkpoint's full state into the session; (epochs done, step, log rows)."""
+    for name, part in s.parts.items():
+        part.load_state_dict(ckpt[name])
+    set_rng_state(ckpt["rng"])
+    return ckpt["epoch"], ckpt["step"], list(ckpt["history"])
 
 
 def _save_epoch(files: ModelPaths, s: _Session, context: dict, history: list[dict], epoch: int, step: int,
@@ -258,11 +260,17 @@ def _setup(modality: str, cfg: ImageConfig | TextConfig, items: list, y: np.ndar
         step_head = DDP(head, device_ids=ids)
     class_weights = None
     if tc.sample_weight_power > 0:
-        w = counts.astype(np.float64) ** -tc.sample_weight_power
-        w /= w[y].mean()  # mean 1 over the rows: no per-batch normaliser, so N processes weigh as one does
-        class_weights = torch.as_tensor(w, dtype=torch.float32, device=device)
+        class_weights = class_loss_weights(y, n_classes, tc.sample_weight_power).to(device)
     return _Session(model, head, dataset, collate, batch_size, steps_per_epoch, optimizer, scheduler, scaler,
                     amp_dtype, margin, device, step_model, step_head, class_weights, cfg.head.sample_rate, world)
+
+
+def class_loss_weights(y: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
+    """(C,) float32 loss weight of each class's rows: ``n_c ** -power``, scaled to a mean of 1 over
+    the rows ``y``. A fixed scale (not a per-batch normaliser) keeps the loss of a global batch the
+    same however many processes share it."""
+    w = np.bincount(y, minlength=n_classes).clip(min=1).astype(np.float64) ** -power
+    return torch.as_tensor(w / w[y].mean(), dtype=torch.float32)
 
 
 def _train_device(device: str | torch.device | None, world: int) -> torch.device:

@@ -11,8 +11,11 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +25,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from pipeline.config import HeadConfig, ImageConfig, TextConfig, TrainConfig
+from pipeline import cli, stages
+from pipeline.config import HeadConfig, ImageConfig, TextConfig, TrainConfig, load_config
 from pipeline.data.datasets import make_dataset
 from pipeline.models.encoders import build_encoder, load_encoder
+from pipeline.paths import RunPaths
 from pipeline.training import distributed
 from pipeline.training.distributed import GlobalBatchNorm, RankBatches, epoch_order, global_batchnorm
 from pipeline.training.embedding import embed_items, forward
@@ -295,3 +300,55 @@ def test_distributed_init_is_a_no_op_outside_torchrun(monkeypatch):
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with pytest.raises(RuntimeError, match="MASTER_PORT"):
         distributed.init_if_launched()
+
+
+# --- the command line under torchrun ----------------------------------------------------------------------
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "pipeline", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_distributed_cli_trains_under_torchrun_and_embed_stage_shards(tiny_synth, tiny_bert_dir, tmp_path):
+    """``torchrun --nproc_per_node 2 -m pipeline train-text --run-dir R``: every model once, one log
+    line per epoch (rank 0's); then the embed stage on 2 ranks gives one process's embeddings.
+    (``--run`` would be taken by torchrun's own parser for its ``--run-path``.)"""
+    cfg = load_config(None, [
+        "modalities=[text,tfidf]", "folds.n_splits=2", f"text.model={tiny_bert_dir}", "text.embed_dim=16",
+        "text.train.epochs=2", "text.train.num_workers=0", "text.train.batch_size=8", "text.train.final=fold0",
+        "baseline_untrained=false",
+    ])
+    run = tmp_path / "run"
+    stages.prepare(tiny_synth["root"], run, cfg)
+
+    trained = torchrun("train-text", "--run-dir", str(run), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    epoch_lines = re.findall(r"^text fold(\d) epoch (\d)/2: .*$", trained.stderr, flags=re.M)
+    assert sorted(epoch_lines) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")], trained.stderr[-3000:]
+    for fold in (0, 1):
+        folder = run / "models" / "text" / f"fold{fold}"
+        assert sorted(p.name for p in folder.iterdir()) == ["log.csv", "log.json", "model.pt"]
+        assert json.loads((folder / "log.json").read_text())["world_size"] == 2
+
+    shutil.copytree(run, tmp_path / "alone")
+    run_ranks(lambda: stages.embed(run, progress=False))  # the embed stage's ranks, without a second launch
+    stages.embed(tmp_path / "alone", progress=False)
+    for name in ("oof_fold0", "oof_fold1", "test"):
+        vec, ids = RunPaths(run).embeddings("text", name)
+        vec_alone, ids_alone = RunPaths(tmp_path / "alone").embeddings("text", name)
+        np.testing.assert_allclose(np.load(vec), np.load(vec_alone), atol=1e-5)
+        assert ids.read_text() == ids_alone.read_text()
+
+
+
+def test_distributed_cli_refuses_the_other_stages_under_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["synth", "--out", str(tmp_path / "synth")]) == 2  # both ranks would write the same files
+    assert "under torchrun only train-image, train-text, embed run" in capsys.readouterr().err
+    assert not (tmp_path / "synth").exists()

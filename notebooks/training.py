@@ -32,6 +32,8 @@ CONFIG = "demo"  # a YAML file or a preset name; "demo" is sized for a CPU
 OVERRIDES: list[str] = []  # key=value pairs, e.g. ["text.train.epochs=5", "image.backbone=tf_efficientnet_b3"]
 
 # %%
+import logging
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -51,6 +53,10 @@ DATA_DIR = Path(DATA_DIR)
 RUN_DIR = Path(RUN_DIR) if RUN_DIR is not None else working_dir() / "runs" / "notebook"
 cfg = load_config(CONFIG, OVERRIDES)
 print("data:", DATA_DIR.resolve(), "| run:", RUN_DIR.resolve(), "| modalities:", cfg.modalities)
+# The stages' progress lines under each cell, e.g. one per epoch: "text fold0 epoch 3/6: loss ..., ETA ...".
+if not logging.getLogger("pipeline").handlers:
+    logging.getLogger("pipeline").addHandler(logging.StreamHandler(sys.stdout))
+logging.getLogger("pipeline").setLevel(logging.INFO)
 
 # %% [markdown]
 # ## 1. Explore
@@ -75,6 +81,10 @@ display(plots.plot_group_samples(train, data.images_dir("train"), n_groups=4, pe
 # GroupKFold folds over `label_group`; each learned modality trains one model per fold (on the
 # other folds) and one on every row (used for the test set). Killed? Rerun the cell with
 # `resume=True`.
+#
+# On a Kaggle "GPU T4 x2" notebook, both GPUs train when a cell runs, after `stages.prepare(...)`,
+# `!torchrun --nproc_per_node 2 -m pipeline train-image --run-dir {RUN_DIR}` (and `train-text`);
+# the cell below then finds those models finished and skips them.
 
 # %%
 stages.prepare(DATA_DIR, RUN_DIR, cfg)

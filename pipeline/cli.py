@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,25 +24,42 @@ from pipeline.submission import SubmissionError, read_matches, read_truth
 EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 match.k=30."
 
 
+# The stages that run under torchrun with several processes (every rank works, rank 0 writes).
+TORCHRUN_STAGES = ("train-image", "train-text", "embed")
+# torchrun's own parser reads a later --run as its --run-path, hence the second spelling.
+RUN_DIR_HELP = "run folder; spell it --run-dir after torchrun ... -m pipeline, whose parser takes --run for --run-path"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr()
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torchrun and args.stage not in TORCHRUN_STAGES:
+        print(f"error: under torchrun only {', '.join(TORCHRUN_STAGES)} run; run {args.stage} with "
+              "`python -m pipeline` (one process)", file=sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except (DataError, ConfigError, stages.StageError, SubmissionError, PredictError, PackageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if torchrun:
+            from pipeline.training.distributed import shutdown
+
+            shutdown()
 
 
 def _log_to_stderr() -> None:
-    """Progress lines of the stages on stderr; stdout stays for results (JSON lines, paths)."""
+    """Progress lines of the stages on stderr; stdout stays for results (JSON lines, paths).
+    Under torchrun, ranks other than 0 print warnings and errors only."""
     logger = logging.getLogger("pipeline")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for modality in ("image", "text"):
         p = add(f"train-{modality}", _train, f"Train the {modality} encoder with its ArcFace head, per fold and on all rows.")
-        p.add_argument("--run", required=True, type=Path, help="prepared run folder")
+        p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
         p.add_argument("--fold", action="append", default=None,
                        help="fold number, or 'full' for the model trained on every row; repeatable (default: all)")
         p.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
@@ -82,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(modality=modality)
 
     p = add("embed", _embed, "Write the encoders' L2-normalised embeddings (out-of-fold galleries and test).")
-    p.add_argument("--run", required=True, type=Path, help="run folder with trained models")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
     p.add_argument("--modalities", default=None, help="comma list of learned modalities (default: those of the run)")
 
     p = add("tune", _tune, "Tune thresholds and fusion on out-of-fold F1; writes thresholds.json and plots.")

@@ -9,6 +9,7 @@ config (``config.yaml``), so a run can be reproduced from it alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +52,29 @@ class HeadConfig:
     margin_warmup_epochs: float = 2.0  # ... and reaches margin_rad after this many epochs
     subcenters: int = 1
     easy_margin: bool = False
+    # Class-size margins: class c gets margin_rad * clip((n_c / median n) ** -margin_size_power,
+    # margin_size_min, margin_size_max), n_c its training rows, so rare classes get a larger margin.
+    # 0 turns it off.
+    margin_size_power: float = 0.0
+    margin_size_min: float = 0.5
+    margin_size_max: float = 1.5
+    # PartialFC-style sampling (arXiv 2203.15565): each step's softmax runs over every class of the
+    # (global) batch plus random other classes up to this share of all classes; 1.0 is the full head.
+    sample_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("arcface", "cosface"):
+            raise ConfigError(f"head.kind must be arcface or cosface, got {self.kind!r}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"head.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.margin_size_power < 0:
+            raise ConfigError(f"head.margin_size_power must be >= 0 (0 = off), got {self.margin_size_power}")
+        if not 0.0 < self.margin_size_min <= 1.0 <= self.margin_size_max:
+            raise ConfigError("head.margin_size_min and head.margin_size_max must satisfy 0 < min <= 1 <= max, got "
+                              f"{self.margin_size_min} and {self.margin_size_max}")
+        largest = self.margin_rad * (self.margin_size_max if self.margin_size_power > 0 else 1.0)
+        if self.kind == "arcface" and largest >= math.pi:
+            raise ConfigError(f"head.margin_rad * head.margin_size_max must stay below pi, got {largest:.3f}")
 
 
 @dataclass
@@ -58,7 +82,7 @@ class TrainConfig:
     """Settings of the one training loop shared by both encoders."""
 
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: under torchrun each of N processes takes batch_size / N rows
     lr: float = 3e-5  # backbone
     head_lr: float = 3e-3  # the head starts from random and needs a larger step
     weight_decay: float = 1e-4
@@ -69,10 +93,20 @@ class TrainConfig:
     # The model that embeds test.csv: full (one more model, trained on every row), fold0 (the first
     # fold's model, which saves a training; thresholds were tuned on fold models anyway) or none.
     final: str = "full"
+    # Keep last.pt (the full training state) once a model has finished; it is deleted by default,
+    # since model.pt and log.json are all a finished run needs.
+    keep_last: bool = False
+    # Each row's cross-entropy weighs n^-p, n its class's training rows, normalised to a mean of 1
+    # over the rows (2nd place in the competition used p = 0.4); 0 weighs every row alike.
+    sample_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
         if self.final not in ("full", "fold0", "none"):
             raise ConfigError(f"train.final must be full, fold0 or none, got {self.final!r}")
+        if self.sample_weight_power < 0:
+            raise ConfigError(f"train.sample_weight_power must be >= 0 (0 = off), got {self.sample_weight_power}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

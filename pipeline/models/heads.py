@@ -11,6 +11,14 @@ does.
 
 The weight's rows are class-major, row ``c * K + k`` is sub-centre ``k`` of class ``c``, which is
 also pytorch-metric-learning's ``SubCenterArcFaceLoss`` layout (its ``W`` is our weight transposed).
+
+Two options change which logits a step sees, both off by default:
+
+- per-class margins (:func:`size_margin_factors`, :meth:`MarginHead.set_margin_factors`): class c's
+  margin is the head's margin times a factor, e.g. larger for rare classes;
+- sampled classes (:func:`sample_classes`, the ``classes`` argument of :meth:`MarginHead.forward`):
+  the softmax runs over the batch's classes plus random others, as PartialFC (arXiv 2203.15565)
+  does, so the logits and the matmul shrink from (B, C) to (B, S).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,42 +61,65 @@ class MarginHead(nn.Module):
         self.subcenters = subcenters
         self.weight = nn.Parameter(torch.empty(n_classes * subcenters, in_features))  # (C*K, D)
         nn.init.xavier_uniform_(self.weight)
+        # (C,) per-class margin factors, or None for the head's margin everywhere. Derived from the
+        # data at each start, so not part of the state dict.
+        self.register_buffer("margin_factors", None, persistent=False)
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def set_margin_factors(self, factors: torch.Tensor | None) -> None:
+        """Give class c the margin ``factors[c]`` times the head's (None: the head's margin for all)."""
+        if factors is not None:
+            factors = torch.as_tensor(factors, dtype=torch.float32, device=self.weight.device)
+            if factors.shape != (self.n_classes,) or not bool((factors > 0).all()):
+                raise ValueError(f"margin factors must be ({self.n_classes},) positive values, got shape "
+                                 f"{tuple(factors.shape)}")
+        self.margin_factors = factors
+
+    def cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine between each embedding and each class, max over sub-centres.
 
         Args:
             embeddings: (B, D), any float dtype.
+            classes: (S,) class ids to score; None scores all C.
 
         Returns:
-            (B, C) float32 cosines, unclamped.
+            (B, C) or (B, S) float32 cosines, unclamped.
         """
         # fp32 throughout: a bf16 matmul alone moves logits by a few hundredths at s = 30.
         x = F.normalize(embeddings.float(), dim=1)
-        w = F.normalize(self.weight.float(), dim=1)  # each sub-centre normalised on its own
-        cos = x @ w.t()  # (B, C*K)
-        return cos.view(-1, self.n_classes, self.subcenters).amax(dim=2)
+        weight = self.weight if classes is None else self.weight.view(self.n_classes, self.subcenters, -1)[classes]
+        w = F.normalize(weight.reshape(-1, self.in_features).float(), dim=1)  # each sub-centre on its own
+        cos = x @ w.t()  # (B, C*K) or (B, S*K)
+        return cos.view(len(x), -1, self.subcenters).amax(dim=2)
 
-    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
-        """Map the target class's cosine (any shape, float32) to its margin-penalised value."""
+    def apply_margin(self, cos_target: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        """Map the target class's cosine (any shape, float32) to its margin-penalised value.
+
+        ``factor`` (broadcastable to ``cos_target``) multiplies the margin; None means 1.
+        """
         raise NotImplementedError
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
+                classes: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled logits.
 
         Args:
             embeddings: (B, D).
-            labels: (B,) class indices in [0, C). Without them, no margin is applied (inference).
+            labels: (B,) class ids in [0, C). Without them, no margin is applied (inference).
+            classes: (S,) sorted class ids holding every label (see :func:`sample_classes`): only
+                these are scored, and ``torch.searchsorted(classes, labels)`` gives the targets.
 
         Returns:
-            (B, C) float32 logits: s * cos, with the target entry replaced by s * apply_margin(cos).
+            (B, C) float32 logits, or (B, S) with ``classes``: s * cos, with the target entry
+            replaced by s * apply_margin(cos).
         """
         # Autocast would otherwise run the matmul in half precision and undo the casts above.
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cos = self.cosine(embeddings)
+            cos = self.cosine(embeddings, classes)
             if labels is not None:
-                idx = labels.long().unsqueeze(1)  # (B, 1)
-                cos = cos.scatter(1, idx, self.apply_margin(cos.gather(1, idx)))
+                labels = labels.long()
+                idx = (labels if classes is None else torch.searchsorted(classes, labels)).unsqueeze(1)  # (B, 1)
+                factor = None if self.margin_factors is None else self.margin_factors[labels].unsqueeze(1)
+                cos = cos.scatter(1, idx, self.apply_margin(cos.gather(1, idx), factor))
             return cos * self.scale
 
     def extra_repr(self) -> str:
@@ -137,12 +169,13 @@ class ArcFace(MarginHead):
             raise ValueError(f"margin_rad must be in [0, pi), got {value}")
         self._margin_rad = float(value)
 
-    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+    def apply_margin(self, cos_target: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
         # The constants follow margin_rad on every call, so a warm-up needs no extra step.
-        m = self.margin_rad
+        m = self.margin_rad if factor is None else (self.margin_rad * factor).clamp(max=math.pi - COS_EPS)
+        sin_m = math.sin(m) if factor is None else torch.sin(m)
         cos = cos_target.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
         theta = torch.acos(cos)
-        penalised = torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * math.sin(m))
+        penalised = torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * sin_m)
         if self.easy_margin:
             penalised = torch.where(cos > 0, penalised, cos)
         return penalised
@@ -175,8 +208,8 @@ class CosFace(MarginHead):
             raise ValueError(f"margin must be >= 0, got {margin}")
         self.margin = float(margin)
 
-    def apply_margin(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return cos_target - self.margin
+    def apply_margin(self, cos_target: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        return cos_target - (self.margin if factor is None else self.margin * factor)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}"
@@ -226,3 +259,53 @@ def build_head(kind: str, in_features: int, n_classes: int, **kwargs) -> MarginH
     if kind not in HEADS:
         raise ValueError(f"unknown head kind {kind!r}; valid kinds: {', '.join(sorted(HEADS))}")
     return HEADS[kind](in_features, n_classes, **kwargs)
+
+
+def size_margin_factors(class_sizes: np.ndarray | torch.Tensor, power: float, lo: float = 0.5,
+                        hi: float = 1.5) -> torch.Tensor:
+    """Per-class margin factors from class sizes: ``clip((n_c / median n) ** -power, lo, hi)``.
+
+    With ``power > 0`` a class smaller than the median gets a larger margin (its few rows must sit
+    further inside it), a larger class a smaller one; the median class keeps the head's margin.
+
+    Args:
+        class_sizes: (C,) training rows per class, each >= 1.
+        power: the exponent; 0 gives factors of 1.
+        lo, hi: the clip, so the largest and rarest classes stay near the head's margin.
+
+    Returns:
+        (C,) float32 factors.
+    """
+    n = torch.as_tensor(np.asarray(class_sizes), dtype=torch.float64)
+    if n.ndim != 1 or not bool((n >= 1).all()):
+        raise ValueError("class sizes must be a 1-d array of counts >= 1")
+    return (n / n.median()).pow(-power).clamp(lo, hi).float()
+
+
+def sample_classes(labels: torch.Tensor, n_classes: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """The classes one step's softmax runs over: every class in ``labels``, and random others.
+
+    Positives are always kept; negatives are drawn uniformly without replacement until
+    ``ceil(rate * n_classes)`` classes are chosen (never fewer than the positives), as PartialFC's
+    sampling does.
+
+    Args:
+        labels: (B,) class ids of the step's whole batch (under DDP, every rank's rows).
+        n_classes: C.
+        rate: share of the classes to keep, in (0, 1]; 1 keeps them all.
+        generator: a CPU generator; seeded per step it makes the choice reproducible and the same on
+            every rank.
+
+    Returns:
+        (S,) sorted int64 class ids on ``labels``'s device.
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"sample rate must be in (0, 1], got {rate}")
+    positives = torch.unique(labels.detach().cpu().long())
+    keep = max(len(positives), min(n_classes, math.ceil(rate * n_classes)))
+    if keep >= n_classes:
+        return torch.arange(n_classes, device=labels.device)
+    score = torch.rand(n_classes, generator=generator)  # (C,) in [0, 1): a random order of the negatives
+    score[positives] = 2.0  # ahead of every negative
+    chosen = torch.topk(score, keep, sorted=False).indices.sort().values
+    return chosen.to(labels.device)

@@ -4,6 +4,7 @@ say which stage to run when something a stage needs is missing."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Run:
         return df["fold"].to_numpy()
 
     def record_timing(self, stage: str, seconds: float) -> None:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes the run's files
+            return
         self.manifest.setdefault("timings", {})[stage] = round(seconds, 2)
         io.write_json(self.manifest, self.paths.manifest)
 

@@ -13,6 +13,7 @@ from pipeline.data import encoder_inputs
 from pipeline.data.folds import gallery_rows
 from pipeline.models.encoders import build_encoder, load_encoder
 from pipeline.stages.context import Run, modality_cfg, open_run, stage
+from pipeline.training import distributed
 from pipeline.training.checkpoint import seed_everything
 from pipeline.training.embedding import embed_items
 
@@ -24,7 +25,11 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
     ``folds.gallery`` is ``fold``); the model that ``train.final`` names embeds test.csv. With
     ``baseline_untrained``, the encoder as built before training embeds every train row too, for
     the report.
+
+    Under ``torchrun --nproc_per_node N`` every process runs this: each embeds a share of the
+    rows and rank 0 writes the files.
     """
+    distributed.init_if_launched()
     run = open_run(run_dir)
     df, test = run.train_df(), run.test_df()
     fold_of = run.folds(df)
@@ -55,5 +60,6 @@ def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.nd
     vec_path, ids_path = run.paths.embeddings(modality, name)
     embed_items(model, items, batch_size=modality_cfg(run.cfg, modality).embed_batch_size, out_path=vec_path,
                 progress=progress)
-    io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
+    if distributed.is_main():
+        io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
     return str(vec_path)

@@ -27,7 +27,12 @@ class RunStateError(RuntimeError):
 
 # Config keys that change nothing in the weights a run produces: a resumed or finished run may
 # differ from the current config in these.
-RESUME_IGNORED = frozenset({"train.num_workers", "train.final", "embed_batch_size"})
+RESUME_IGNORED = frozenset({"train.num_workers", "train.final", "train.keep_last", "embed_batch_size"})
+
+# Config keys added after runs were saved without them, with the value that does what those runs
+# did: a saved run that lacks such a key matches a config holding this value.
+ADDED_KEYS = {"train.keep_last": False, "train.sample_weight_power": 0.0, "head.margin_size_power": 0.0,
+              "head.margin_size_min": 0.5, "head.margin_size_max": 1.5, "head.sample_rate": 1.0}
 
 
 def seed_everything(seed: int) -> None:
@@ -79,12 +84,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def existing_run(files: ModelPaths, identity: Mapping[str, Any], *, resume: bool,
-                 overwrite: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def existing_run(files: ModelPaths, identity: Mapping[str, Any], *, resume: bool, overwrite: bool,
+                 clear: bool = True) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """What a model folder already holds: (the log of a finished run to skip to, or the checkpoint
-    to resume from); both None for a fresh start. Raises when it holds another run."""
+    to resume from); both None for a fresh start. Raises when it holds another run.
+
+    ``overwrite`` empties the folder when ``clear`` (under torchrun, rank 0 alone clears it).
+    """
     if overwrite:
-        files.clear()
+        if clear:
+            files.clear()
         return None, None
     if files.model.exists() and files.log_json.exists():
         log = read_json(files.log_json)
@@ -104,6 +113,8 @@ def existing_run(files: ModelPaths, identity: Mapping[str, Any], *, resume: bool
 def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], where: Path) -> None:
     """Raise if a saved run differs from the requested one in anything that shapes the weights."""
     a, b = _flatten(saved), _flatten(now)
+    for key, value in ADDED_KEYS.items():
+        a.setdefault(f"cfg.{key}", value)
     diffs = [f"{k}: {a.get(k, '<absent>')!r} there, {b.get(k, '<absent>')!r} now"
              for k in sorted(set(a) | set(b))
              if k.removeprefix("cfg.") not in RESUME_IGNORED and a.get(k, "<absent>") != b.get(k, "<absent>")]

@@ -10,28 +10,36 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pipeline.data.datasets import make_dataset
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.io import atomic_path
+from pipeline.training import distributed
+from pipeline.training.distributed import RankBatches
 
 
 def make_loader(dataset: Dataset, collate: Callable | None, batch_size: int, *, device: torch.device,
-                num_workers: int = 0, shuffle_seed: int | None = None, drop_last: bool = False) -> DataLoader:
+                num_workers: int = 0, shuffle_seed: int | None = None, drop_last: bool = False, rank: int = 0,
+                world: int = 1) -> DataLoader:
     """A DataLoader; ``shuffle_seed`` shuffles with a generator of its own, which also seeds the
-    workers, so the order does not depend on (or disturb) the global RNG."""
-    generator = sampler = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-        sampler = RandomSampler(dataset, generator=generator)
+    workers, so the order does not depend on (or disturb) the global RNG.
+
+    With ``shuffle_seed``, ``batch_size`` is the global batch and the loader yields rank ``rank``'s
+    slice of each (see :class:`~pipeline.training.distributed.RankBatches`); without it, the
+    dataset in order, in batches of ``batch_size``.
+    """
     if num_workers > 0 and collate is not None:
         # A fast tokenizer used before the workers fork would deadlock in them.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=False, generator=generator)
+    common = {"collate_fn": collate, "num_workers": num_workers, "pin_memory": device.type == "cuda",
+              "persistent_workers": False}
+    if shuffle_seed is None:
+        return DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, **common)
+    batches = RankBatches(len(dataset), shuffle_seed, batch_size, rank, world, drop_last)
+    # The same generator state the order was drawn from, so the workers' base seed is unchanged too.
+    return DataLoader(dataset, batch_sampler=batches, generator=torch.Generator().manual_seed(shuffle_seed), **common)
 
 
 def embed_items(
@@ -51,6 +59,11 @@ def embed_items(
     it, renamed into place when complete, and the result is that file opened read-only: memory
     holds one batch, never every image. Ids are the caller's to write.
 
+    Under a process group of several ranks (torchrun), every rank must call this with the same
+    items: each embeds its share, and every rank gets all the rows back; with ``out_path``, rank 0
+    writes the file and the others open it once it is complete (a shared filesystem, as resuming
+    from a checkpoint needs anyway).
+
     Args:
         model: an encoder from :mod:`pipeline.models.encoders`; it is moved to ``device`` and left there, in
             the train/eval mode it came in.
@@ -66,23 +79,35 @@ def embed_items(
     amp_dtype = autocast_dtype(device, amp or model.cfg.train.amp)
     workers = model.cfg.train.num_workers if num_workers is None else num_workers
     dataset, collate = make_dataset(model, items, None, train=False)
-    loader = make_loader(dataset, collate, batch_size, device=device, num_workers=workers)
     shape = (len(dataset), model.embed_dim)
+    if distributed.world_size() > 1:
+        embed_into = _ShardedEmbedding(dataset, collate, batch_size, device, workers, amp_dtype)
+    else:
+        loader = make_loader(dataset, collate, batch_size, device=device, num_workers=workers)
+
+        def embed_into(out, model, progress):
+            _embed_into(out, model, loader, device, amp_dtype, progress)
+
     was_training = model.training
     model = to_device_model(model, device).eval()
+    progress = progress and distributed.is_main()
     try:
         if out_path is None:
             out = np.empty(shape, dtype=np.float32)
-            _embed_into(out, model, loader, device, amp_dtype, progress)
+            embed_into(out, model, progress)
             return out
-        with atomic_path(out_path, suffix=".npy") as tmp:
-            if shape[0] == 0:
-                np.save(tmp, np.empty(shape, dtype=np.float32))  # a memmap cannot map zero bytes
-            else:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                _embed_into(out, model, loader, device, amp_dtype, progress)
-                out.flush()
-                del out  # close the map before the rename
+        if distributed.is_main():
+            with atomic_path(out_path, suffix=".npy") as tmp:
+                if shape[0] == 0:
+                    np.save(tmp, np.empty(shape, dtype=np.float32))  # a memmap cannot map zero bytes
+                else:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                    embed_into(out, model, progress)
+                    out.flush()
+                    del out  # close the map before the rename
+        elif shape[0]:
+            embed_into(None, model, progress)  # embeds its share; rank 0 writes
+        distributed.barrier()  # the file is complete before any rank opens it
         return np.load(out_path, mmap_mode="r") if shape[0] else np.load(out_path)
     finally:
         model.train(was_training)
@@ -137,3 +162,39 @@ def _embed_into(out: np.ndarray, model: nn.Module, loader: DataLoader, device: t
             row += len(x)
     if row != len(out):
         raise RuntimeError(f"embedded {row} rows for {len(out)} items")
+
+
+class _ShardedEmbedding:
+    """Embedding split over the ranks of a process group, in lockstep rounds.
+
+    Round t covers rows ``[t * N * b, (t + 1) * N * b)``: rank r embeds its r-th slice of b rows,
+    the slices are gathered in rank order (padded to b, since a gather needs equal shapes), and
+    each rank that holds an output writes the round's rows. Memory holds one round.
+    """
+
+    def __init__(self, dataset: Dataset, collate: Callable | None, batch_size: int, device: torch.device,
+                 workers: int, amp_dtype: torch.dtype | None):
+        self.n, self.b, self.device, self.amp_dtype = len(dataset), batch_size, device, amp_dtype
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.rounds = -(-self.n // (self.world * self.b))
+        mine = [i for t in range(self.rounds) for i in self._slice(t, self.rank)]
+        # Every round but the last gives this rank exactly b rows, so the loader's batches are the rounds'.
+        self.loader = make_loader(Subset(dataset, mine), collate, batch_size, device=device, num_workers=workers)
+
+    def _slice(self, t: int, r: int) -> range:
+        start = t * self.world * self.b + r * self.b
+        return range(min(start, self.n), min(start + self.b, self.n))
+
+    def __call__(self, out: np.ndarray | None, model: nn.Module, progress: bool) -> None:
+        batches = iter(self.loader)
+        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+            for t in tqdm(range(self.rounds), desc="embed", disable=not progress, leave=False, dynamic_ncols=True):
+                mine = self._slice(t, self.rank)
+                block = torch.zeros(self.b, model.embed_dim, device=self.device)  # (b, D)
+                if len(mine):
+                    block[:len(mine)] = forward(model, to_device(next(batches), self.device)).float()
+                gathered = distributed.all_gather_rows(block).view(self.world, self.b, -1)  # (N, b, D)
+                rows = torch.cat([gathered[r, :len(self._slice(t, r))] for r in range(self.world)])
+                if out is not None:
+                    start = t * self.world * self.b
+                    out[start:start + len(rows)] = rows.cpu().numpy()

@@ -70,6 +70,7 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
                       {"DATA_DIR": str(data), "RUN_DIR": str(run), "SYNTH_GROUPS": 0, "CONFIG": "demo",
                        "OVERRIDES": overrides}, cwd=tmp_path)
     assert "out-of-fold F1" in outputs_text(nb)
+    assert "image fold0 epoch 1/1: loss" in outputs_text(nb)  # the stages' per-epoch lines show
     test_ids = pd.read_csv(data / "test.csv")["posting_id"]
     validate_submission(pd.read_csv(run / "submission.csv"), test_ids)
     for plot in ("threshold_f1.png", "training.png"):

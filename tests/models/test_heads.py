@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss, SubCenterArcFaceLoss
 
-from pipeline.models.heads import HEADS, ArcFace, CosFace, MarginWarmup, build_head
+from pipeline.models.heads import (
+    HEADS,
+    ArcFace,
+    CosFace,
+    MarginWarmup,
+    build_head,
+    sample_classes,
+    size_margin_factors,
+)
 
 # Loss tolerance against the fp32 reference, by the dtype of the head's input. The fp16 and bf16
 # bounds are ~10x the worst error seen over several seeds (embedding rounding, s = 30, B = 64).
@@ -363,3 +372,120 @@ def test_few_sgd_steps_reduce_loss_on_separable_toy_data(kind, subcenters):
     assert losses[-1] < 0.25 * losses[0]
     with torch.no_grad():
         assert (head(encoder(inputs)).argmax(dim=1) == labels).all()
+
+
+# --- class-size margins ---
+
+
+def test_size_margin_factors_follow_the_formula_and_clip():
+    sizes = np.array([1, 2, 4, 4, 8, 100])  # median 4
+    factors = size_margin_factors(sizes, power=0.5, lo=0.5, hi=1.5)
+    expected = np.clip((sizes / 4.0) ** -0.5, 0.5, 1.5)  # [2 -> 1.5, 1.414, 1, 1, 0.707, 0.2 -> 0.5]
+    np.testing.assert_allclose(factors.numpy(), expected, rtol=1e-6)
+    assert factors[0] == 1.5 and factors[-1] == 0.5  # the clips bite
+    assert torch.equal(size_margin_factors(sizes, power=0.0), torch.ones(6))
+    with pytest.raises(ValueError, match=">= 1"):
+        size_margin_factors(np.array([0, 3]), power=0.5)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("subcenters", [1, 3])
+def test_per_class_margins_match_per_sample_reference(kind, subcenters):
+    torch.manual_seed(0)
+    head = build_head(kind, 16, 5, subcenters=subcenters)
+    embeddings, labels = clustered_batch(head, 40, seed=8)
+    factors = torch.tensor([0.5, 1.0, 1.5, 0.8, 1.2])
+    head.set_margin_factors(factors)
+    base = head.margin_rad if kind == "arcface" else head.margin
+
+    logits = head(embeddings, labels)
+    # Row by row: the reference head with the margin of that row's class.
+    expected = torch.cat([
+        reference_logits(head, embeddings[i:i + 1], labels[i:i + 1],
+                         (lambda c, m=base * float(factors[labels[i]]): arcface_target(c, m, False))
+                         if kind == "arcface" else (lambda c, m=base * float(factors[labels[i]]): cosface_target(c, m)))
+        for i in range(len(labels))
+    ])
+    torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
+    head.set_margin_factors(None)
+    plain = head(embeddings, labels)
+    assert not torch.allclose(plain, logits)
+    with pytest.raises(ValueError, match="positive"):
+        head.set_margin_factors(torch.ones(4))
+
+
+def test_margin_factors_stay_out_of_the_state_dict():
+    head = ArcFace(8, 3)
+    keys = set(head.state_dict())
+    head.set_margin_factors(torch.ones(3))
+    assert set(head.state_dict()) == keys == {"weight"}
+
+
+# --- sampled classes (PartialFC) ---
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("subcenters", [1, 3])
+def test_sampled_head_at_rate_one_equals_the_full_head(kind, subcenters):
+    torch.manual_seed(0)
+    head = build_head(kind, 16, 7, subcenters=subcenters)
+    embeddings, labels = clustered_batch(head, 30, seed=9)
+    classes = sample_classes(labels, 7, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(classes, torch.arange(7))
+
+    x_full, x_sampled = embeddings.clone().requires_grad_(), embeddings.clone().requires_grad_()
+    full = F.cross_entropy(head(x_full, labels), labels)
+    full.backward()
+    grad_full, head.weight.grad = head.weight.grad.clone(), None
+    sampled = F.cross_entropy(head(x_sampled, labels, classes=classes), torch.searchsorted(classes, labels))
+    sampled.backward()
+
+    assert sampled.item() == full.item()
+    torch.testing.assert_close(x_sampled.grad, x_full.grad, rtol=0, atol=0)
+    torch.testing.assert_close(head.weight.grad, grad_full, rtol=0, atol=0)
+
+
+def test_sampled_head_is_the_softmax_over_the_sampled_classes():
+    """At rate < 1: the loss of the sampled head is the per-sample reference's cross-entropy over
+    the sampled columns only, and unsampled centres get no gradient."""
+    torch.manual_seed(0)
+    head = ArcFace(16, 40, margin_rad=0.5, subcenters=2)
+    embeddings, labels = clustered_batch(head, 12, seed=10)
+    classes = sample_classes(labels, 40, 0.3, torch.Generator().manual_seed(1))
+    assert len(classes) == 12  # ceil(0.3 * 40), more than the batch's positives
+    assert set(labels.tolist()) <= set(classes.tolist())
+
+    logits = head(embeddings, labels, classes=classes)  # (B, S)
+    targets = torch.searchsorted(classes, labels)
+    loss = F.cross_entropy(logits, targets)
+    loss.backward()
+
+    full = reference_logits(head, embeddings, labels, lambda c: arcface_target(c, 0.5, False))  # (B, C)
+    expected = full[:, classes]
+    torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
+    assert loss.item() == pytest.approx(reference_loss(expected, targets), abs=1e-5)
+    unsampled = torch.ones(40, dtype=torch.bool)
+    unsampled[classes] = False
+    grad = head.weight.grad.view(40, 2, 16)
+    assert (grad[unsampled] == 0).all() and (grad[~unsampled].abs().sum(dim=(1, 2)) > 0).all()
+
+
+@pytest.mark.parametrize(("n_classes", "rate", "n_labels", "expected"), [
+    (1000, 0.1, 30, 100),   # ceil(0.1 * 1000) classes
+    (1000, 0.01, 30, None),  # fewer than the positives: the positives alone
+    (10, 0.55, 3, 6),
+])
+def test_sample_classes_keeps_every_positive_and_draws_the_rest(n_classes, rate, n_labels, expected):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, n_classes, (n_labels,), generator=g)
+    classes = sample_classes(labels, n_classes, rate, torch.Generator().manual_seed(5))
+    positives = set(labels.tolist())
+    assert len(classes) == (expected if expected is not None else len(positives))
+    assert positives <= set(classes.tolist())
+    assert torch.equal(classes, classes.sort().values) and len(set(classes.tolist())) == len(classes)
+    again = sample_classes(labels, n_classes, rate, torch.Generator().manual_seed(5))
+    other = sample_classes(labels, n_classes, rate, torch.Generator().manual_seed(6))
+    assert torch.equal(classes, again)
+    assert expected is None or not torch.equal(classes, other)
+    with pytest.raises(ValueError, match="sample rate"):
+        sample_classes(labels, n_classes, 0.0, g)

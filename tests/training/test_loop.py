@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -16,8 +18,10 @@ from pipeline.data import DataError
 from pipeline.data.datasets import ImageDataset, TitleCollate, TitleDataset, label_index, make_dataset, train_transform
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.models.encoders import build_encoder, load_encoder
+from pipeline.training.checkpoint import ADDED_KEYS, RunStateError, check_same_run
 from pipeline.training.embedding import embed_items, make_loader
 from pipeline.training.loop import build_optimizer, build_scheduler, train_encoder
+from pipeline.training.progress import format_duration
 
 MODALITIES = ["image", "text"]
 EPOCHS = 4
@@ -105,7 +109,8 @@ def test_log_has_one_row_per_epoch(runs):
     meta = pd.read_json(out / "log.json", typ="series")
     assert meta["done"] and meta["run"]["seed"] == 7 and meta["code_version"]
     assert meta["run"]["cfg"]["train"]["lr"] == runs["cfg"].train.lr
-    assert {p.name for p in out.iterdir()} == {"last.pt", "model.pt", "log.csv", "log.json"}
+    # last.pt goes once the run is finished (train.keep_last is off by default).
+    assert {p.name for p in out.iterdir()} == {"model.pt", "log.csv", "log.json"}
 
 
 def test_resume_reproduces_the_uninterrupted_run(runs):
@@ -155,7 +160,7 @@ def test_overwrite_starts_over(modality, tiny_synth, tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])  # fp16 also runs the GradScaler
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_low_precision_step_on_cpu(modality, amp, tiny_synth, tiny_bert_dir, tmp_path):
-    cfg = make_cfg(modality, tiny_bert_dir, epochs=1, amp=amp)
+    cfg = make_cfg(modality, tiny_bert_dir, epochs=1, amp=amp, keep_last=True)  # the scaler's state is read below
     items, labels = items_of(modality, tiny_synth)[:8], tiny_synth["train"]["label_group"].to_numpy()[:8]
     result = train_encoder(modality, cfg, items, labels, tmp_path, seed=0, progress=False, device="cpu")
     assert result["steps"] == 1 and math.isfinite(result["final"]["loss"])
@@ -347,3 +352,59 @@ def test_autocast_dtype_auto_on_cuda_prefers_bf16(monkeypatch):
 def test_autocast_dtype_rejects_unknown_mode():
     with pytest.raises(ValueError, match="auto, bf16, fp16, off"):
         autocast_dtype("cpu", "fp8")
+
+
+# --- per-epoch lines, last.pt, run identity --------------------------------------------------------------
+
+
+def test_each_epoch_logs_one_line_with_loss_f1_seconds_and_eta(tiny_synth, tiny_bert_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline")
+    items, labels = items_of("text", tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
+    result = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=3), items, labels, tmp_path, seed=0,
+                           progress=False, eval_fn=held_out_eval("text", tiny_synth), label="text fold0",
+                           later_row_epochs=2 * 3 * len(items))  # two more models of this size
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training"]
+    assert len(lines) == 3
+    pattern = (r"text fold0 epoch (\d)/3: loss \d+\.\d{4}, val_top1 [01]\.\d{4}, \d+\.\ds; "
+               r"ETA (\d+)s for this model, (\d+)s for all")
+    for k, (line, row) in enumerate(zip(lines, result["history"], strict=True), start=1):
+        match = re.fullmatch(pattern, line)
+        assert match, line
+        assert int(match[1]) == k and f"loss {row['loss']:.4f}" in line
+        assert int(match[3]) >= int(match[2])
+    assert re.search(r"ETA 0s for this model", lines[-1])
+
+    caplog.clear()
+    again = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=3), items, labels, tmp_path, seed=0,
+                          progress=False, label="text fold0")
+    assert again["skipped"] and [r.getMessage() for r in caplog.records] == [
+        f"text fold0: finished earlier in {tmp_path}, skipped"]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (42, "42s"), (185, "3m05s"), (7620, "2h07m")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_keep_last_keeps_the_checkpoint_and_is_not_part_of_the_run(tiny_synth, tiny_bert_dir, tmp_path):
+    items, labels = items_of("text", tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
+    kept = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=1, keep_last=True), items, labels, tmp_path,
+                         seed=0, progress=False)
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "model.pt").exists()
+    again = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=1), items, labels, tmp_path, seed=0,
+                          progress=False)
+    assert again["skipped"] and again["history"] == kept["history"]
+
+
+def test_runs_saved_before_a_key_existed_match_its_neutral_value(tmp_path):
+    """A run saved before e.g. head.sample_rate existed is the same run as one with the value that
+    reproduces it (1.0, the full head), and another run otherwise."""
+    now = {"cfg": {"train": {"lr": 0.1, "keep_last": False, "sample_weight_power": 0.0},
+                   "head": {"sample_rate": 1.0, "margin_size_power": 0.0, "margin_size_min": 0.5,
+                            "margin_size_max": 1.5}}}
+    saved = {"cfg": {"train": {"lr": 0.1}, "head": {}}}
+    check_same_run(saved, now, tmp_path)
+    assert set(ADDED_KEYS) == {f"{s}.{k}" for s, keys in now["cfg"].items() for k in keys if k != "lr"}
+    now["cfg"]["head"]["sample_rate"] = 0.1
+    with pytest.raises(RunStateError, match="head.sample_rate: 1.0 there, 0.1 now"):
+        check_same_run(saved, now, tmp_path)

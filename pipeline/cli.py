@@ -16,12 +16,14 @@ from typing import Callable, Sequence
 from pipeline import stages
 from pipeline.config import MODALITIES, ConfigError, load_config
 from pipeline.data import DataError
+from pipeline.io import WRITE_ERRNOS
 from pipeline.kaggle.package import PackageError, package_run
 from pipeline.matching.predict import PredictError
-from pipeline.metric import score_matches
-from pipeline.submission import SubmissionError, read_matches, read_truth
+from pipeline.submission import SubmissionError, score_submission
 
 EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 match.k=30."
+# What bad input, a busy run folder or a full disk raise: exit 2 with one line, not a traceback.
+USER_ERRORS = (DataError, ConfigError, stages.StageError, SubmissionError, PredictError, PackageError)
 
 
 # The stages that run under torchrun with several processes (every rank works, rank 0 writes).
@@ -41,14 +43,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except (DataError, ConfigError, stages.StageError, SubmissionError, PredictError, PackageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return _fail(str(e))
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        # A full disk or a folder that is not writable; the atomic writers name the file.
+        return _fail(str(e) if e.filename is None or str(e.filename) in str(e) else f"{e.filename}: {e.strerror}")
     finally:
         if torchrun:
             from pipeline.training.distributed import shutdown
 
             shutdown()
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, whatever the message holds, and exit code 2."""
+    print("error: " + " ".join(message.split("\n")), file=sys.stderr)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _log_to_stderr() -> None:
@@ -63,7 +82,7 @@ def _log_to_stderr() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipeline",
         description="Shopee-style product matching: synthetic data, training, tuning and submissions.",
     )
@@ -83,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", _run, "Run every stage: folds, training, out-of-fold tuning, test matching, report.",
             EPILOG_OVERRIDES)
     _data_and_config(p)
-    p.add_argument("--resume", action="store_true", help="continue killed trainings from their checkpoints")
-    p.add_argument("--overwrite", action="store_true", help="retrain models the run folder already holds")
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--resume", action="store_true", help="continue killed trainings from their checkpoints")
+    once.add_argument("--overwrite", action="store_true", help="retrain models the run folder already holds")
 
     p = add("prepare", _prepare, "Validate the data, assign GroupKFold folds and write the run's config.",
             EPILOG_OVERRIDES)
@@ -95,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
         p.add_argument("--fold", action="append", default=None,
                        help="fold number, or 'full' for the model trained on every row; repeatable (default: all)")
-        p.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
-        p.add_argument("--overwrite", action="store_true", help="discard existing models and train again")
+        once = p.add_mutually_exclusive_group()
+        once.add_argument("--resume", action="store_true", help="continue from the last full-state checkpoint")
+        once.add_argument("--overwrite", action="store_true", help="discard existing models and train again")
         p.set_defaults(modality=modality)
 
     p = add("embed", _embed, "Write the encoders' L2-normalised embeddings (out-of-fold galleries and test).")
@@ -206,7 +227,7 @@ def _predict(args) -> int:
 
 
 def _score(args) -> int:
-    scores = score_matches(read_matches(args.submission), read_truth(args.truth))
+    scores = score_submission(args.submission, args.truth)
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in scores.items()}))
     return 0
 

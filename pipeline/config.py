@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +28,29 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+class _Invalid(ConfigError):
+    """A value refused by a section's own checks; its key is relative to the section, and
+    :func:`_build` prefixes the section's path (``train.epochs`` -> ``image.train.epochs``)."""
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise _Invalid(f"{key} must be {rule}, got {value!r}")
+
+
+def _positive(section: Any, *keys: str) -> None:
+    for key in keys:
+        _require(getattr(section, key) >= 1, key, ">= 1", getattr(section, key))
+
+
+def default_threads() -> int:
+    """A few threads: enough for BLAS and OpenMP to help, few enough that a shared machine stays
+    usable; an ``OMP_NUM_THREADS`` set by the user lowers it."""
+    n = min(4, os.cpu_count() or 1)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(n, int(env)) if env.isdigit() and int(env) > 0 else n)
+
+
 @dataclass
 class FoldsConfig:
     n_splits: int = 5
@@ -35,10 +61,8 @@ class FoldsConfig:
     gallery: str = "all"
 
     def __post_init__(self) -> None:
-        if self.gallery not in ("all", "fold"):
-            raise ConfigError(f"folds.gallery must be 'all' or 'fold', got {self.gallery!r}")
-        if self.n_splits < 2:
-            raise ConfigError(f"folds.n_splits must be at least 2, got {self.n_splits}")
+        _require(self.gallery in ("all", "fold"), "gallery", "'all' or 'fold'", self.gallery)
+        _require(self.n_splits >= 2, "n_splits", "at least 2", self.n_splits)
 
 
 @dataclass
@@ -63,18 +87,18 @@ class HeadConfig:
     sample_rate: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("arcface", "cosface"):
-            raise ConfigError(f"head.kind must be arcface or cosface, got {self.kind!r}")
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise ConfigError(f"head.sample_rate must be in (0, 1], got {self.sample_rate}")
-        if self.margin_size_power < 0:
-            raise ConfigError(f"head.margin_size_power must be >= 0 (0 = off), got {self.margin_size_power}")
-        if not 0.0 < self.margin_size_min <= 1.0 <= self.margin_size_max:
-            raise ConfigError("head.margin_size_min and head.margin_size_max must satisfy 0 < min <= 1 <= max, got "
-                              f"{self.margin_size_min} and {self.margin_size_max}")
+        _require(self.kind in ("arcface", "cosface"), "kind", "arcface or cosface", self.kind)
+        _require(self.scale > 0, "scale", "> 0", self.scale)
+        for key in ("margin_rad", "margin_start_rad", "margin_warmup_epochs"):
+            _require(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
+        _require(self.subcenters >= 1, "subcenters", ">= 1", self.subcenters)
+        _require(0.0 < self.sample_rate <= 1.0, "sample_rate", "in (0, 1]", self.sample_rate)
+        _require(self.margin_size_power >= 0, "margin_size_power", ">= 0 (0 = off)", self.margin_size_power)
+        _require(0.0 < self.margin_size_min <= 1.0 <= self.margin_size_max, "margin_size_min/max",
+                 "0 < min <= 1 <= max", (self.margin_size_min, self.margin_size_max))
         largest = self.margin_rad * (self.margin_size_max if self.margin_size_power > 0 else 1.0)
-        if self.kind == "arcface" and largest >= math.pi:
-            raise ConfigError(f"head.margin_rad * head.margin_size_max must stay below pi, got {largest:.3f}")
+        _require(self.kind != "arcface" or largest < math.pi, "margin_rad * margin_size_max", "below pi",
+                 round(largest, 3))
 
 
 @dataclass
@@ -101,12 +125,18 @@ class TrainConfig:
     sample_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.final not in ("full", "fold0", "none"):
-            raise ConfigError(f"train.final must be full, fold0 or none, got {self.final!r}")
-        if self.sample_weight_power < 0:
-            raise ConfigError(f"train.sample_weight_power must be >= 0 (0 = off), got {self.sample_weight_power}")
-        if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.final in ("full", "fold0", "none"), "final", "full, fold0 or none", self.final)
+        _require(self.epochs >= 1, "epochs", ">= 1 (no epoch trains nothing)", self.epochs)
+        # The BatchNorm neck needs two rows a batch in training mode.
+        _require(self.batch_size >= 2, "batch_size", ">= 2", self.batch_size)
+        for key in ("lr", "head_lr"):
+            _require(getattr(self, key) > 0, key, "> 0", getattr(self, key))
+        _require(self.grad_clip >= 0, "grad_clip", ">= 0 (0 = no clipping)", self.grad_clip)
+        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _require(0 <= self.warmup_frac < 1, "warmup_frac", "in [0, 1)", self.warmup_frac)
+        _require(self.amp in ("auto", "bf16", "fp16", "off"), "amp", "auto, bf16, fp16 or off", self.amp)
+        _require(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        _require(self.sample_weight_power >= 0, "sample_weight_power", ">= 0 (0 = off)", self.sample_weight_power)
 
 
 @dataclass
@@ -121,6 +151,11 @@ class ImageConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, head_lr=1e-2, batch_size=32))
     head: HeadConfig = field(default_factory=HeadConfig)
 
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 16, "image_size", ">= 16", self.image_size)
+        _require(self.gem_p > 0, "gem_p", "> 0", self.gem_p)
+        _positive(self, "embed_dim", "embed_batch_size")
+
 
 @dataclass
 class TextConfig:
@@ -132,6 +167,10 @@ class TextConfig:
     # beat 3e-5 / 3e-3 for 10 (0.866 vs 0.860 F1 alone) and 2e-4 / 2e-2 (0.858).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-4, head_lr=1e-2))
     head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 2, "max_length", ">= 2 (the [CLS] and [SEP] tokens)", self.max_length)
+        _positive(self, "embed_dim", "embed_batch_size")
 
 
 @dataclass
@@ -151,12 +190,16 @@ class TfidfConfig:
     sublinear_tf: bool = True
 
     def __post_init__(self) -> None:
-        if self.analyzer not in ("word", "char_wb", "both"):
-            raise ConfigError(f"tfidf.analyzer must be word, char_wb or both, got {self.analyzer!r}")
-        if not 0.0 <= self.char_weight <= 1.0:
-            raise ConfigError(f"tfidf.char_weight must be in [0, 1], got {self.char_weight}")
-        if not 0.0 < self.max_df <= 1.0:
-            raise ConfigError(f"tfidf.max_df must be in (0, 1], got {self.max_df}")
+        _require(self.analyzer in ("word", "char_wb", "both"), "analyzer", "word, char_wb or both", self.analyzer)
+        _require(0.0 <= self.char_weight <= 1.0, "char_weight", "in [0, 1]", self.char_weight)
+        _require(0.0 < self.max_df <= 1.0, "max_df", "in (0, 1]", self.max_df)
+        _positive(self, "ngram_min", "char_ngram_min", "min_df")
+        # An inverted range would leave that part of the vectoriser with no terms at all.
+        _require(self.ngram_max >= self.ngram_min, "ngram_max", f">= ngram_min ({self.ngram_min})", self.ngram_max)
+        _require(self.char_ngram_max >= self.char_ngram_min, "char_ngram_max",
+                 f">= char_ngram_min ({self.char_ngram_min})", self.char_ngram_max)
+        _require(self.max_features is None or self.max_features >= 1, "max_features", "null or >= 1",
+                 self.max_features)
 
 
 @dataclass
@@ -182,10 +225,15 @@ class MatchConfig:
         choices = {"index": ("flat", "hnsw", "ivf"), "blend_method": ("graph", "exact"),
                    "phash_source": ("column", "image")}
         for key, valid in choices.items():
-            if getattr(self, key) not in valid:
-                raise ConfigError(f"match.{key} must be one of {list(valid)}, got {getattr(self, key)!r}")
-        if self.k < 2:
-            raise ConfigError(f"match.k must be >= 2 (a posting and one neighbour), got {self.k}")
+            _require(getattr(self, key) in valid, key, f"one of {list(valid)}", getattr(self, key))
+        _require(self.k >= 2, "k", ">= 2 (a posting and one neighbour)", self.k)
+        _positive(self, "batch_size")
+        _require(self.n_thresholds >= 2, "n_thresholds", ">= 2", self.n_thresholds)
+        _require(self.blend_rounds >= 0, "blend_rounds", ">= 0", self.blend_rounds)
+        for name, w in self.fusion_weights.items():
+            _require(w >= 0, f"fusion_weights.{name}", ">= 0", w)
+        if self.fusion_weights:
+            _require(sum(self.fusion_weights.values()) > 0, "fusion_weights", "not all zero", self.fusion_weights)
 
 
 @dataclass
@@ -193,6 +241,9 @@ class Config:
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     seed: int = 42
     baseline_untrained: bool = True  # also embed with the untrained encoders, for the report
+    # OpenMP/BLAS threads of every stage (torch, FAISS, NumPy, scikit-learn, the pair model) and the
+    # image checks' workers. More threads than free cores slow everything down on a shared machine.
+    threads: int = field(default_factory=default_threads)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -205,6 +256,11 @@ class Config:
             raise ConfigError(f"modalities {self.modalities} invalid: choose a non-empty subset of {list(MODALITIES)}")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"modalities {self.modalities} repeat a name")
+        _require(1 <= self.threads <= 1024, "threads", "in [1, 1024]", self.threads)
+        off = sorted(set(self.match.fusion_weights) - set(self.learned))
+        if off:
+            raise ConfigError(f"match.fusion_weights names {off}, which {'is' if len(off) == 1 else 'are'} not among "
+                              f"the learned modalities on {self.learned}; drop the weight or turn the modality on")
 
     @property
     def learned(self) -> list[str]:
@@ -217,6 +273,28 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_local_files(cfg: Config) -> None:
+    """The local files the config names must exist: ``image.weights``, and ``text.model`` when it
+    is a path rather than a hub name. Checked by ``prepare`` (a config is also read on machines
+    where these paths differ, such as Kaggle's), so that a typo fails before any work.
+    """
+    if "image" in cfg.modalities and cfg.image.weights is not None:
+        if not Path(cfg.image.weights).expanduser().is_file():
+            raise ConfigError(f"image.weights: {cfg.image.weights} does not exist (or is not a file)")
+    model = cfg.text.model
+    if "text" in cfg.modalities and model is not None and _looks_local(model):
+        if not Path(model).expanduser().is_dir():
+            raise ConfigError(f"text.model: {model} looks like a local folder and does not exist "
+                              "(a hub model is named like 'org/name')")
+
+
+def _looks_local(name: str) -> bool:
+    """A path, not a hub id: absolute, starting with '.' or '~', with two slashes or more, or an
+    existing folder (a hub id is 'name' or 'org/name')."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") >= 2 or "\\" in name
+            or Path(name).expanduser().exists())
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -232,9 +310,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         data = _read_yaml(_resolve_path(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key.strip()}: {raw!r} is not a YAML value ({_yaml_problem(e)})") from None
+        _set_dotted(data, key.strip(), value)
     return from_dict(data)
 
 
@@ -257,11 +339,20 @@ def _resolve_path(path: str | Path) -> Path:
     raise ConfigError(f"config {path!s} not found (neither a file nor a preset; presets: {presets})")
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's complaint on one line, with the line and column it points at."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte offset {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
@@ -287,6 +378,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     defaults = cls()
+    hints = typing.get_type_hints(cls)
     for name, value in data.items():
         default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
@@ -294,8 +386,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             merged = _merge(merged, value, f"{prefix}{name}")
             kwargs[name] = _build(type(default), merged, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, default, f"{prefix}{name}")
-    return cls(**kwargs)
+            kwargs[name] = _coerce(value, hints.get(name, type(default)), f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except _Invalid as e:
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def _merge(base: dict[str, Any], update: Any, where: str) -> dict[str, Any]:
@@ -310,24 +405,51 @@ def _merge(base: dict[str, Any], update: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a leaf value against the type of its default; ints are accepted where floats are."""
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a leaf value against its field's type; ints are accepted where floats are."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return value
+        hint = rest[0]
+    origin = typing.get_origin(hint) or hint
+    if origin is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, float) and isinstance(value, str):
+    if origin is float:
+        return _number(value, where)
+    if origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of names, got {value!r}")
+        return value
+    if origin is dict:  # the only mappings are name -> weight
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where} must be a mapping of names to numbers, got {value!r}")
+        return {k: _number(v, f"{where}.{k}") for k, v in value.items()}
+    if origin is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, str):
         # YAML 1.1 reads "3e-3" (no dot) as a string.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if isinstance(default, list) and isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, type(default)):
-        raise ConfigError(f"{where} must be {type(default).__name__}, got {value!r}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    return float(value)

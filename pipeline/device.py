@@ -1,14 +1,52 @@
-"""Where tensors run and in which precision; the one place that knows about CUDA, MPS and CPU."""
+"""Where tensors run, in which precision and on how many CPU threads; the one place that knows
+about CUDA, MPS and CPU.
+
+torch is imported by the functions that need it, so a TF-IDF-only stage can bound its threads
+without loading torch.
+"""
 
 from __future__ import annotations
 
-import torch
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# The variables OpenMP and the BLAS libraries read when they start; set before they load, they
+# bound libraries that a stage imports later (and DataLoader worker processes).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def bound_threads(n: int) -> int:
+    """Cap every CPU thread pool of this process at ``n``: torch, FAISS, OpenCV and, through
+    threadpoolctl, the BLAS and OpenMP libraries NumPy, SciPy and scikit-learn loaded.
+
+    Called once per stage with ``cfg.threads``; libraries that are not loaded yet read the
+    environment variables it sets. Returns ``n``.
+    """
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(n)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(n)
+    return n
 
 
 def pick_device() -> torch.device:
     """CUDA if available, else Apple's MPS if available, else the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -30,6 +68,8 @@ def autocast_dtype(device: torch.device | str, amp: str) -> torch.dtype | None:
     Raises:
         ValueError: for an ``amp`` outside :data:`AMP_MODES`.
     """
+    import torch
+
     device = torch.device(device)
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")

@@ -8,8 +8,10 @@ would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import resource
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +23,24 @@ import pandas as pd
 import pipeline
 
 
+# Errors that mean "this file cannot be written here": the user's disk or permissions, not a bug.
+# EFBIG is what a process over its file-size limit (RLIMIT_FSIZE) gets; it reads like a full disk.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+WRITE_ERRNOS = DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class WriteError(OSError):
+    """A file that could not be written (disk full, read-only, no permission); names the file."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError):
+        why = "disk full" if cause.errno in DISK_FULL else "not writable"
+        super().__init__(cause.errno, f"cannot write {path}: {why} ({cause.strerror or cause})")
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -29,22 +49,51 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         path: the final destination.
         suffix: suffix of the temporary file (some writers pick the format from it). Defaults to
             the destination's suffix.
+
+    Raises:
+        WriteError: naming ``path``, when the disk is full or the folder not writable; the
+            temporary file is removed and ``path`` keeps what it held before.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
+        )
+    except OSError as e:
+        raise (WriteError(path, e) if e.errno in WRITE_ERRNOS else e) from e
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the final file the permissions a plain open() would.
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
+        # mkstemp creates 0600; give the final file the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as e:
+        if isinstance(e, WriteError):
+            raise
+        # Only a full or read-only disk: the block may also read files, whose errors are its own.
+        if isinstance(e, OSError) and e.errno in DISK_FULL | {errno.EROFS}:
+            raise WriteError(path, e) from e
+        # Some writers (torch.save's C++ one) lose the errno; the disk itself then tells.
+        if _out_of_space(tmp_path):
+            raise WriteError(path, OSError(errno.ENOSPC, f"{type(e).__name__}: {str(e).splitlines()[0]}")) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _out_of_space(tmp: Path) -> bool:
+    """Whether a failed write to ``tmp`` met a full disk or this process's file-size limit."""
+    try:
+        st = os.statvfs(tmp.parent)
+        if st.f_bavail * st.f_frsize < 2**20:
+            return True
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        return soft != resource.RLIM_INFINITY and tmp.stat().st_size >= soft
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -56,6 +105,12 @@ def _umask() -> int:
 def write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

@@ -43,6 +43,9 @@ def score_matches(matches: Mapping[str, Iterable[str]], truth: Mapping[str, Iter
     missing = sorted(set(truth) - set(matches))
     if missing:
         raise ValueError(f"{len(missing)} posting(s) of the truth have no prediction, e.g. {missing[:3]}")
+    extra = sorted(set(matches) - set(truth))
+    if extra:
+        raise ValueError(f"{len(extra)} prediction(s) for postings the truth does not hold, e.g. {extra[:3]}")
     ids = list(truth)
     return f1_from_sets([matches[i] for i in ids], [truth[i] for i in ids])
 

@@ -71,8 +71,13 @@ class RunPaths(_Folder):
 
     @property
     def manifest(self) -> Path:
-        """Data location, code version and per-stage timings."""
+        """Data location, code version, per-stage timings and provenance."""
         return self.root / "run.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one process writing the folder; names it (see :mod:`pipeline.stages.lock`)."""
+        return self.root / "run.lock"
 
     @property
     def folds(self) -> Path:
@@ -92,7 +97,7 @@ class RunPaths(_Folder):
 
     def embeddings(self, modality: str, name: str) -> tuple[Path, Path]:
         """(vectors .npy, ids .csv) for ``name`` in ``oof_fold{f}``, ``untrained``, ``test``."""
-        base = self.root / "embeddings" / modality
+        base = self.embeddings_dir / modality
         return base / f"{name}.npy", base / f"{name}_ids.csv"
 
     @property
@@ -112,12 +117,41 @@ class RunPaths(_Folder):
         return self.root / "plots"
 
     @property
+    def threshold_plot(self) -> Path:
+        return self.plots / "threshold_f1.png"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
     def submission(self) -> Path:
         return self.root / "submission.csv"
 
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    def stage_files(self, stage: str) -> list[Path]:
+        """The files a stage leaves for later stages, as they are now: what its provenance
+        fingerprints, and what a failed attempt may have half-replaced."""
+        if stage == "prepare":
+            return [self.folds]
+        if stage.startswith("train-"):
+            # The trained encoders; checkpoints and logs are the training's own business.
+            return sorted(self.models(stage.removeprefix("train-")).glob("*/model.pt"))
+        if stage == "embed":
+            return sorted(p for p in self.embeddings_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = {"tune": [self.thresholds, self.tune_report, self.pair_model, self.threshold_plot],
+                 "predict": [self.submission], "report": [self.report]}[stage]
+        return [p for p in files if p.exists()]
+
+    def stage_outputs(self, stage: str) -> list[Path]:
+        """What invalidating a stage removes: its files, except trained models (hours of work, and
+        the training refuses a folder of another run by itself, offering --overwrite)."""
+        if stage.startswith("train-") or stage == "prepare":
+            return []
+        return [self.embeddings_dir] if stage == "embed" else self.stage_files(stage)
 
 
 @dataclass(frozen=True)

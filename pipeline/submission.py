@@ -8,9 +8,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.data.contract import DataError, where
+from pipeline.data.contract import DataError, Locator, read_table, where
 from pipeline.io import write_csv
-from pipeline.metric import true_sets_from_labels
+from pipeline.metric import score_matches, true_sets_from_labels
 
 
 class SubmissionError(ValueError):
@@ -58,28 +58,58 @@ def write_submission(sub: pd.DataFrame, path: str | Path, test_ids: Sequence[str
 
 
 def read_matches(path: str | Path) -> dict[str, set[str]]:
-    """Read a ``posting_id,matches`` CSV (a submission, or a truth file in that form)."""
-    df = _read(path, ("posting_id", "matches"))
-    return {pid: set(str(m).split()) for pid, m in zip(df["posting_id"], df["matches"])}
+    """Read a ``posting_id,matches`` CSV (a submission, or a truth file in that form).
+
+    Raises:
+        DataError: a missing or broken file, or a posting_id that is empty or on two rows.
+    """
+    df, loc = read_table(path, ("posting_id", "matches"))
+    _check_ids(df, loc)
+    return {pid: set(m.split()) for pid, m in zip(df["posting_id"], df["matches"])}
 
 
 def read_truth(path: str | Path) -> dict[str, set[str]]:
     """Read true match sets from ``posting_id,label_group`` or ``posting_id,matches``."""
-    head = pd.read_csv(path, nrows=0)
-    if "label_group" in head.columns:
-        df = _read(path, ("posting_id", "label_group"))
-        return true_sets_from_labels(df["posting_id"].tolist(), df["label_group"].tolist())
-    if "matches" in head.columns:
+    df, loc = read_table(path, None)
+    if "posting_id" in df.columns and "label_group" in df.columns:
+        _check_ids(df, loc)
+        return true_sets_from_labels(df["posting_id"].tolist(), df["label_group"].str.strip().tolist())
+    if "posting_id" in df.columns and "matches" in df.columns:
         return read_matches(path)
-    raise DataError(f"{path}, header: needs posting_id and either label_group or matches; found {list(head.columns)}")
+    raise DataError(f"{path}, header: needs posting_id and either label_group or matches; found {list(df.columns)}")
 
 
-def _read(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in df.columns]
+def score_submission(submission: str | Path, truth: str | Path) -> dict[str, float]:
+    """Score a submission CSV against a truth CSV, as Kaggle would: the submission must list every
+    posting of the truth once, and no other.
+
+    Raises:
+        DataError: a file that is missing, broken or lists a posting twice.
+        SubmissionError: a posting of the truth without a row, or a row the truth does not know.
+    """
+    true_sets = read_truth(truth)
+    df, loc = read_table(submission, ("posting_id", "matches"))
+    _check_ids(df, loc)
+    i = _first_true(~df["posting_id"].isin(true_sets))
+    if i is not None:
+        raise SubmissionError(f"{loc(i, 'posting_id')}: {df['posting_id'].iat[i]!r} is not a posting of {truth}")
+    missing = sorted(set(true_sets) - set(df["posting_id"]))
     if missing:
-        raise DataError(f"{path}, header: missing column(s) {missing}; found {list(df.columns)}")
-    return df
+        raise SubmissionError(f"{submission}: {len(missing)} posting(s) of {truth} have no row, e.g. {missing[:3]}")
+    return score_matches({pid: set(m.split()) for pid, m in zip(df["posting_id"], df["matches"])}, true_sets)
+
+
+def _check_ids(df: pd.DataFrame, loc: Locator) -> None:
+    i = _first_true(df["posting_id"].str.strip() == "")
+    if i is not None:
+        raise DataError(f"{loc(i, 'posting_id')}: empty value")
+    i = _first_true(df["posting_id"].duplicated())
+    if i is not None:
+        pid = df["posting_id"].iat[i]
+        first = int((df["posting_id"] == pid).to_numpy().argmax())
+        raise DataError(f"{loc(i, 'posting_id')}: {pid!r} appears twice (first at row {first + 1}), so the "
+                        "row that counts would be a guess")
+
+
+def _first_true(mask: pd.Series) -> int | None:
+    return int(mask.to_numpy().argmax()) if mask.any() else None

@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.config import Config, ConfigError, TfidfConfig
+from pipeline.data.contract import DataError
 from pipeline.data.titles import normalise_title
 
 
@@ -48,7 +49,15 @@ def tfidf_vectors(titles: Sequence[str], cfg: TfidfConfig) -> sp.csr_matrix:
     if cfg.analyzer in ("char_wb", "both"):
         parts.append((cfg.char_weight if cfg.analyzer == "both" else 1.0,
                       _fit(cleaned, cfg, "char_wb", (cfg.char_ngram_min, cfg.char_ngram_max))))
-    x = sp.hstack([np.sqrt(w) * p for w, p in parts], format="csr", dtype=np.float32)
+    if all(p is None for _, p in parts):
+        # Zero vectors would match nothing and leave tuning with no signal to blend: say why instead.
+        if not any(cleaned):
+            raise DataError(f"TF-IDF has no vocabulary: all {len(cleaned)} titles are empty; "
+                            "turn the tfidf modality off for these postings")
+        raise ConfigError(f"TF-IDF kept no term from the {len(cleaned)} titles: none is in tfidf.min_df="
+                          f"{cfg.min_df} titles or more (within tfidf.max_df={cfg.max_df}); lower tfidf.min_df")
+    empty = sp.csr_matrix((len(cleaned), 1), dtype=np.float32)
+    x = sp.hstack([np.sqrt(w) * (empty if p is None else p) for w, p in parts], format="csr", dtype=np.float32)
     # Renormalise: a title empty in one part has a zero row there.
     return l2_rows(x)
 
@@ -59,7 +68,10 @@ def l2_rows(x: sp.spmatrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x, dtype=np.float32)
 
 
-def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[int, int]) -> sp.csr_matrix:
+def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[int, int]) -> sp.csr_matrix | None:
+    """One analyzer's TF-IDF rows, or None when it keeps no term."""
+    if cfg.min_df > len(titles):
+        return None  # no term is in more titles than there are
     # As a count, so that on a handful of titles a share below one title does not reject everything.
     max_df = 1.0 if cfg.max_df >= 1.0 else max(int(cfg.max_df * len(titles)), cfg.min_df)
     vectoriser = TfidfVectorizer(
@@ -68,9 +80,11 @@ def _fit(titles: list[str], cfg: TfidfConfig, analyzer: str, ngram_range: tuple[
     )
     try:
         return sp.csr_matrix(vectoriser.fit_transform(titles), dtype=np.float32)
-    except ValueError:
-        # Every title empty (or only stop characters): no vocabulary; zero vectors, no matches.
-        return sp.csr_matrix((len(titles), 1), dtype=np.float32)
+    except ValueError as e:
+        # scikit-learn's words for "no term": an empty vocabulary, or none left after min_df/max_df.
+        if "vocabulary" in str(e) or "no terms remain" in str(e):
+            return None
+        raise
 
 
 def phash_codes(hashes: Iterable[str]) -> np.ndarray:
@@ -79,9 +93,16 @@ def phash_codes(hashes: Iterable[str]) -> np.ndarray:
 
 
 def compute_phash(paths: Iterable[str | Path]) -> list[str]:
-    """The 64-bit DCT phash of each image, in the ``image_phash`` column's hex form."""
+    """The 64-bit DCT phash of each image, in the ``image_phash`` column's hex form.
+
+    Raises:
+        DataError: naming the image that is missing, truncated or over Pillow's pixel limit.
+    """
     out = []
     for p in paths:
-        with Image.open(p) as im:
-            out.append(str(imagehash.phash(im)))
+        try:
+            with Image.open(p) as im:
+                out.append(str(imagehash.phash(im)))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"{p}: cannot compute its phash: {type(e).__name__}: {e}") from e
     return out

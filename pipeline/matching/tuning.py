@@ -73,6 +73,16 @@ class Scorer:
         return Curve(grid, *(np.array([r[k] for r in rows]) for k in ("f1", "precision", "recall")))
 
 
+def _pairs_learnable(c: Candidates, labels: np.ndarray, folds: np.ndarray) -> bool:
+    """Whether every fold's cross-fitting sees matching and non-matching pairs (with singleton
+    groups only, or one fold, the pair model has nothing to learn from)."""
+    same = labels[c.query] == labels[c.match]
+    fold_of = folds[c.query]
+    if len(np.unique(fold_of)) < 2:
+        return False
+    return all(same[fold_of != f].any() and not same[fold_of != f].all() for f in np.unique(fold_of))
+
+
 def threshold_grid(sims: np.ndarray, n: int) -> np.ndarray:
     """Candidate thresholds for one signal: its distinct values when few (phash), else a linear grid
     from its 1st percentile to its maximum."""
@@ -132,7 +142,7 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         c, scorer = _tune_blend(build, base, labels, rows, target, blend_rounds, n_thresholds, steps, curves)
 
     fitted = None
-    if pair_model and folds is not None and len(np.unique(folds[c.query])) >= 2:
+    if pair_model and folds is not None and _pairs_learnable(c, labels, folds):
         c.sims[PAIR_SIGNAL], fitted = cross_fit(c, labels, folds, sorted(c.sims), seed)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))

@@ -1,26 +1,37 @@
-"""A run folder as the stages see it: its paths, resolved config and manifest, and the checks that
-say which stage to run when something a stage needs is missing."""
+"""A run folder as the stages see it: its paths, resolved config and manifest, the one writer it
+allows at a time, and the checks that say which stage to run when something a stage needs is
+missing or was built from other data or config.
+
+Every writing stage runs inside :func:`stage` (``prepare`` inside :func:`preparing`): it takes the
+folder's lock, checks the provenance of what the stage reads, and records what it wrote (see
+:mod:`pipeline.stages.provenance`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.config import Config, ConfigError, ImageConfig, TextConfig, load_config
+from pipeline.config import Config, ConfigError, ImageConfig, TextConfig, dump_config, load_config
 from pipeline.data import Dataset
+from pipeline.device import bound_threads
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.paths import ModelPaths, RunPaths
+from pipeline.stages import provenance
+from pipeline.stages.lock import RunLockedError, exclusive
 
 log = logging.getLogger("pipeline")
 
@@ -59,10 +70,25 @@ class Run:
         return df["fold"].to_numpy()
 
     def record_timing(self, stage: str, seconds: float) -> None:
-        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes the run's files
+        if not is_writer():
             return
         self.manifest.setdefault("timings", {})[stage] = round(seconds, 2)
         io.write_json(self.manifest, self.paths.manifest)
+
+    def check_folds(self, folds: Sequence[int | None]) -> None:
+        """Refuse fold numbers the run does not have (None is the model trained on every row)."""
+        n = self.cfg.folds.n_splits
+        bad = [f for f in folds if f is not None and not 0 <= f < n]
+        if bad:
+            raise StageError(f"--fold {bad[0]}: this run has folds 0 to {n - 1} (folds.n_splits={n}) and 'full'")
+
+    def rerun_commands(self) -> dict[str, str]:
+        """The command that (re)builds each stage's outputs, for messages."""
+        root = self.paths.root
+        out = {"prepare": f"`python -m pipeline prepare --data {self.manifest.get('data_dir', 'DATA')} --out {root}`"}
+        for s in provenance.STAGES[1:]:
+            out[s] = f"`python -m pipeline {'tune' if s == 'report' else s} --run {root}`"
+        return out
 
     def model_file(self, modality: str, fold: int | None) -> Path:
         """A trained encoder's ``model.pt``; says which stage to run when it is missing."""
@@ -121,7 +147,11 @@ def open_run(run_dir: str | Path) -> Run:
     paths = RunPaths(Path(run_dir))
     if not paths.manifest.exists() or not paths.config.exists():
         raise StageError(f"{paths.root} is not a prepared run folder: run `python -m pipeline prepare` first")
-    return Run(paths, load_config(paths.config), io.read_json(paths.manifest))
+    try:
+        manifest = io.read_json(paths.manifest)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StageError(f"{paths.manifest} is not readable JSON ({e}): rerun `python -m pipeline prepare`") from None
+    return Run(paths, load_config(paths.config), manifest)
 
 
 def modality_cfg(cfg: Config, modality: str) -> ImageConfig | TextConfig:
@@ -131,11 +161,108 @@ def modality_cfg(cfg: Config, modality: str) -> ImageConfig | TextConfig:
 
 
 @contextmanager
-def stage(run: Run, name: str) -> Iterator[None]:
-    """Log a stage's start and end, and record its seconds in the manifest."""
-    log.info("[%s] started", name)
-    t0 = time.perf_counter()
-    yield
-    seconds = time.perf_counter() - t0
-    run.record_timing(name, seconds)
-    log.info("[%s] done in %.1fs", name, seconds)
+def writing(run_dir: str | Path) -> Iterator[RunPaths]:
+    """Hold the run folder's lock (re-entrant in this process).
+
+    A folder this call creates is removed again if the block fails before ``prepare`` has
+    recorded it, so a refused ``prepare`` or ``run`` leaves no folder behind.
+
+    Raises:
+        StageError: another process holds the folder, naming its pid and start time.
+    """
+    paths = RunPaths(Path(run_dir))
+    created = not paths.root.exists()
+    try:
+        with exclusive(paths.lock, str(paths.root)):
+            try:
+                yield paths
+            except BaseException:
+                if created and "prepare" not in _read_provenance(paths):
+                    shutil.rmtree(paths.root, ignore_errors=True)
+                raise
+    except RunLockedError as e:
+        raise StageError(str(e)) from None
+
+
+def _read_provenance(paths: RunPaths) -> dict[str, Any]:
+    try:
+        return io.read_json(paths.manifest).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files: under torchrun rank 0 alone does (the other
+    ranks train and embed their share, and neither lock the folder nor record anything)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def stage(run: Run, name: str, data: Dataset | None = None, record: bool = True) -> Iterator[None]:
+    """Run a stage as the folder's one writer, on inputs whose provenance holds.
+
+    On entry: take the lock, bound the threads (``cfg.threads``), and refuse (naming the stage to
+    rerun) if what the stage reads is missing or was built from other config or data. On success:
+    record the stage's provenance and its seconds, and drop every record built on its earlier
+    outputs. On failure: if the stage had already replaced some of its files, drop its record and
+    everything built on it, so no stage trusts a half-written set.
+
+    Args:
+        data: the dataset the stage reads, when not the run's own (``predict --data``).
+        record: False for a stage whose outputs go outside the folder (``predict --out``): it is
+            checked and timed, and leaves the records as they are.
+    """
+    if not is_writer():
+        bound_threads(run.cfg.threads)
+        yield
+        return
+    with writing(run.paths.root):
+        bound_threads(run.cfg.threads)
+        _reload(run)
+        prov = run.manifest.get("provenance") if record else None
+        if not run.data.train_csv.is_file():
+            raise StageError(f"{run.data.train_csv}: file not found (has the run's data folder moved?)")
+        run_fp = provenance.data_fingerprint(run.data, run.cfg.needs_images)
+        data_fp = run_fp if data is None else provenance.data_fingerprint(data, run.cfg.needs_images)
+        if "provenance" not in run.manifest:
+            log.warning("[%s] %s predates provenance records: its inputs are not checked", name, run.paths.manifest)
+        else:
+            why = provenance.problem(run.manifest["provenance"], run.paths, run.cfg, name, run_fp,
+                                     run.rerun_commands())
+            if why:
+                raise StageError(f"{name}: {why}")
+        before = provenance.snapshot(run.paths, name)
+        log.info("[%s] started", name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            if prov is not None and provenance.snapshot(run.paths, name) != before:
+                _forget(run, name)
+            raise
+        seconds = time.perf_counter() - t0
+        if prov is not None:
+            prov[name] = provenance.build_record(name, run.cfg, data_fp, prov, run.paths)
+            provenance.sweep(prov, run.paths, run.cfg)
+        run.record_timing(name, seconds)
+        log.info("[%s] done in %.1fs", name, seconds)
+
+
+def _reload(run: Run) -> None:
+    """Re-read the manifest under the lock, and check config.yaml is still what the stage read."""
+    if dump_config(load_config(run.paths.config)) != dump_config(run.cfg):
+        raise StageError(f"{run.paths.config} changed after this stage read it: run the stage again")
+    run.manifest = io.read_json(run.paths.manifest)
+
+
+def _forget(run: Run, name: str) -> None:
+    """A failed attempt changed the stage's files: nothing built on them, nor they, can be trusted."""
+    prov = run.manifest["provenance"]
+    provenance.invalidate(prov, run.paths, name)
+    removed = provenance.sweep(prov, run.paths, run.cfg)
+    log.warning("[%s] failed after changing its outputs: removed them%s", name,
+                f" and those of {', '.join(removed)}" if removed else "")
+    try:
+        io.write_json(run.manifest, run.paths.manifest)
+    except OSError as e:  # the stage's own error is the one to report
+        log.warning("[%s] could not record that: %s", name, e)

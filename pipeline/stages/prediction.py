@@ -23,7 +23,8 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
     run = open_run(run_dir)
     settings = run.tuned_settings()
     data = run.data if data_dir is None else Dataset(Path(data_dir).resolve())
-    with stage(run, "predict"):
+    path = Path(out) if out is not None else run.paths.submission
+    with stage(run, "predict", data=None if data_dir is None else data, record=path == run.paths.submission):
         test = data.read("test", check_images=data_dir is not None and run.cfg.needs_images)
         ids = test["posting_id"].to_numpy()
         if data_dir is None:
@@ -38,7 +39,6 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
                                   progress=progress)
         pair_model = load_pair_model(run.paths.pair_model, settings)
         sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model)
-        path = Path(out) if out is not None else run.paths.submission
         write_submission(sub, path, ids)
         log.info("[predict] %d postings, %.2f matches each on average -> %s",
                  len(sub), sub["matches"].str.count(" ").mean() + 1, path)

@@ -5,48 +5,103 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.config import Config, dump_config
-from pipeline.data import Dataset
-from pipeline.data.folds import make_folds
-from pipeline.paths import RunPaths
-from pipeline.stages.context import Run, log
+from pipeline.config import Config, check_local_files, dump_config
+from pipeline.data import DataError, Dataset
+from pipeline.data.folds import gallery_rows, make_folds
+from pipeline.device import bound_threads
+from pipeline.matching.signals import tfidf_vectors
+from pipeline.stages import provenance
+from pipeline.stages.context import Run, log, writing
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     """Validate the data, assign GroupKFold folds, and write the resolved config and manifest.
 
-    Nothing is written when the data breaks the contract.
+    Nothing is written when the data or config cannot make a run: the CSVs break the contract, an
+    image does not decode, a local weights file is missing, or TF-IDF would find no term. In a
+    folder that holds an earlier run, whatever that run built from other data or config is
+    removed (trained models excepted; see :mod:`pipeline.stages.provenance`).
     """
     t0 = time.perf_counter()
+    bound_threads(cfg.threads)
+    check_local_files(cfg)
     data = Dataset(Path(data_dir).resolve())
-    train = data.read("train", check_images=cfg.needs_images)
-    test = data.read("test", check_images=cfg.needs_images)
+    train = data.read("train", check_images=cfg.needs_images, workers=cfg.threads)
+    test = data.read("test", check_images=cfg.needs_images, workers=cfg.threads)
     folds = make_folds(train["label_group"].to_numpy(), cfg.folds.n_splits, cfg.folds.seed)
+    if "tfidf" in cfg.modalities:
+        check_tfidf(data, train, test, folds, cfg)
+    warnings = data_warnings(data, train)
+    folds_csv = pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"],
+                              "fold": folds}).to_csv(index=False).encode("utf-8")
 
-    paths = RunPaths(Path(run_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    io.write_text(dump_config(cfg), paths.config)
-    io.write_csv(
-        pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"], "fold": folds}),
-        paths.folds,
-    )
-    manifest = {
-        "data_dir": str(data.root),
-        "code_version": io.code_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "train_rows": len(train),
-        "train_groups": int(train["label_group"].nunique()),
-        "test_rows": len(test),
-        "timings": {},
-    }
-    run = Run(paths, cfg, manifest)
-    run.record_timing("prepare", time.perf_counter() - t0)
+    with writing(run_dir) as paths:
+        old = _old_manifest(paths)
+        prov = old.get("provenance") or {}
+        prov["prepare"] = provenance.build_record(
+            "prepare", cfg, provenance.data_fingerprint(data, cfg.needs_images), prov, paths,
+            files={paths.folds.relative_to(paths.root).as_posix(): provenance.digest(folds_csv)})
+        removed = provenance.sweep(prov, paths, cfg) + provenance.forget_unrecorded(prov, paths)
+        if removed:
+            log.info("[prepare] %s held outputs of another config or data (%s): removed", paths.root,
+                     ", ".join(removed))
+        manifest = {
+            "data_dir": str(data.root),
+            "code_version": io.code_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "train_rows": len(train),
+            "train_groups": int(train["label_group"].nunique()),
+            "test_rows": len(test),
+            "warnings": warnings,
+            "timings": {k: v for k, v in (old.get("timings") or {}).items() if k in prov},
+            "provenance": prov,
+        }
+        # Until config.yaml and folds.csv are in place, no stage may trust the folder.
+        io.write_json({**manifest, "provenance": {k: v for k, v in prov.items() if k != "prepare"}}, paths.manifest)
+        io.write_text(dump_config(cfg), paths.config)
+        io.write_bytes(folds_csv, paths.folds)
+        run = Run(paths, cfg, manifest)
+        run.record_timing("prepare", time.perf_counter() - t0)
     log.info(
         "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
         len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
     )
     return run
+
+
+def _old_manifest(paths) -> dict[str, Any]:
+    """The manifest of the run the folder holds, if any (an unreadable one counts as none)."""
+    try:
+        old = io.read_json(paths.manifest)
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def check_tfidf(data: Dataset, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Config) -> None:
+    """Fit TF-IDF's vocabulary on every gallery it will be fitted on (the out-of-fold ones and
+    test.csv), so that a config or titles that leave it no term fail now, not after training."""
+    galleries = [(data.train_csv, train["title"].to_numpy()[gallery_rows(cfg.folds.gallery, folds, f)])
+                 for f in (range(cfg.folds.n_splits) if cfg.folds.gallery == "fold" else [0])]
+    for path, titles in [*galleries, (data.test_csv, test["title"].to_numpy())]:
+        try:
+            tfidf_vectors(list(titles), cfg.tfidf)
+        except DataError as e:
+            raise DataError(f"{path}, column 'title': {e}") from None
+
+
+def data_warnings(data: Dataset, train: pd.DataFrame) -> list[str]:
+    """Warnings about data that is valid but teaches nothing; logged and kept in the report."""
+    out = []
+    if train["label_group"].nunique() == len(train):
+        out.append(f"{data.train_csv}: every label_group holds a single posting, so no two postings match: the "
+                   "encoders have nothing to learn, and out-of-fold F1 only rewards predicting each posting alone")
+    for w in out:
+        log.warning("warning: %s", w)
+    return out

@@ -10,13 +10,18 @@ import pandas as pd
 from pipeline import io
 from pipeline.matching.predict import ALL_SIGNALS
 from pipeline.paths import ModelPaths
-from pipeline.stages.context import Run, open_run
+from pipeline.stages.context import Run, open_run, stage
 
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:
     """Gather the run's figures into report.json."""
     run = open_run(run_dir)
     run.tuned_settings()
+    with stage(run, "report"):
+        return _write_report(run)
+
+
+def _write_report(run: Run) -> dict[str, Any]:
     tune_report = io.read_json(run.paths.tune_report)
     steps = tune_report["steps"]
     report = {
@@ -31,6 +36,7 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
         "thresholds": io.read_json(run.paths.thresholds)["settings"],
         "timings": run.manifest.get("timings", {}),
         "data": {k: run.manifest[k] for k in ("data_dir", "train_rows", "train_groups", "test_rows")},
+        "warnings": run.manifest.get("warnings", []),
         "submission": str(run.paths.submission) if run.paths.submission.exists() else None,
         "config": run.cfg.to_dict(),
         "code_version": io.code_version(),

@@ -39,6 +39,7 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
     items = np.asarray(encoder_inputs(modality, df, run.data.images_dir("train")), dtype=object)
     if folds is None:
         folds = list(range(run.cfg.folds.n_splits)) + ([None] if mcfg.train.final == "full" else [])
+    run.check_folds(folds)
     distributed.init_if_launched()
     results = {}
     with stage(run, f"train-{modality}"):

@@ -45,7 +45,7 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         io.write_json({"settings": result.settings.to_dict(), "oof_f1": result.steps["final"]["f1"]},
                       run.paths.thresholds)
         io.write_json(report, run.paths.tune_report)
-        plot_threshold_f1(result.curves, dict(result.settings.thresholds), run.paths.plots / "threshold_f1.png")
+        plot_threshold_f1(result.curves, dict(result.settings.thresholds), run.paths.threshold_plot)
     write_report(run.paths.root)  # so that report.json never shows an earlier tuning
     return report
 

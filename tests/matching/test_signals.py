@@ -34,3 +34,26 @@ def test_phash_codes_are_the_hash_bytes():
     codes = phash_codes(["94d8e2b2a5d35e0f", "0000000000000001"])
     assert codes.dtype == np.uint8 and codes.shape == (2, 8)
     assert codes[0, 0] == 0x94 and codes[1, 7] == 1
+
+
+def test_tfidf_with_no_vocabulary_says_why():
+    from pipeline.data import DataError
+
+    with pytest.raises(DataError, match="all 3 titles are empty"):
+        tfidf_vectors(["", "  ", "\\xf0\\x9f"], TfidfConfig())
+    with pytest.raises(ConfigError, match=r"tfidf\.min_df=9"):
+        tfidf_vectors(TITLES, TfidfConfig(min_df=9))
+    with pytest.raises(ConfigError, match=r"tfidf\.min_df=3"):
+        tfidf_vectors(TITLES, TfidfConfig(analyzer="word", min_df=3))  # no word is in 3 of these titles
+    # One analyzer with no term is fine while the other has some.
+    assert tfidf_vectors(["a b", "a c"], TfidfConfig(analyzer="both")).nnz > 0
+
+
+def test_compute_phash_names_an_unreadable_image(tmp_path):
+    from pipeline.data import DataError
+    from pipeline.matching.signals import compute_phash
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    with pytest.raises(DataError, match=r"bad\.jpg: cannot compute its phash"):
+        compute_phash([bad])

@@ -130,8 +130,19 @@ class MatchConfig:
     """Neighbour search, fusion and post-processing (see ``pipeline.matching``)."""
 
     k: int = 50
-    batch_size: int = 4096  # queries per FAISS / sparse search call
-    index: str = "flat"  # flat | hnsw | ivf
+    batch_size: int = 4096  # queries per FAISS search call
+    # Dense index: flat (exact) | ivf | hnsw | ivfpq (millions of postings). nprobe and ef_search
+    # were set from the measured recall of candidate pairs against flat (README, "Speed").
+    index: str = "flat"
+    nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
+    ef_search: int = 128  # HNSW's candidate list per query
+    nlist: int = 0  # inverted lists; 0 = 4 sqrt(N)
+    pq_m: int = 0  # IVF-PQ bytes per vector; 0 = dim / 8
+    refine: int = 2  # IVF-PQ shortlists refine * k per query and rescores them exactly
+    threads: int = 0  # FAISS / sparse_dot_topn threads; 0 = every core this process may use
+    # Prediction without the pair model scores the fused image+text cosine only on listed pairs
+    # above the tuned rule's thresholds (it cannot decide below them).
+    search_floors: bool = True
     fusion_weights: dict[str, float] = field(default_factory=dict)  # per dense modality; default 1
     union: bool = True
     min2: bool = True
@@ -145,13 +156,19 @@ class MatchConfig:
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
 
     def __post_init__(self) -> None:
-        choices = {"index": ("flat", "hnsw", "ivf"), "blend_method": ("graph", "exact"),
+        choices = {"index": ("flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
                    "phash_source": ("column", "image")}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"match.{key} must be one of {list(valid)}, got {getattr(self, key)!r}")
         if self.k < 2:
             raise ConfigError(f"match.k must be >= 2 (a posting and one neighbour), got {self.k}")
+        for key in ("nprobe", "ef_search", "refine", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"match.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("nlist", "pq_m", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"match.{key} must be >= 0 (0 = automatic), got {getattr(self, key)}")
 
 
 @dataclass

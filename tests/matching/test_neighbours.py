@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.neighbours import SearchSettings, dense_knn, hamming_knn, sparse_knn
 
 
 def _unit(x):
@@ -20,7 +20,7 @@ def _assert_same_topk(nb, full_sim, k):
 @pytest.mark.parametrize("batch_size", [7, 1000])
 def test_dense_knn_matches_brute_force(batch_size):
     x = _unit(np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32))
-    nb = dense_knn(x, k=10, batch_size=batch_size)
+    nb = dense_knn(x, k=10, settings=SearchSettings(batch_size=batch_size))
     assert nb.idx.shape == (120, 10)
     _assert_same_topk(nb, x @ x.T, 10)
     assert (nb.idx[:, 0] == np.arange(120)).all()  # itself first
@@ -30,7 +30,7 @@ def test_dense_knn_matches_brute_force(batch_size):
 def test_approximate_indexes_find_most_neighbours(index):
     x = _unit(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32))
     exact = dense_knn(x, k=10)
-    approx = dense_knn(x, k=10, index=index)
+    approx = dense_knn(x, k=10, settings=SearchSettings(index=index))
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.idx, approx.idx)])
     assert recall > 0.8
 
@@ -40,11 +40,11 @@ def test_k_is_capped_at_n():
     assert dense_knn(x, k=50).k == 5
 
 
-@pytest.mark.parametrize("batch_size", [3, 64])
-def test_sparse_knn_matches_brute_force(batch_size):
+@pytest.mark.parametrize("block", [3, 64])
+def test_sparse_knn_matches_brute_force(block):
     x = sp.random(50, 30, density=0.2, random_state=1, format="csr", dtype=np.float32)
     x = sp.csr_matrix(x.multiply(1.0 / np.sqrt(x.multiply(x).sum(axis=1) + 1e-12)))
-    nb = sparse_knn(x, k=8, batch_size=batch_size)
+    nb = sparse_knn(x, k=8, block=block)
     _assert_same_topk(nb, (x @ x.T).toarray(), 8)
 
 

@@ -109,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of postings")
     p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
     p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
-    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (default flat)")
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf", "ivfpq"], help="FAISS index (default flat)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recall-sample", type=int, default=1000,
+                   help="queries whose lists are checked against exact search, untimed (default 1000; 0: none)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="MatchConfig fields, e.g. nprobe=8 ef_search=64 threads=1")
     p.add_argument("--pair", action="store_true", help="include the learned pair score in the timed path")
     p.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles, fitted, searched and blended")
     p.add_argument("--blend-method", default="graph", choices=["graph", "exact"],
@@ -205,8 +209,11 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    match = load_config(None, [f"match.{o}" for o in args.overrides]).match
+    overrides = {f: getattr(match, f) for f in (o.partition("=")[0] for o in args.overrides)}
     print(json.dumps(stages.run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair,
-                                tfidf=args.tfidf, blend_method=args.blend_method)))
+                                tfidf=args.tfidf, blend_method=args.blend_method, recall_sample=args.recall_sample,
+                                match_overrides=overrides)))
     return 0
 
 

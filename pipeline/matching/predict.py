@@ -66,8 +66,6 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
         embeddings: per learned modality, embeddings already computed (they win over ``encoders``).
         timings: when given, seconds per step are added to it.
     """
-    from pipeline.training.embedding import embed_items  # torch: only when something is embedded
-
     timings = {} if timings is None else timings
     encoders, embeddings = dict(encoders or {}), dict(embeddings or {})
     t0 = time.perf_counter()
@@ -79,6 +77,8 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
             continue
         if m not in encoders:
             raise PredictError(f"no embeddings and no encoder given for the learned modality {m!r}")
+        from pipeline.training.embedding import embed_items  # torch: only when something is embedded
+
         t0 = time.perf_counter()
         batch_size = getattr(cfg, m).embed_batch_size
         vectors[m] = embed_items(encoders[m], encoder_inputs(m, df, images_dir), batch_size=batch_size,
@@ -100,7 +100,8 @@ def search_floors(settings: MatchSettings) -> dict[str, float]:
 
 
 def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchSettings, match: MatchConfig,
-                   pair_model: PairModel | None = None, timings: dict[str, float] | None = None) -> pd.DataFrame:
+                   pair_model: PairModel | None = None, timings: dict[str, float] | None = None,
+                   lists: dict[str, Any] | None = None) -> pd.DataFrame:
     """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
 
     Args:
@@ -109,6 +110,8 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
             ``blend_method``, ``search_floors``).
         pair_model: needed when the settings use the ``pair`` signal.
         timings: when given, seconds per step are added to it.
+        lists: when given, filled with every signal's neighbour lists (``pipeline bench`` checks
+            their recall).
     """
     timings = {} if timings is None else timings
     missing = sorted(signals_needed(settings, pair_model) - set(vectors))
@@ -126,6 +129,8 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
     nb = gallery_neighbours(gallery, settings, k=match.k, timings=timings, blend_method=match.blend_method,
                             search_settings=SearchSettings.from_config(match),
                             floors=search_floors(settings) if floors is not None and match.search_floors else None)
+    if lists is not None:
+        lists.update(nb)
     t0 = time.perf_counter()
     c = build_candidates(gallery, nb, n, floors=floors)
     timings["candidates"] = time.perf_counter() - t0

@@ -18,8 +18,8 @@ def clustered_postings(n: int, dim: int, seed: int = 0) -> tuple[dict[str, np.nd
     for name, noise in (("image", 1.0), ("text", 0.8)):
         fam = _unit(rng.standard_normal((family.max() + 1, dim), dtype=np.float32))
         centres = _unit(fam[family] + 0.8 * _unit(rng.standard_normal((n_groups, dim), dtype=np.float32)))
-        x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
-        vectors[name] = _unit(x)
+        x = centres[labels] + np.float32(noise / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
+        vectors[name] = _unit(x).astype(np.float32)  # float32, as encoders give
         del fam, centres, x
     hashes = rng.integers(0, 256, size=(n_groups, 8), dtype=np.uint8)[labels]
     flips = rng.random((n, 64)) < 0.08  # about 5 of 64 bits differ from the group's hash

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of postings")
     p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
     p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
-    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf", "ivfpq"], help="FAISS index (default flat)")
+    p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
+                   help="FAISS index (default auto: flat up to 30,000 postings, hnsw above)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recall-sample", type=int, default=1000,
                    help="queries whose lists are checked against exact search, untimed (default 1000; 0: none)")

@@ -131,11 +131,14 @@ class MatchConfig:
 
     k: int = 50
     batch_size: int = 4096  # queries per FAISS search call
-    # Dense index: flat (exact) | ivf | hnsw | ivfpq (millions of postings). nprobe and ef_search
-    # were set from the measured recall of candidate pairs against flat (README, "Speed").
-    index: str = "flat"
+    # Dense index: auto (flat up to 30,000 postings, hnsw above) | flat (exact) | hnsw | ivf |
+    # ivfpq (millions of postings). ef_search and nprobe were set from the measured recall of
+    # candidate pairs against flat search (README, "Speed"): HNSW with ef_search 64 kept every pair
+    # above the thresholds on the dev titles' text embeddings and on the bench's; IVF needed nprobe
+    # 16 of 57 lists for 0.99 on the dev embeddings and did not reach it on the bench's.
+    index: str = "auto"
     nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
-    ef_search: int = 128  # HNSW's candidate list per query
+    ef_search: int = 64  # HNSW's candidate list per query
     nlist: int = 0  # inverted lists; 0 = 4 sqrt(N)
     pq_m: int = 0  # IVF-PQ bytes per vector; 0 = dim / 8
     refine: int = 2  # IVF-PQ shortlists refine * k per query and rescores them exactly
@@ -156,7 +159,7 @@ class MatchConfig:
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
 
     def __post_init__(self) -> None:
-        choices = {"index": ("flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
+        choices = {"index": ("auto", "flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
                    "phash_source": ("column", "image")}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:

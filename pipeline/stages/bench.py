@@ -51,7 +51,7 @@ def bench_settings(tfidf: bool) -> MatchSettings:
     return settings
 
 
-def run_bench(n: int, dim: int = 512, k: int = 50, index: str = "flat", seed: int = 0, pair: bool = False,
+def run_bench(n: int, dim: int = 512, k: int = 50, index: str = "auto", seed: int = 0, pair: bool = False,
               tfidf: bool = False, blend_method: str = "graph", recall_sample: int = 1000,
               match_overrides: dict | None = None) -> dict:
     """Time the predict path; returns seconds per step, peak RSS, the F1 on the known groups and recall.

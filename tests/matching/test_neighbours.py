@@ -139,3 +139,14 @@ def test_the_tfidf_path_never_loads_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_binary_inverted_lists_find_the_near_duplicate_hashes():
+    from pipeline.data.synth.postings import clustered_postings
+
+    codes = clustered_postings(3000, 4, seed=1)[0]["phash"]
+    exact = hamming_knn(codes, k=10)
+    approx = hamming_knn(codes, k=10, nprobe=32)
+    near = exact.sim >= 0.85  # the pairs a phash threshold accepts
+    found = [set(a[m]) <= set(b) for a, b, m in zip(exact.idx, approx.idx, near)]
+    assert np.mean(found) > 0.99

@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo preset")
 
     p = add("bench", _bench, "Time the predict path on N random clustered embeddings; prints one JSON line.")
+    _bench_arguments(p)
+
+    p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
+    p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
+    p.add_argument("--out", required=True, type=Path, help="package folder to write")
+    p.add_argument("--wheels", type=Path, default=None, help="folder of extra wheels to include (e.g. faiss-cpu)")
+    p.add_argument("--title", default="shopee-pipeline-package", help="Kaggle dataset title/slug")
+    return parser
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of postings")
     p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
     p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
@@ -120,13 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles, fitted, searched and blended")
     p.add_argument("--blend-method", default="graph", choices=["graph", "exact"],
                    help="how blending finds the new neighbours (default graph; see match.blend_method)")
-
-    p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
-    p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
-    p.add_argument("--out", required=True, type=Path, help="package folder to write")
-    p.add_argument("--wheels", type=Path, default=None, help="folder of extra wheels to include (e.g. faiss-cpu)")
-    p.add_argument("--title", default="shopee-pipeline-package", help="Kaggle dataset title/slug")
-    return parser
 
 
 def _data_and_config(p: argparse.ArgumentParser) -> None:

@@ -184,9 +184,10 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, block):
         p = sp.csr_matrix(w[start : start + block] @ s @ wt)
+        p.sort_indices()  # so that a stable sort leaves ties by index, with one sort key fewer
         row = np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
         cos = p.data / (norm[start + row] * norm[p.indices])
-        ranked = rank_within(row, cos, tiebreak=p.indices)  # most similar first, ties by index
+        ranked = rank_within(row, cos)  # most similar first, ties by index
         kept = ranked.rank < k
         top, rank = ranked.order[kept], ranked.rank[kept]
         idx[start + row[top], rank] = p.indices[top]

@@ -61,7 +61,7 @@ class SearchSettings:
         index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``hnsw`` (graph),
             ``ivfpq`` (inverted lists of product-quantised codes, shortlisting ``refine·k`` per query,
             rescored exactly; for millions of postings) or ``auto`` (flat up to
-            ``AUTO_EXACT_ROWS`` rows, HNSW above).
+            ``AUTO_EXACT_ROWS`` rows or on GPUs, HNSW above on CPUs).
         nprobe: inverted lists visited per query (ivf, ivfpq).
         ef_search: HNSW's candidate list per query.
         nlist: inverted lists; 0 = 4·sqrt(N).
@@ -139,7 +139,9 @@ def dense_knn(x: np.ndarray, k: int = 50, settings: SearchSettings | None = None
     n = x.shape[0]
     k = min(k, n)
     if settings.index == "auto":
-        settings = replace(settings, index="flat" if n <= AUTO_EXACT_ROWS else "hnsw")
+        # Exact search on GPUs is fast at any size that fits them; FAISS has no GPU HNSW.
+        exact = n <= AUTO_EXACT_ROWS or (settings.gpu and faiss_gpus() > 0)
+        settings = replace(settings, index="flat" if exact else "hnsw")
     shortlist = min(n, k * settings.refine) if settings.index == "ivfpq" else k
     idx = np.empty((n, shortlist), dtype=np.int64)
     sim = np.empty((n, shortlist), dtype=np.float32)

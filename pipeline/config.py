@@ -135,7 +135,7 @@ class MatchConfig:
     # ivfpq (millions of postings). ef_search and nprobe were set from the measured recall of
     # candidate pairs against flat search (README, "Speed"): HNSW with ef_search 64 kept every pair
     # above the tuned floors of the dev titles' text embeddings and 99.9% on the bench's; IVF kept
-    # 0.97-0.996 at nprobe 16 of 57 lists on the dev embeddings and under 0.91 on the bench's.
+    # 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings and under 0.91 on the bench's.
     index: str = "auto"
     nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
     ef_search: int = 64  # HNSW's candidate list per query

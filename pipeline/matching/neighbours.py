@@ -74,7 +74,7 @@ class SearchSettings:
 
     index: str = "flat"
     nprobe: int = 16
-    ef_search: int = 64
+    ef_search: int = 256
     nlist: int = 0
     pq_m: int = 0
     refine: int = 2

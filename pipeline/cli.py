@@ -145,15 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the demo preset")
 
     p = add("bench", _bench, "Time the predict path on N random clustered embeddings; prints one JSON line.")
-    p.add_argument("--n", type=int, required=True, help="number of postings")
-    p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
-    p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
-    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="FAISS index (default flat)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pair", action="store_true", help="include the learned pair score in the timed path")
-    p.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles, fitted, searched and blended")
-    p.add_argument("--blend-method", default="graph", choices=["graph", "exact"],
-                   help="how blending finds the new neighbours (default graph; see match.blend_method)")
+    _bench_arguments(p)
 
     p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
     p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
@@ -161,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wheels", type=Path, default=None, help="folder of extra wheels to include (e.g. faiss-cpu)")
     p.add_argument("--title", default="shopee-pipeline-package", help="Kaggle dataset title/slug")
     return parser
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, required=True, help="number of postings")
+    p.add_argument("--dim", type=int, default=512, help="embedding size (default 512)")
+    p.add_argument("--k", type=int, default=50, help="neighbours per posting (default 50)")
+    p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
+                   help="FAISS index (default auto: flat up to 30,000 postings, hnsw above)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recall-sample", type=int, default=1000,
+                   help="queries whose lists are checked against exact search, untimed (default 1000; 0: none)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="MatchConfig fields, e.g. nprobe=8 ef_search=64 threads=1")
+    p.add_argument("--pair", action="store_true", help="include the learned pair score in the timed path")
+    p.add_argument("--tfidf", action="store_true", help="add TF-IDF of synthetic titles, fitted, searched and blended")
+    p.add_argument("--blend-method", default="graph", choices=["graph", "exact"],
+                   help="how blending finds the new neighbours (default graph; see match.blend_method)")
 
 
 def _data_and_config(p: argparse.ArgumentParser) -> None:
@@ -244,8 +253,11 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    match = load_config(None, [f"match.{o}" for o in args.overrides]).match
+    overrides = {f: getattr(match, f) for f in (o.partition("=")[0] for o in args.overrides)}
     print(json.dumps(stages.run_bench(n=args.n, dim=args.dim, k=args.k, index=args.index, seed=args.seed, pair=args.pair,
-                                tfidf=args.tfidf, blend_method=args.blend_method)))
+                                tfidf=args.tfidf, blend_method=args.blend_method, recall_sample=args.recall_sample,
+                                match_overrides=overrides)))
     return 0
 
 

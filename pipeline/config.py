@@ -207,8 +207,24 @@ class MatchConfig:
     """Neighbour search, fusion and post-processing (see ``pipeline.matching``)."""
 
     k: int = 50
-    batch_size: int = 4096  # queries per FAISS / sparse search call
-    index: str = "flat"  # flat | hnsw | ivf
+    batch_size: int = 4096  # queries per FAISS search call
+    # Dense index: auto (flat up to 30,000 postings, hnsw above) | flat (exact) | hnsw | ivf |
+    # ivfpq (millions of postings). ef_search and nprobe were set from the measured recall of
+    # candidate pairs above the tuned floors against flat search (README, "Speed"): HNSW kept them
+    # all on the dev titles' text embeddings from ef_search 32, and 0.981 / 0.989 / 0.993 / 0.997 of
+    # the bench's image pairs at 70,000 postings with 64 / 128 / 256 / 512 (search time grows with
+    # it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings and
+    # under 0.91 on the bench's.
+    index: str = "auto"
+    nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
+    ef_search: int = 256  # HNSW's candidate list per query: the smallest with recall >= 0.99 on both
+    nlist: int = 0  # inverted lists; 0 = 4 sqrt(N)
+    pq_m: int = 0  # IVF-PQ bytes per vector; 0 = dim / 8
+    refine: int = 2  # IVF-PQ shortlists refine * k per query and rescores them exactly
+    threads: int = 0  # FAISS / sparse_dot_topn threads; 0 = the run's `threads` (what the stage bounded)
+    # Prediction without the pair model scores the fused image+text cosine only on listed pairs
+    # above the tuned rule's thresholds (it cannot decide below them).
+    search_floors: bool = True
     fusion_weights: dict[str, float] = field(default_factory=dict)  # per dense modality; default 1
     union: bool = True
     min2: bool = True
@@ -222,12 +238,14 @@ class MatchConfig:
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
 
     def __post_init__(self) -> None:
-        choices = {"index": ("flat", "hnsw", "ivf"), "blend_method": ("graph", "exact"),
+        choices = {"index": ("auto", "flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
                    "phash_source": ("column", "image")}
         for key, valid in choices.items():
             _require(getattr(self, key) in valid, key, f"one of {list(valid)}", getattr(self, key))
         _require(self.k >= 2, "k", ">= 2 (a posting and one neighbour)", self.k)
-        _positive(self, "batch_size")
+        _positive(self, "batch_size", "nprobe", "ef_search", "refine")
+        for key in ("nlist", "pq_m", "threads"):
+            _require(getattr(self, key) >= 0, key, ">= 0 (0 = automatic)", getattr(self, key))
         _require(self.n_thresholds >= 2, "n_thresholds", ">= 2", self.n_thresholds)
         _require(self.blend_rounds >= 0, "blend_rounds", ">= 0", self.blend_rounds)
         for name, w in self.fusion_weights.items():

@@ -1,8 +1,9 @@
 """Fusion of the signals' neighbour lists: the weighted concatenation of dense embeddings and
 iterative neighbourhood blending, with a cache that lets tuning try many settings on one search.
 
-1. ``concat``: the weighted concatenation of the L2-normalised dense embeddings (image, text),
-   searched like any other signal;
+1. ``concat``: the cosine of the weighted concatenation of the L2-normalised dense embeddings
+   (image, text), which is the weighted mean of their cosines. It is never searched: its
+   neighbours are the union of the image and text lists, scored exactly (:func:`fused_neighbours`);
 2. ``blend``: neighbourhood blending of one vector signal (tuning picks the best of ``concat``,
    image, text and TF-IDF): each vector becomes the similarity-weighted sum of its neighbours above
    a threshold, is re-normalised, and its neighbours are found again.
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 
 from pipeline.matching.candidates import Gallery, rank_within
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.neighbours import Neighbours, search
+from pipeline.matching.neighbours import Neighbours, SearchSettings, pair_dots, search
 from pipeline.matching.signals import l2_rows
 
 DENSE_SIGNALS = ("image", "text")
@@ -69,6 +70,79 @@ def concat_embeddings(vectors: Mapping[str, np.ndarray], weights: Mapping[str, f
     return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
 
 
+def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neighbours], weights: Mapping[str, float],
+                     k: int, floor: float = -np.inf) -> Neighbours:
+    """Top-k by the fused cosine sum_m w_m cos_m / sum_m w_m, from the union of the per-modality lists.
+
+    The fused cosine of a pair is what the concatenation's inner product gives
+    (:func:`concat_embeddings`), computed on listed pairs only, never N×N: a pair that every
+    modality lists costs nothing, and one that some modality m does not list gets its cosine by a
+    row-wise dot product. With a ``floor`` that dot product is skipped when the pair cannot reach
+    the floor even with cos_m at m's k-th listed similarity (the most an unlisted pair has under
+    exact search).
+
+    A pair that no list holds has each cos_m at most m's k-th listed similarity, so every pair
+    whose fused cosine exceeds the weighted sum of those is found: with lists of k = 50 that holds
+    for all the pairs a threshold can accept (``pipeline bench`` measures the recall).
+
+    Args:
+        vectors: (N, D_m) embeddings per dense modality.
+        lists: the modalities' top-k neighbours.
+        floor: pairs below this fused cosine may be left out.
+    """
+    names = [m for m in DENSE_SIGNALS if m in vectors]
+    w = np.array([float(weights.get(m, 1.0)) for m in names], dtype=np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"fusion weights {dict(zip(names, w))} must be non-negative with a positive sum")
+    w /= w.sum()
+    n = len(lists[names[0]])
+    rows, cols, known = _union_of_lists([lists[m] for m in names], n)  # known: (P, M), nan where unlisted
+    kth = np.stack([np.where(np.isfinite(lists[m].sim[:, -1]), lists[m].sim[:, -1], 1.0) for m in names], 1)
+    bound = np.where(np.isnan(known), kth[rows], known) @ w  # (P,) the most each pair can reach
+    keep = bound >= floor
+    rows, cols, known, fused = rows[keep], cols[keep], known[keep], np.zeros(keep.sum())
+    for j, (m, wm) in enumerate(zip(names, w)):
+        missing = np.isnan(known[:, j])
+        if wm > 0 and missing.any():
+            known[missing, j] = _cosines(vectors[m], rows[missing], cols[missing])
+        fused += wm * np.nan_to_num(known[:, j])
+    keep = fused >= floor
+    return _rank_pairs(rows[keep], cols[keep], fused[keep].astype(np.float32), n, min(k, n))
+
+
+def _union_of_lists(lists: list[Neighbours], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (row, col) pair some list holds, once, with each list's similarity (nan where unlisted)."""
+    keys, sims = [], []
+    for nb in lists:
+        r, j = np.nonzero(nb.idx >= 0)
+        keys.append(r.astype(np.int64) * n + nb.idx[r, j])
+        sims.append(nb.sim[r, j])
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    known = np.full((len(uniq), len(lists)), np.nan)
+    start = 0
+    for j, (key, sim) in enumerate(zip(keys, sims)):
+        known[inverse[start : start + len(key)], j] = sim
+        start += len(key)
+    return uniq // n, uniq % n, known
+
+
+def _cosines(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Cosine of the pairs' rows; the vectors need not be unit length (no (N, D) copy is made)."""
+    norms = np.sqrt(pair_dots(x, np.arange(len(x)), np.arange(len(x))))
+    return pair_dots(x, rows, cols) / np.maximum(norms[rows] * norms[cols], 1e-12)
+
+
+def _rank_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Neighbours:
+    """Each row's best k pairs as :class:`Neighbours`, ties by column."""
+    ranked = rank_within(rows, sims, tiebreak=cols)
+    top = ranked.order[ranked.rank < k]
+    rank = ranked.rank[ranked.rank < k]
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sim = np.full((n, k), -np.inf, dtype=np.float32)
+    idx[rows[top], rank], sim[rows[top], rank] = cols[top], sims[top]
+    return Neighbours(idx, sim)
+
+
 def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
     """One round of neighbourhood blending: x_i <- normalise(sum_j s_ij x_j) over s_ij >= threshold.
 
@@ -110,9 +184,10 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, block):
         p = sp.csr_matrix(w[start : start + block] @ s @ wt)
+        p.sort_indices()  # so that a stable sort leaves ties by index, with one sort key fewer
         row = np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
         cos = p.data / (norm[start + row] * norm[p.indices])
-        ranked = rank_within(row, cos, tiebreak=p.indices)  # most similar first, ties by index
+        ranked = rank_within(row, cos)  # most similar first, ties by index
         kept = ranked.rank < k
         top, rank = ranked.order[kept], ranked.rank[kept]
         idx[start + row[top], rank] = p.indices[top]
@@ -139,36 +214,47 @@ def gallery_neighbours(
     cache: NeighbourCache | None = None,
     timings: dict[str, float] | None = None,
     blend_method: str = "graph",
+    search_settings: SearchSettings | None = None,
+    floors: Mapping[str, float] | None = None,
 ) -> dict[str, Neighbours]:
     """Neighbours of every signal in the gallery, plus ``concat`` and ``blend`` where they apply.
 
     Args:
         cache: kept across calls with the same gallery: base signals and ``concat`` are searched
             once, so trying several blending settings only re-runs the blend.
-        timings: when given, seconds per step are added to it (``search_<signal>``, ``blend``).
+        timings: when given, seconds per step are added to it (``search_<signal>``, ``fuse_concat``,
+            ``blend``).
         blend_method: ``graph`` (:func:`graph_blend`: no second search) or ``exact`` (blend the
             vectors with :func:`blend` and search again).
+        search_settings: the index and its parameters; default: ``index`` and ``batch_size``.
+        floors: per signal, the lowest similarity the decision can use: ``concat`` then scores
+            only the listed pairs above its floor. None keeps every top-k list whole, as tuning,
+            blending and the pair model need. Cached entries do not record floors: give one
+            cache one kind of call.
     """
     cache = NeighbourCache() if cache is None else cache
     timings = {} if timings is None else timings
+    search_settings = search_settings or SearchSettings(index=index, batch_size=batch_size)
+    floors = dict(floors or {})
     vectors = dict(gallery.vectors)
     dense = [n for n in DENSE_SIGNALS if n in vectors]
+    out: dict[str, Neighbours] = {}
+    for name in vectors:
+        entry = cache.entry(name)
+        if entry.neighbours is None:
+            with _timed(timings, f"search_{name}"):
+                entry.neighbours = search(name, vectors[name], k, search_settings)
+        out[name] = entry.neighbours
     keys: dict[str, Hashable] = {name: name for name in vectors}
     if len(dense) >= 2:
         weights = {n: float(settings.fusion_weights.get(n, 1.0)) for n in dense}
         keys["concat"] = ("concat", tuple(weights.items()))
-        vectors["concat"] = _LazyConcat(vectors, weights)
-    out: dict[str, Neighbours] = {}
-    for name, key in keys.items():
-        entry = cache.entry(key)
+        entry = cache.entry(keys["concat"])
         if entry.neighbours is None:
-            x = vectors[name]
-            if name == "concat":
-                with _timed(timings, "fuse_concat"):
-                    x = x.array()
-            with _timed(timings, f"search_{name}"):
-                entry.neighbours = search(name, x, k, batch_size, index)
-        out[name] = entry.neighbours
+            with _timed(timings, "fuse_concat"):
+                entry.neighbours = fused_neighbours(vectors, out, weights, k, floors.get("concat", -np.inf))
+        out["concat"] = entry.neighbours
+        vectors["concat"] = _LazyConcat(vectors, weights)
     target = settings.blend_signal
     if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
         if target not in keys:
@@ -179,14 +265,14 @@ def gallery_neighbours(
         key = (blend_method, settings.blend_rounds, settings.blend_threshold)
         if key not in entry.blends:
             with _timed(timings, "blend"):
-                entry.blends[key] = _blended(vectors, target, out[target], settings, blend_method, k, batch_size,
-                                             index)
+                entry.blends[key] = _blended(vectors, target, out[target], settings, blend_method, k,
+                                             search_settings)
         out["blend"] = entry.blends[key]
     return out
 
 
 class _LazyConcat:
-    """The concatenation, built only when it has to be searched (a cached search needs no vectors)."""
+    """The concatenation, built only when the exact blending of ``concat`` needs its vectors."""
 
     def __init__(self, vectors: Mapping[str, Any], weights: Mapping[str, float]):
         self.vectors, self.weights, self._x = vectors, weights, None
@@ -198,7 +284,7 @@ class _LazyConcat:
 
 
 def _blended(vectors: Mapping[str, Any], target: str, nb: Neighbours, settings: MatchSettings, method: str,
-             k: int, batch_size: int, index: str) -> Neighbours:
+             k: int, search_settings: SearchSettings) -> Neighbours:
     if method == "graph":
         for _ in range(settings.blend_rounds):
             nb = graph_blend(nb, settings.blend_threshold)
@@ -206,7 +292,7 @@ def _blended(vectors: Mapping[str, Any], target: str, nb: Neighbours, settings: 
     x = vectors[target].array() if target == "concat" else vectors[target]
     for _ in range(settings.blend_rounds):
         x = blend(x, nb, settings.blend_threshold)
-        nb = search(target, x, k, batch_size, index)
+        nb = search(target, x, k, search_settings)
     return nb
 
 

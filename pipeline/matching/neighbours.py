@@ -1,22 +1,32 @@
 """Top-k neighbour search for every signal, in O(N·k) memory.
 
 Each search returns a :class:`Neighbours` pair of (N, k) arrays, the layout the matching engine works
-on. No function here builds an N×N matrix: queries go in batches, and the sparse TF-IDF search keeps
-only one (batch, N) block at a time. faiss and torch are imported by the searches that use them, so
-a run without their signals never loads them.
+on. No function here builds an N×N matrix: dense queries go to FAISS in batches, and the sparse
+TF-IDF search keeps only the top-k of each row (sparse_dot_topn). faiss and sparse_dot_topn are
+imported by the searches that use them; torch is never needed.
+
+Approximate dense indexes (IVF, HNSW, IVF-PQ) spend less than the exact one; their ``nprobe`` /
+``efSearch`` are set in :class:`SearchSettings` and their recall is measured by ``pipeline bench``.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 PHASH_BITS = 64
+INDEXES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+# "auto" searches exactly up to this many rows, where flat costs about what building HNSW does.
+AUTO_EXACT_ROWS = 30_000
+# Phash codes are searched exactly up to this many rows (64-bit popcounts are cheap), and with
+# binary inverted lists above it when the dense index is approximate.
+PHASH_EXACT_ROWS = 200_000
 
 
 @dataclass
@@ -43,128 +53,265 @@ class Neighbours:
         return self.idx.shape[0]
 
 
-def search(name: str, vectors: Any, k: int, batch_size: int = 4096, index: str = "flat") -> Neighbours:
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the searches run; ``MatchConfig`` holds the user-facing copy (see :meth:`from_config`).
+
+    Attributes:
+        index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``hnsw`` (graph),
+            ``ivfpq`` (inverted lists of product-quantised codes, shortlisting ``refine·k`` per query,
+            rescored exactly; for millions of postings) or ``auto`` (flat up to
+            ``AUTO_EXACT_ROWS`` rows or on GPUs, HNSW above on CPUs).
+        nprobe: inverted lists visited per query (ivf, ivfpq).
+        ef_search: HNSW's candidate list per query.
+        nlist: inverted lists; 0 = 4·sqrt(N).
+        pq_m: sub-quantisers of IVF-PQ (bytes per vector); 0 = D / 8.
+        refine: IVF-PQ shortlist per query, in multiples of k.
+        threads: OpenMP threads of FAISS and sparse_dot_topn; 0 = the bound the stage set (the run's
+            ``threads``, through ``OMP_NUM_THREADS``), else every core this process may use.
+        batch_size: queries per FAISS call.
+        gpu: use FAISS's GPUs when the build has them (faiss-gpu) and one is present.
+    """
+
+    index: str = "flat"
+    nprobe: int = 16
+    ef_search: int = 256
+    nlist: int = 0
+    pq_m: int = 0
+    refine: int = 2
+    threads: int = 0
+    batch_size: int = 4096
+    gpu: bool = True
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEXES:
+            raise ValueError(f"unknown index {self.index!r}; choose one of {list(INDEXES)}")
+
+    @classmethod
+    def from_config(cls, match: Any) -> "SearchSettings":
+        """The settings of a ``MatchConfig`` (or any object with the same attribute names)."""
+        return cls(**{f.name: getattr(match, f.name) for f in fields(cls) if hasattr(match, f.name)})
+
+    @property
+    def n_threads(self) -> int:
+        if self.threads > 0:
+            return self.threads
+        bound = os.environ.get("OMP_NUM_THREADS", "")
+        return int(bound) if bound.isdigit() and int(bound) > 0 else len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Bound FAISS's OpenMP threads to ``n`` for the block, then restore the previous bound.
+
+    On a shared machine OpenMP threads that outnumber the free cores spin at each barrier: FAISS's
+    binary search of 5,000 hashes took 14.5 s with 2 threads and 1.4 s with 1 on a loaded 2-core machine.
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def search(name: str, vectors: Any, k: int, settings: SearchSettings | None = None) -> Neighbours:
     """Top-k neighbours of every gallery row for one signal, dispatched on the vectors' kind."""
+    settings = settings or SearchSettings()
     if name == "phash":
-        return hamming_knn(vectors, k)
+        approximate = settings.index != "flat" and len(vectors) > PHASH_EXACT_ROWS
+        # Hamming k-means cells are coarse: twice the dense nprobe (32 of 76 lists kept 99.8% of
+        # the pairs within 9 bits on 3,000 synthetic hashes, 16 kept 98.5%).
+        return hamming_knn(vectors, k, threads=settings.n_threads, nprobe=2 * settings.nprobe if approximate else 0)
     if sp.issparse(vectors):
-        return sparse_knn(vectors, k, batch_size=min(batch_size, 1024))
-    return dense_knn(vectors, k, batch_size=batch_size, index=index)
+        return sparse_knn(vectors, k, threads=settings.n_threads)
+    return dense_knn(vectors, k, settings)
 
 
-def dense_knn(
-    x: np.ndarray,
-    k: int = 50,
-    batch_size: int = 4096,
-    index: str = "flat",
-    progress: bool = False,
-) -> Neighbours:
+def dense_knn(x: np.ndarray, k: int = 50, settings: SearchSettings | None = None, progress: bool = False) -> Neighbours:
     """Inner-product top-k of each row of ``x`` among all rows (itself included).
 
     Args:
         x: (N, D) L2-normalised embeddings; inner product is then cosine similarity.
         k: neighbours per query, capped at N.
-        batch_size: queries per FAISS call.
-        index: ``flat`` (exact), ``hnsw`` or ``ivf`` (approximate, for millions of postings).
+        settings: the index and its parameters (default: exact).
     """
+    settings = settings or SearchSettings()
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
+    n = x.shape[0]
     k = min(k, n)
-    faiss_index = _build_index(x, index)
-    idx = np.empty((n, k), dtype=np.int64)
-    sim = np.empty((n, k), dtype=np.float32)
-    for start in tqdm(range(0, n, batch_size), desc="faiss search", disable=not progress, leave=False):
-        stop = min(start + batch_size, n)
-        sim[start:stop], idx[start:stop] = faiss_index.search(x[start:stop], k)
+    if settings.index == "auto":
+        # Exact search on GPUs is fast at any size that fits them; FAISS has no GPU HNSW.
+        exact = n <= AUTO_EXACT_ROWS or (settings.gpu and faiss_gpus() > 0)
+        settings = replace(settings, index="flat" if exact else "hnsw")
+    shortlist = min(n, k * settings.refine) if settings.index == "ivfpq" else k
+    idx = np.empty((n, shortlist), dtype=np.int64)
+    sim = np.empty((n, shortlist), dtype=np.float32)
+    with faiss_threads(settings.n_threads):
+        index = build_index(x, settings)
+        step = settings.batch_size
+        for start in tqdm(range(0, n, step), desc="faiss search", disable=not progress, leave=False):
+            stop = min(start + step, n)
+            sim[start:stop], idx[start:stop] = index.search(x[start:stop], shortlist)
+    if settings.index == "ivfpq":
+        # PQ distances are approximate: rescore the shortlist with the vectors, keep the best k.
+        sim = np.where(idx >= 0, listed_dots(x, idx), -np.inf).astype(np.float32)
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        idx, sim = np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1)
     sim[idx < 0] = -np.inf
     return Neighbours(idx, sim)
 
 
-def _build_index(x: np.ndarray, kind: str) -> "faiss.Index":  # noqa: F821
+def pair_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(P,) float32 inner products x[rows[p]] . x[cols[p]], ``chunk`` pairs at a time (small
+    chunks keep the gathered rows in cache: 1,024 ran 4 times as fast as 65,536).
+
+    Args:
+        x: (N, D) vectors.
+        rows, cols: (P,) row indices into ``x``.
+    """
+    out = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        out[start : start + chunk] = np.einsum("pd,pd->p", x[r], x[c], optimize=False)
+    return out
+
+
+def listed_dots(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(Q, m) inner products of each row i < Q with the rows it lists: x[i] . x[idx[i, j]]; 0 where idx is -1."""
+    r, c = np.nonzero(idx >= 0)
+    out = np.zeros(idx.shape, dtype=np.float32)
+    out[r, c] = pair_dots(x, r, idx[r, c])
+    return out
+
+
+def build_index(x: np.ndarray, settings: SearchSettings) -> "faiss.Index":  # noqa: F821
+    """A FAISS inner-product index holding ``x``, on the GPUs when there are some (see :func:`faiss_gpus`)."""
     import faiss
 
     n, d = x.shape
+    kind = settings.index
+    nlist = settings.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 128
-    elif kind == "ivf":
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = settings.ef_search
+    elif kind in ("ivf", "ivfpq"):
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = settings.pq_m or _pq_subquantisers(d)
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = 64  # k-means on a sample: training costs O(sample·nlist·D)
+        index.cp.niter = 10
         index.train(x)
-        index.nprobe = min(nlist, 16)
+        index.nprobe = min(nlist, settings.nprobe)
     else:
-        raise ValueError(f"unknown index {kind!r}; choose flat, hnsw or ivf")
-    if kind == "flat" and _faiss_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+        raise ValueError(f"unknown index {kind!r}; choose one of {list(INDEXES)}")
+    index = to_gpus(index, shard=n > 2_000_000) if settings.gpu and kind != "hnsw" else index
     index.add(x)
     return index
 
 
-def _faiss_gpus() -> int:
+def _pq_subquantisers(d: int) -> int:
+    """Largest count <= D/8 that divides D (PQ splits the vector into equal parts)."""
+    m = max(1, d // 8)
+    while d % m:
+        m -= 1
+    return m
+
+
+def faiss_gpus() -> int:
+    """GPUs that FAISS can use: 0 with faiss-cpu, which has no GPU entry points at all."""
     import faiss
 
-    # faiss-cpu has no GPU entry points at all; a faiss-gpu build has them.
     get = getattr(faiss, "get_num_gpus", None)
     return get() if get is not None and hasattr(faiss, "StandardGpuResources") else 0
 
 
-def sparse_knn(x: sp.csr_matrix, k: int = 50, batch_size: int = 1024, progress: bool = False) -> Neighbours:
-    """Cosine top-k for L2-normalised sparse rows (TF-IDF), one (batch, N) block at a time.
+def to_gpus(index: "faiss.Index", shard: bool = False, gpus: int | None = None) -> "faiss.Index":  # noqa: F821
+    """The index copied to every GPU FAISS sees, or returned as it is when there is none.
 
-    Each block is the sparse gallery times a dense block of queries (torch's multithreaded sparse
-    x dense product, on CUDA when there is one). With character n-grams nearly every pair of titles
-    shares a term, so a sparse x sparse product would fill the block anyway, and on 70,000 titles
-    it took 3.8 times as long.
+    Args:
+        shard: split the database across the GPUs (for collections too big for one) instead of
+            replicating it on each (faster queries when it fits).
+        gpus: GPU count; default :func:`faiss_gpus`.
+
+    Untested here: this machine has no GPU and faiss-cpu. The CPU fallback is what the tests run.
     """
-    import torch
+    gpus = faiss_gpus() if gpus is None else gpus
+    if gpus <= 0:
+        return index
+    import faiss
+
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = shard
+    options.useFloat16 = False  # keep exact flat scores; IVF-PQ codes are already compact
+    return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=gpus)
+
+
+def sparse_knn(x: sp.spmatrix, k: int = 50, threads: int = 1, block: int = 8192, progress: bool = False) -> Neighbours:
+    """Exact cosine top-k of L2-normalised sparse rows (TF-IDF) among all rows, itself included.
+
+    sparse_dot_topn's sparse x sparse product keeps each row's best k as it goes, ``block`` query
+    rows at a time. Its cost is the sum over a query's terms of their document frequencies: on
+    titles, the commonest character n-grams make most of it (``tfidf.max_df`` drops them).
+
+    Args:
+        x: (N, V) rows of unit L2 norm, or zero (such a row has no neighbour).
+        threads: sparse_dot_topn's threads.
+    """
+    from sparse_dot_topn import sp_matmul_topn
 
     x = sp.csr_matrix(x, dtype=np.float32)
     n = x.shape[0]
     k = min(k, n)
-    # The dense query block (b, V) and the result (b, N) stay near 128 MB each; smaller blocks
-    # were also faster on 70,000 titles (they stay in cache).
-    batch_size = max(16, min(batch_size, 2**25 // max(x.shape[1], n)))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        gallery = torch.sparse_csr_tensor(
-            torch.from_numpy(x.indptr.astype(np.int64)), torch.from_numpy(x.indices.astype(np.int64)),
-            torch.from_numpy(x.data), size=x.shape, device=device,
-        )
-    idx = np.empty((n, k), dtype=np.int64)
-    sim = np.empty((n, k), dtype=np.float32)
-    for start in tqdm(range(0, n, batch_size), desc="tfidf search", disable=not progress, leave=False):
-        stop = min(start + batch_size, n)
-        queries = torch.from_numpy(x[start:stop].toarray()).to(device)
-        block = torch.sparse.mm(gallery, queries.T.contiguous()).T  # (b, N)
-        top_sim, top = torch.topk(block, k, dim=1)
-        idx[start:stop] = top.cpu().numpy()
-        sim[start:stop] = top_sim.cpu().numpy()
-    # Rows sharing no term with the query are not neighbours, only arbitrary fillers of the top-k.
-    none = sim <= 0
-    idx[none], sim[none] = -1, -np.inf
+    xt = sp.csr_matrix(x.T)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sim = np.full((n, k), -np.inf, dtype=np.float32)
+    for start in tqdm(range(0, n, block), desc="tfidf search", disable=not progress, leave=False):
+        # threshold 0: rows sharing no term with the query are not neighbours, only fillers of a top-k.
+        top = sp_matmul_topn(x[start : start + block], xt, top_n=k, threshold=0.0, sort=True, n_threads=threads)
+        counts = np.diff(top.indptr)
+        row = start + np.repeat(np.arange(top.shape[0]), counts)
+        rank = np.arange(top.nnz) - np.repeat(top.indptr[:-1], counts)
+        idx[row, rank], sim[row, rank] = top.indices, top.data
     return Neighbours(idx, sim)
 
 
-def hamming_knn(codes: np.ndarray, k: int = 50, batch_size: int = 16384) -> Neighbours:
+def hamming_knn(codes: np.ndarray, k: int = 50, batch_size: int = 16384, threads: int = 1, nprobe: int = 0) -> Neighbours:
     """Top-k by Hamming distance of 64-bit hashes; similarity is 1 - distance / 64.
 
     Args:
         codes: (N, 8) uint8 packed hashes (see ``pipeline.matching.signals.phash_codes``).
+        threads: FAISS's OpenMP threads for this search.
+        nprobe: 0 searches exactly; otherwise binary inverted lists (4·sqrt(N) Hamming k-means
+            cells), visiting ``nprobe`` per query.
     """
     import faiss
 
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     n = codes.shape[0]
     k = min(k, n)
-    index = faiss.IndexBinaryFlat(PHASH_BITS)
-    index.add(codes)
     idx = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        dist, idx[start:stop] = index.search(codes[start:stop], k)
-        sim[start:stop] = 1.0 - dist.astype(np.float32) / PHASH_BITS
+    with faiss_threads(threads):
+        if nprobe > 0:
+            nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+            index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(PHASH_BITS), PHASH_BITS, nlist)
+            index.cp.max_points_per_centroid = 64
+            index.train(codes)
+            index.nprobe = min(nprobe, nlist)
+        else:
+            index = faiss.IndexBinaryFlat(PHASH_BITS)
+        index.add(codes)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            dist, idx[start:stop] = index.search(codes[start:stop], k)
+            sim[start:stop] = 1.0 - dist.astype(np.float32) / PHASH_BITS
+    sim[idx < 0] = -np.inf
     return Neighbours(idx, sim)

@@ -20,6 +20,7 @@ from pipeline.data.contract import encoder_inputs
 from pipeline.matching.candidates import Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
+from pipeline.matching.neighbours import SearchSettings
 from pipeline.matching.pairs import PAIR_SIGNAL, PairModel
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.submission import build_submission
@@ -65,8 +66,6 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
         embeddings: per learned modality, embeddings already computed (they win over ``encoders``).
         timings: when given, seconds per step are added to it.
     """
-    from pipeline.training.embedding import embed_items  # torch: only when something is embedded
-
     timings = {} if timings is None else timings
     encoders, embeddings = dict(encoders or {}), dict(embeddings or {})
     t0 = time.perf_counter()
@@ -78,6 +77,8 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
             continue
         if m not in encoders:
             raise PredictError(f"no embeddings and no encoder given for the learned modality {m!r}")
+        from pipeline.training.embedding import embed_items  # torch: only when something is embedded
+
         t0 = time.perf_counter()
         batch_size = getattr(cfg, m).embed_batch_size
         vectors[m] = embed_items(encoders[m], encoder_inputs(m, df, images_dir), batch_size=batch_size,
@@ -86,15 +87,31 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
     return vectors
 
 
+def search_floors(settings: MatchSettings) -> dict[str, float]:
+    """Per signal, the lowest similarity that ``settings`` can turn into a match, for the searches.
+
+    The blended signal's whole lists are kept: graph blending reads the similarities among a
+    posting's neighbours, whatever they are.
+    """
+    floors = prediction_floors(settings)
+    if settings.blend_signal is not None and settings.blend_rounds > 0:
+        floors.pop(settings.blend_signal, None)
+    return floors
+
+
 def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchSettings, match: MatchConfig,
-                   pair_model: PairModel | None = None, timings: dict[str, float] | None = None) -> pd.DataFrame:
+                   pair_model: PairModel | None = None, timings: dict[str, float] | None = None,
+                   lists: dict[str, Any] | None = None) -> pd.DataFrame:
     """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
 
     Args:
         vectors: per signal, one row per posting (see :func:`posting_vectors`).
-        match: the search settings (``k``, ``batch_size``, ``index``, ``blend_method``).
+        match: the search settings (``k``, the index and its parameters, ``threads``,
+            ``blend_method``, ``search_floors``).
         pair_model: needed when the settings use the ``pair`` signal.
         timings: when given, seconds per step are added to it.
+        lists: when given, filled with every signal's neighbour lists (``pipeline bench`` checks
+            their recall).
     """
     timings = {} if timings is None else timings
     missing = sorted(signals_needed(settings, pair_model) - set(vectors))
@@ -106,11 +123,16 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
     n = len(ids)
     everything = np.arange(n)
     gallery = Gallery(everything, everything, dict(vectors))
-    nb = gallery_neighbours(gallery, settings, k=match.k, batch_size=match.batch_size, index=match.index,
-                            timings=timings, blend_method=match.blend_method)
+    # The pair model reads every signal's evidence (ranks among whole top-k lists included), so
+    # no signal's pairs can be dropped early when it is used.
+    floors = None if uses_pair_model(settings) else prediction_floors(settings)
+    nb = gallery_neighbours(gallery, settings, k=match.k, timings=timings, blend_method=match.blend_method,
+                            search_settings=SearchSettings.from_config(match),
+                            floors=search_floors(settings) if floors is not None and match.search_floors else None)
+    if lists is not None:
+        lists.update(nb)
     t0 = time.perf_counter()
-    # The pair model reads every signal's evidence, so no signal's pairs can be dropped early.
-    c = build_candidates(gallery, nb, n, floors=None if uses_pair_model(settings) else prediction_floors(settings))
+    c = build_candidates(gallery, nb, n, floors=floors)
     timings["candidates"] = time.perf_counter() - t0
     if uses_pair_model(settings):
         t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from pipeline.config import Config, ConfigError, ImageConfig, TextConfig, dump_c
 from pipeline.data import Dataset
 from pipeline.device import bound_threads
 from pipeline.matching.decide import MatchSettings
+from pipeline.matching.neighbours import SearchSettings
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.paths import ModelPaths, RunPaths
@@ -132,7 +133,7 @@ class Run:
             return {m: np.asarray(self.embeddings(m, f"oof_fold{fold}", ids[rows])) for m in self.cfg.learned}
 
         m = self.cfg.match
-        search = {"k": m.k, "batch_size": m.batch_size, "index": m.index, "blend_method": m.blend_method}
+        search = {"k": m.k, "blend_method": m.blend_method, "search_settings": SearchSettings.from_config(m)}
         return oof_galleries(fold_of, self.cfg.folds.gallery, unsupervised, learned if self.cfg.learned else None,
                              search)
 

@@ -5,7 +5,8 @@ import scipy.sparse as sp
 from pipeline.data.synth.postings import clustered_postings
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
-from pipeline.matching.fusion import NeighbourCache, blend, concat_embeddings, gallery_neighbours, graph_blend
+from pipeline.matching.fusion import (NeighbourCache, blend, concat_embeddings, fused_neighbours, gallery_neighbours,
+                                     graph_blend)
 from pipeline.matching.neighbours import Neighbours, dense_knn, sparse_knn
 from pipeline.matching.tuning import Scorer, cross_validated, tune
 
@@ -167,3 +168,43 @@ def test_neighbour_cache_keys_follow_fusion_weights_and_blending():
     a = gallery_neighbours(g, settings[0], k=10, cache=cache)["concat"].sim
     b = gallery_neighbours(g, settings[1], k=10, cache=cache)["concat"].sim
     assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("weights", [{"image": 0.5, "text": 0.5}, {"image": 0.2, "text": 0.8}])
+def test_fused_lists_equal_searching_the_concatenation(weights):
+    x, _ = clustered_postings(120, 16, seed=4)
+    dense = {m: x[m] for m in ("image", "text")}
+    concat = dense_knn(concat_embeddings(dense, weights), k=15)
+    # Complete per-modality lists: the fused top-k is the concatenation's, exactly.
+    complete = {m: dense_knn(dense[m], k=120) for m in dense}
+    fused = fused_neighbours(dense, complete, weights, k=15)
+    np.testing.assert_allclose(fused.sim, concat.sim, atol=1e-5)
+    # Top-k lists and a floor: a pair neither list holds has each cosine at most that list's k-th, so
+    # every pair of the concatenation's top-k above the floor and that bound is found, exactly scored.
+    lists = {m: dense_knn(dense[m], k=15) for m in dense}
+    floored = fused_neighbours(dense, lists, weights, k=15, floor=0.4)
+    w = {m: weights[m] / sum(weights.values()) for m in dense}
+    bound = sum(w[m] * lists[m].sim[:, -1] for m in dense)
+    want = {(i, int(j)): s for i in range(120) for j, s in zip(concat.idx[i], concat.sim[i]) if s >= max(0.4, bound[i])}
+    got = {(i, int(j)): s for i in range(120) for j, s in zip(floored.idx[i], floored.sim[i]) if j >= 0}
+    assert want and set(want) <= set(got)
+    np.testing.assert_allclose([got[p] for p in want], list(want.values()), atol=1e-5)
+    assert min(got.values()) >= 0.4 - 1e-6
+
+
+def test_search_floors_do_not_change_predictions():
+    from pipeline.config import Config
+    from pipeline.matching.predict import match_postings
+
+    x, labels = clustered_postings(500, 16, seed=5)
+    ids = np.array([f"p{i}" for i in range(500)], dtype=object)
+    settings = MatchSettings(thresholds={"concat": 0.55, "phash": 0.85}, min2_signal="concat", min2_floor=0.3,
+                             blend_signal="image", blend_rounds=1, blend_threshold=0.6,
+                             fusion_weights={"image": 0.5, "text": 0.5})
+    settings.thresholds["blend"] = 0.6
+    subs = []
+    for floors in (True, False):
+        cfg = Config(modalities=["image", "text", "phash"])
+        cfg.match.k, cfg.match.search_floors = 20, floors
+        subs.append(match_postings(x, ids, settings, cfg.match))
+    assert subs[0].equals(subs[1])

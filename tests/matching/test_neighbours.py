@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.neighbours import SearchSettings, dense_knn, hamming_knn, sparse_knn
 
 
 def _unit(x):
@@ -20,7 +20,7 @@ def _assert_same_topk(nb, full_sim, k):
 @pytest.mark.parametrize("batch_size", [7, 1000])
 def test_dense_knn_matches_brute_force(batch_size):
     x = _unit(np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32))
-    nb = dense_knn(x, k=10, batch_size=batch_size)
+    nb = dense_knn(x, k=10, settings=SearchSettings(batch_size=batch_size))
     assert nb.idx.shape == (120, 10)
     _assert_same_topk(nb, x @ x.T, 10)
     assert (nb.idx[:, 0] == np.arange(120)).all()  # itself first
@@ -30,7 +30,7 @@ def test_dense_knn_matches_brute_force(batch_size):
 def test_approximate_indexes_find_most_neighbours(index):
     x = _unit(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32))
     exact = dense_knn(x, k=10)
-    approx = dense_knn(x, k=10, index=index)
+    approx = dense_knn(x, k=10, settings=SearchSettings(index=index))
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.idx, approx.idx)])
     assert recall > 0.8
 
@@ -40,11 +40,11 @@ def test_k_is_capped_at_n():
     assert dense_knn(x, k=50).k == 5
 
 
-@pytest.mark.parametrize("batch_size", [3, 64])
-def test_sparse_knn_matches_brute_force(batch_size):
+@pytest.mark.parametrize("block", [3, 64])
+def test_sparse_knn_matches_brute_force(block):
     x = sp.random(50, 30, density=0.2, random_state=1, format="csr", dtype=np.float32)
     x = sp.csr_matrix(x.multiply(1.0 / np.sqrt(x.multiply(x).sum(axis=1) + 1e-12)))
-    nb = sparse_knn(x, k=8, batch_size=batch_size)
+    nb = sparse_knn(x, k=8, block=block)
     _assert_same_topk(nb, (x @ x.T).toarray(), 8)
 
 
@@ -63,3 +63,90 @@ def test_sparse_rows_sharing_no_term_are_not_neighbours():
     assert set(nb.idx[0][nb.idx[0] >= 0]) == {0, 1}
     assert set(nb.idx[2][nb.idx[2] >= 0]) == {2}
     assert (nb.idx[3] == -1).all() and np.isneginf(nb.sim[3]).all()  # an empty title matches nothing
+
+
+def test_ivfpq_rescores_its_shortlist_exactly():
+    from pipeline.data.synth.postings import clustered_postings
+
+    x = clustered_postings(1500, 32, seed=2)[0]["text"]
+    nb = dense_knn(x, k=10, settings=SearchSettings(index="ivfpq", nprobe=16, pq_m=16, refine=4))
+    got = np.einsum("nd,nkd->nk", x, x[nb.idx])
+    np.testing.assert_allclose(nb.sim, got, atol=1e-5)  # exact cosines, not PQ estimates
+    assert (np.diff(nb.sim, axis=1) <= 1e-6).all()
+    exact = dense_knn(x, k=10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.idx, nb.idx)]) > 0.8
+
+
+def test_search_settings_come_from_the_match_config():
+    from pipeline.config import load_config
+
+    m = load_config(None, ["match.index=ivf", "match.nprobe=4", "match.threads=1"]).match
+    s = SearchSettings.from_config(m)
+    assert (s.index, s.nprobe, s.threads, s.n_threads, s.ef_search) == ("ivf", 4, 1, 1, m.ef_search)
+    with pytest.raises(ValueError, match="unknown index"):
+        SearchSettings(index="lsh")
+
+
+def test_faiss_threads_are_bounded_then_restored():
+    import faiss
+
+    from pipeline.matching.neighbours import faiss_threads
+
+    before = faiss.omp_get_max_threads()
+    with faiss_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == before
+
+
+def test_without_gpus_indexes_stay_on_the_cpu():
+    import faiss
+
+    from pipeline.matching.neighbours import build_index, faiss_gpus, to_gpus
+
+    if faiss_gpus() > 0:
+        pytest.skip("a GPU is present: the CPU fallback is not what runs")
+    index = faiss.IndexFlatIP(4)
+    assert to_gpus(index) is index and to_gpus(index, shard=True, gpus=0) is index
+    x = _unit(np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32))
+    built = build_index(x, SearchSettings(gpu=True))
+    assert isinstance(built, faiss.IndexFlatIP) and built.ntotal == 50
+
+
+def test_pair_dots_and_listed_dots_match_numpy():
+    from pipeline.matching.neighbours import listed_dots, pair_dots
+
+    x = np.random.default_rng(3).standard_normal((30, 5)).astype(np.float32)
+    rows, cols = np.array([0, 4, 29, 7]), np.array([3, 4, 0, 12])
+    np.testing.assert_allclose(pair_dots(x, rows, cols, chunk=3), (x[rows] * x[cols]).sum(1), rtol=1e-5)
+    idx = np.array([[1, -1], [2, 0]])
+    np.testing.assert_allclose(listed_dots(x, idx), [[x[0] @ x[1], 0.0], [x[1] @ x[2], x[1] @ x[0]]], rtol=1e-5)
+
+
+def test_the_tfidf_path_never_loads_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, pandas as pd\n"
+        "from pipeline.config import load_config\n"
+        "from pipeline.matching.decide import MatchSettings\n"
+        "from pipeline.matching.predict import match_postings, posting_vectors\n"
+        "cfg = load_config(None, ['modalities=[tfidf,phash]'])\n"
+        "df = pd.DataFrame({'title': ['red shoe', 'red shoes', 'blue hat'], 'image_phash': ['a' * 16] * 3})\n"
+        "v = posting_vectors(cfg, df, None)\n"
+        "s = MatchSettings(thresholds={'tfidf': 0.5}, blend_signal='tfidf', blend_rounds=1, blend_threshold=0.3)\n"
+        "match_postings(v, np.array(['a', 'b', 'c']), s, cfg.match)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_binary_inverted_lists_find_the_near_duplicate_hashes():
+    from pipeline.data.synth.postings import clustered_postings
+
+    codes = clustered_postings(3000, 4, seed=1)[0]["phash"]
+    exact = hamming_knn(codes, k=10)
+    approx = hamming_knn(codes, k=10, nprobe=32)
+    near = exact.sim >= 0.85  # the pairs a phash threshold accepts
+    found = [set(a[m]) <= set(b) for a, b, m in zip(exact.idx, approx.idx, near)]
+    assert np.mean(found) > 0.99

@@ -15,7 +15,7 @@ def test_clustered_postings_are_unit_vectors_in_groups():
 
 def test_bench_reports_every_step_and_memory():
     out = run_bench(n=800, dim=16, k=20)
-    assert {"search_image", "search_text", "search_phash", "search_concat", "blend", "candidates", "decide",
+    assert {"search_image", "search_text", "search_phash", "fuse_concat", "blend", "candidates", "decide",
             "build_submission", "write_submission"} <= set(out["seconds"])
     assert out["peak_rss_mb"] > 0 and out["predict_seconds"] > 0
     assert 0.3 < out["f1"] <= 1.0

@@ -15,7 +15,10 @@ from pipeline.config import load_config
 from pipeline.data.synth import make_synthetic
 
 # TF-IDF, phash, blending, the union, min-2 and the pair model on 30 synthetic groups.
-PINNED_SHA256 = "11722359d4f9f965476dfb145674a38f5e7372cba9499fca03efd9181441ee80"
+# Re-pinned when the TF-IDF search moved from torch's sparse x dense product to sparse_dot_topn
+# (issue 12): the same neighbours, with cosines that differ in the 6th decimal (at most 2.3e-6),
+# which moves tuned thresholds and the pair model's bins.
+PINNED_SHA256 = "3cec3fe7392076c114673722300bd3f5d782f6759b63b03735c15178b41b14fb"
 
 
 def test_the_pinned_run_reproduces_its_submission_byte_for_byte(tmp_path):

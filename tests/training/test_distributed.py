@@ -322,6 +322,9 @@ def test_distributed_cli_trains_under_torchrun_and_embed_stage_shards(tiny_synth
         "modalities=[text,tfidf]", "folds.n_splits=2", f"text.model={tiny_bert_dir}", "text.embed_dim=16",
         "text.train.epochs=2", "text.train.num_workers=0", "text.train.batch_size=8", "text.train.final=fold0",
         "baseline_untrained=false",
+        # The embed stage below runs in forked ranks: a stage that grew their OpenMP pool past the
+        # one thread _rank_main set would hang in a pool the parent left behind (libgomp is not fork-safe).
+        "threads=1",
     ])
     run = tmp_path / "run"
     stages.prepare(tiny_synth["root"], run, cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def clustered_postings(n: int, dim: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def clustered_postings(n: int, dim: int, seed: int = 0, chunk: int = 65536) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Random postings in Kaggle-like groups: per-modality unit vectors near a group centre, and a
     phash a few bit flips away from the group's hash. Groups come in families of about three
     whose centres are close (the sibling products that make matching hard)."""
@@ -18,9 +18,15 @@ def clustered_postings(n: int, dim: int, seed: int = 0) -> tuple[dict[str, np.nd
     for name, noise in (("image", 1.0), ("text", 0.8)):
         fam = _unit(rng.standard_normal((family.max() + 1, dim), dtype=np.float32))
         centres = _unit(fam[family] + 0.8 * _unit(rng.standard_normal((n_groups, dim), dtype=np.float32)))
-        x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
-        vectors[name] = _unit(x)
-        del fam, centres, x
+        del fam
+        x = np.empty((n, dim), dtype=np.float32)  # float32, as encoders give
+        for start in range(0, n, chunk):  # in chunks: no full-size temporaries at a million postings
+            rows = slice(start, start + chunk)
+            part = centres[labels[rows]] + np.float32(noise / np.sqrt(dim)) * rng.standard_normal(
+                (len(labels[rows]), dim), dtype=np.float32)
+            x[rows] = _unit(part)
+        vectors[name] = x
+        del centres
     hashes = rng.integers(0, 256, size=(n_groups, 8), dtype=np.uint8)[labels]
     flips = rng.random((n, 64)) < 0.08  # about 5 of 64 bits differ from the group's hash
     vectors["phash"] = hashes ^ np.packbits(flips, axis=1)

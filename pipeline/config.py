@@ -67,12 +67,13 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     num_workers: int = 2
     # The model that embeds test.csv: full (one more model, trained on every row), fold0 (the first
-    # fold's model, which saves a training; thresholds were tuned on fold models anyway) or none.
+    # fold's model, which saves a training; thresholds were tuned on fold models anyway), folds
+    # (every fold model, their embeddings averaged and renormalised; no full training) or none.
     final: str = "full"
 
     def __post_init__(self) -> None:
-        if self.final not in ("full", "fold0", "none"):
-            raise ConfigError(f"train.final must be full, fold0 or none, got {self.final!r}")
+        if self.final not in ("full", "fold0", "folds", "none"):
+            raise ConfigError(f"train.final must be full, fold0, folds or none, got {self.final!r}")
 
 
 @dataclass
@@ -84,6 +85,9 @@ class ImageConfig:
     embed_dim: int = 512
     gem_p: float = 3.0
     embed_batch_size: int = 64  # images per forward pass when embedding (every stage and the Kaggle inference)
+    # Test-time augmentation: embed each image and its mirror image, average, renormalise. Applied to
+    # every embedding (out-of-fold and test alike), so thresholds are tuned on what test sees.
+    tta_flip: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, head_lr=1e-2, batch_size=32))
     head: HeadConfig = field(default_factory=HeadConfig)
 

@@ -119,6 +119,30 @@ class RunPaths(_Folder):
     def report(self) -> Path:
         return self.root / "report.json"
 
+    @property
+    def report_md(self) -> Path:
+        """The report in words, for a person."""
+        return self.root / "report.md"
+
+    @property
+    def run_log(self) -> Path:
+        """Every ``pipeline`` log line of every stage run on this folder, appended."""
+        return self.root / "run.log"
+
+    @property
+    def leaderboard(self) -> Path:
+        """Leaderboard scores the user recorded for this run (``compare --lb RUN=SCORE``)."""
+        return self.root / "leaderboard.json"
+
+    @property
+    def members(self) -> Path:
+        """An ensemble run's member runs and their weights (see ``pipeline ensemble``)."""
+        return self.root / "members.json"
+
+    def plot(self, name: str) -> Path:
+        """A figure in the plots folder: ``threshold_f1``, ``training``, ``false_positives`` ..."""
+        return self.plots / f"{name}.png"
+
 
 @dataclass(frozen=True)
 class PackagePaths(_Folder):
@@ -128,12 +152,22 @@ class PackagePaths(_Folder):
     def wheels(self) -> Path:
         return self.root / "wheels"
 
-    def model(self, modality: str) -> Path:
-        return self.root / "models" / modality / "model.pt"
+    def member_dir(self, modality: str, member: int) -> Path:
+        """The encoder files of one member of a modality's ensemble (a plain run has member 0 only)."""
+        return self.root / "models" / modality / f"member{member}"
 
-    def text_backbone(self) -> Path:
-        """Tokenizer and transformer config of the title encoder, so no hub is needed."""
-        return self.root / "models" / "text" / "backbone"
+    def member_model(self, modality: str, member: int, fold: int | None) -> Path:
+        """A member's encoder: its one ``model.pt``, or ``fold{f}.pt`` of a fold average."""
+        return self.member_dir(modality, member) / ("model.pt" if fold is None else f"fold{fold}.pt")
+
+    def text_backbone(self, member: int) -> Path:
+        """Tokenizer and transformer config of a title encoder member, so no hub is needed."""
+        return self.member_dir("text", member) / "backbone"
+
+    @property
+    def encoders(self) -> Path:
+        """Per modality, the members: weight, model files (relative), flip TTA, text backbone."""
+        return self.root / "encoders.json"
 
     @property
     def config(self) -> Path:

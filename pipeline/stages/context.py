@@ -129,10 +129,43 @@ def modality_cfg(cfg: Config, modality: str) -> ImageConfig | TextConfig:
 
 @contextmanager
 def stage(run: Run, name: str) -> Iterator[None]:
-    """Log a stage's start and end, and record its seconds in the manifest."""
-    log.info("[%s] started", name)
-    t0 = time.perf_counter()
-    yield
-    seconds = time.perf_counter() - t0
-    run.record_timing(name, seconds)
-    log.info("[%s] done in %.1fs", name, seconds)
+    """Log a stage's start and end (also into the run's run.log), and record its seconds in the manifest."""
+    with run_log(run.paths):
+        log.info("[%s] started", name)
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+        run.record_timing(name, seconds)
+        log.info("[%s] done in %.1fs", name, seconds)
+
+
+_RUN_LOGS: dict[Path, list] = {}  # run.log path -> [handler, how many open blocks use it]
+
+
+@contextmanager
+def run_log(paths: RunPaths) -> Iterator[None]:
+    """Append every ``pipeline`` log line emitted in the block to the run folder's run.log.
+
+    The logger passes INFO lines for the block's length (a notebook that configured no logging
+    still gets its run.log); nested blocks on one folder share one handler.
+    """
+    path = paths.run_log.resolve()
+    entry = _RUN_LOGS.get(path)
+    if entry is None:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO)
+        entry = _RUN_LOGS[path] = [handler, 0, log.level]
+        log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+    entry[1] += 1
+    try:
+        yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            log.removeHandler(entry[0])
+            entry[0].close()
+            log.setLevel(entry[2])
+            del _RUN_LOGS[path]

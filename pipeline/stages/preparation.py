@@ -13,7 +13,7 @@ from pipeline.config import Config, dump_config
 from pipeline.data import Dataset
 from pipeline.data.folds import make_folds
 from pipeline.paths import RunPaths
-from pipeline.stages.context import Run, log
+from pipeline.stages.context import Run, log, run_log
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
@@ -45,8 +45,9 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     }
     run = Run(paths, cfg, manifest)
     run.record_timing("prepare", time.perf_counter() - t0)
-    log.info(
-        "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
-        len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
-    )
+    with run_log(paths):
+        log.info(
+            "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
+            len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
+        )
     return run

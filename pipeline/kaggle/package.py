@@ -52,7 +52,9 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
     """Write the package folder for a trained and tuned run; the folder appears complete or not at all.
 
     Args:
-        wheels: a folder of extra wheels to include (e.g. ``pip download faiss-cpu --no-deps -d DIR``).
+        wheels: a folder of extra wheels to include (e.g. ``pip download faiss-cpu --no-deps -d DIR``);
+            when it holds the project's own ``shopee_pipeline`` wheel, that one is used instead of
+            building one (a Kaggle notebook that installed the project from it has no source to build from).
         fp16: store the encoders' floating-point weights in half precision (about half the size);
             :func:`pipeline.models.encoders.load_encoder` casts them back to float32.
         assume_installed: distributions the inference notebook has without a wheel here.
@@ -82,7 +84,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
     try:
         package = PackagePaths(staging)
         package.wheels.mkdir()
-        build_wheel(package.wheels)
+        if not any(w.name.startswith("shopee_pipeline-") for w in extra):
+            build_wheel(package.wheels)  # else the project's own wheel came with --wheels (an installed copy)
         for whl in extra:
             shutil.copy2(whl, package.wheels / whl.name)
         recipe = {m: [_copy_member(package, m, i, member, fp16) for i, member in enumerate(ms)]
@@ -170,6 +173,9 @@ def _write_metadata(run: RunPaths, cfg: Config, package: PackagePaths, title: st
 
 def build_wheel(out_dir: Path) -> Path:
     """Build this project's wheel offline, from a copy of the source so the checkout stays clean."""
+    if not (PROJECT_ROOT / "pyproject.toml").exists():
+        raise PackageError(f"{PROJECT_ROOT} is not a source checkout, so the project's wheel cannot be built here: "
+                           "pass --wheels DIR with the shopee_pipeline wheel it was installed from")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()

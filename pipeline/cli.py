@@ -124,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help=RUN_DIR_HELP)
     p.add_argument("--modalities", default=None, help="comma list of learned modalities (default: those of the run)")
 
-    p = add("tune", _tune, "Tune thresholds and fusion on out-of-fold F1; writes thresholds.json and plots.")
+    p = add("tune", _tune, "Tune thresholds and fusion on out-of-fold F1; writes thresholds.json, the report and plots.",
+            "Trailing match.* and tfidf.* key=value pairs re-tune with other settings, e.g. match.pair_model=false "
+            "match.k=30; they are stored in the run's config.yaml once the tuning succeeds.")
     p.add_argument("--run", required=True, type=Path, help="run folder")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="match.* / tfidf.* overrides")
 
     p = add("predict", _predict, "Match test.csv with the tuned settings and write submission.csv.")
     p.add_argument("--run", required=True, type=Path, help="tuned run folder")
@@ -147,12 +150,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", _bench, "Time the predict path on N random clustered embeddings; prints one JSON line.")
     _bench_arguments(p)
 
+    _add_package_and_ensembles(add)
+    return parser
+
+
+def _add_package_and_ensembles(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """package, ensemble and compare: the subcommands around Kaggle submissions."""
     p = add("package", _package, "Write a folder to upload as a Kaggle dataset for offline inference.")
     p.add_argument("--run", required=True, type=Path, help="trained and tuned run folder")
     p.add_argument("--out", required=True, type=Path, help="package folder to write")
     p.add_argument("--wheels", type=Path, default=None, help="folder of extra wheels to include (e.g. faiss-cpu)")
     p.add_argument("--title", default="shopee-pipeline-package", help="Kaggle dataset title/slug")
-    return parser
+    p.add_argument("--fp16", action="store_true", help="store the encoders' weights in half precision (half the "
+                   "upload; the inference casts them back to float32)")
+    p.add_argument("--assume-installed", default="", metavar="DIST[,DIST]",
+                   help="distributions the inference notebook has without a wheel here (e.g. faiss-cpu when "
+                        "another attached dataset installs it); recorded in the manifest")
+
+    p = add("ensemble", _ensemble, "Combine trained runs with the same folds into one run folder to tune, predict "
+            "and package.", "Then: python -m pipeline tune --run OUT. Trailing key=value pairs override the first "
+            "run's config (e.g. match.k=30).")
+    p.add_argument("--runs", required=True, nargs="+", type=Path, help="member run folders (trained and embedded)")
+    p.add_argument("--out", required=True, type=Path, help="ensemble run folder to write")
+    p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per run (default: equal)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    p = add("compare", _compare, "Tuned runs side by side: cross-validated F1 overall and per signal, time, the "
+            "leaderboard score, the config keys that differ.")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="tuned run folders")
+    p.add_argument("--lb", action="append", default=[], metavar="RUN=SCORE",
+                   help="record a leaderboard score for a run (kept in RUN/leaderboard.json); repeatable")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -198,7 +225,9 @@ def _synth(args) -> int:
 
 def _run(args) -> int:
     report = stages.run_all(args.data, args.out, _config(args), resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"oof_f1": round(report["oof_f1"], 4), "report": str(args.out / "report.json"),
+    cv = report["f1_cross_validated"]
+    print(json.dumps({"f1_cross_validated": round(cv, 4) if cv is not None else None,
+                      "oof_f1": round(report["oof_f1"], 4), "report": str(args.out / "report.md"),
                       "submission": report["submission"]}))
     return 0
 
@@ -225,8 +254,33 @@ def _embed(args) -> int:
 
 
 def _tune(args) -> int:
-    report = stages.tune_stage(args.run)
-    print(json.dumps({"oof_f1": round(report["final"]["f1"], 4)}))
+    report = stages.tune_stage(args.run, overrides=args.overrides)
+    cv = report.get("final_cv")
+    print(json.dumps({"f1_cross_validated": round(cv["f1"], 4) if cv else None,
+                      "oof_f1": round(report["final"]["f1"], 4), "report": str(args.run / "report.md")}))
+    return 0
+
+
+def _ensemble(args) -> int:
+    run = stages.make_ensemble(args.runs, args.out, weights=args.weights, overrides=args.overrides)
+    print(run.paths.root)
+    return 0
+
+
+def _compare(args) -> int:
+    for item in args.lb:
+        run, sep, score = item.rpartition("=")
+        try:
+            value = float(score)
+        except ValueError:
+            value = None
+        if not sep or not run or value is None:
+            raise ConfigError(f"--lb takes RUN=SCORE, e.g. --lb runs/text=0.731, got {item!r}")
+        stages.record_leaderboard(Path(run), value)
+    runs = list(dict.fromkeys([*args.runs, *(Path(i.rpartition("=")[0]) for i in args.lb)]))
+    if not runs:
+        raise ConfigError("compare needs at least one RUN (or --lb RUN=SCORE)")
+    print(stages.format_table(stages.compare_runs(runs)))
     return 0
 
 
@@ -244,7 +298,9 @@ def _score(args) -> int:
 def _demo(args) -> int:
     report = stages.demo(args.out, data=args.data, groups=args.groups, seed=args.seed, overrides=args.overrides)
     s = report["test_score"]
-    print(f"out-of-fold F1 {report['oof_f1']:.4f} (per signal: "
+    cv = report["f1_cross_validated"]
+    print((f"cross-validated F1 {cv:.4f}; " if cv is not None else "")
+          + f"out-of-fold F1 {report['oof_f1']:.4f} tuned on the same rows (per signal: "
           + ", ".join(f"{k} {v['f1']:.3f}" for k, v in report["per_modality"].items()) + ")")
     print(f"test F1 {s['f1']:.4f} (precision {s['precision']:.3f}, recall {s['recall']:.3f}) "
           f"in {report['demo_seconds']:.0f}s")
@@ -262,5 +318,7 @@ def _bench(args) -> int:
 
 
 def _package(args) -> int:
-    print(package_run(args.run, args.out, wheels=args.wheels, title=args.title))
+    assumed = [d.strip() for d in args.assume_installed.split(",") if d.strip()]
+    print(package_run(args.run, args.out, wheels=args.wheels, title=args.title, fp16=args.fp16,
+                      assume_installed=assumed))
     return 0

@@ -115,7 +115,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     num_workers: int = 2
     # The model that embeds test.csv: full (one more model, trained on every row), fold0 (the first
-    # fold's model, which saves a training; thresholds were tuned on fold models anyway) or none.
+    # fold's model, which saves a training; thresholds were tuned on fold models anyway), folds
+    # (every fold model, their embeddings averaged and renormalised; no full training) or none.
     final: str = "full"
     # Keep last.pt (the full training state) once a model has finished; it is deleted by default,
     # since model.pt and log.json are all a finished run needs.
@@ -125,7 +126,7 @@ class TrainConfig:
     sample_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.final in ("full", "fold0", "none"), "final", "full, fold0 or none", self.final)
+        _require(self.final in ("full", "fold0", "folds", "none"), "final", "full, fold0, folds or none", self.final)
         _require(self.epochs >= 1, "epochs", ">= 1 (no epoch trains nothing)", self.epochs)
         # The BatchNorm neck needs two rows a batch in training mode.
         _require(self.batch_size >= 2, "batch_size", ">= 2", self.batch_size)
@@ -148,6 +149,9 @@ class ImageConfig:
     embed_dim: int = 512
     gem_p: float = 3.0
     embed_batch_size: int = 64  # images per forward pass when embedding (every stage and the Kaggle inference)
+    # Test-time augmentation: embed each image and its mirror image, average, renormalise. Applied to
+    # every embedding (out-of-fold and test alike), so thresholds are tuned on what test sees.
+    tta_flip: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, head_lr=1e-2, batch_size=32))
     head: HeadConfig = field(default_factory=HeadConfig)
 

@@ -88,3 +88,24 @@ def group_sizes(labels: np.ndarray) -> np.ndarray:
     """(N,) number of postings sharing each posting's label."""
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     return counts[inverse].astype(np.float64)
+
+
+# Group-size buckets for reports: Shopee's groups hold 2 to about 50 postings, most of them 2.
+GROUP_SIZE_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 10**9))
+
+
+def f1_by_group_size(per_posting_f1: np.ndarray, group_size: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean F1 per bucket of true group size: ``{"2": {"f1": .., "postings": ..}, "4-5": ...}``.
+
+    Args:
+        per_posting_f1: (N,) F1 of each posting; NaN rows (not scored) are left out.
+        group_size: (N,) size of each posting's true group, itself included.
+    """
+    out = {}
+    scored = ~np.isnan(per_posting_f1)
+    for lo, hi in GROUP_SIZE_BUCKETS:
+        rows = scored & (group_size >= lo) & (group_size <= hi)
+        if rows.any():
+            name = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
+            out[name] = {"f1": float(per_posting_f1[rows].mean()), "postings": int(rows.sum())}
+    return out

@@ -132,6 +132,30 @@ class RunPaths(_Folder):
     def report(self) -> Path:
         return self.root / "report.json"
 
+    @property
+    def report_md(self) -> Path:
+        """The report in words, for a person."""
+        return self.root / "report.md"
+
+    @property
+    def run_log(self) -> Path:
+        """Every ``pipeline`` log line of every stage run on this folder, appended."""
+        return self.root / "run.log"
+
+    @property
+    def leaderboard(self) -> Path:
+        """Leaderboard scores the user recorded for this run (``compare --lb RUN=SCORE``)."""
+        return self.root / "leaderboard.json"
+
+    @property
+    def members(self) -> Path:
+        """An ensemble run's member runs and their weights (see ``pipeline ensemble``)."""
+        return self.root / "members.json"
+
+    def plot(self, name: str) -> Path:
+        """A figure in the plots folder: ``threshold_f1``, ``training``, ``false_positives`` ..."""
+        return self.plots / f"{name}.png"
+
     def stage_files(self, stage: str) -> list[Path]:
         """The files a stage leaves for later stages, as they are now: what its provenance
         fingerprints, and what a failed attempt may have half-replaced."""
@@ -142,8 +166,10 @@ class RunPaths(_Folder):
             return sorted(self.models(stage.removeprefix("train-")).glob("*/model.pt"))
         if stage == "embed":
             return sorted(p for p in self.embeddings_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = {"tune": [self.thresholds, self.tune_report, self.pair_model, self.threshold_plot],
-                 "predict": [self.submission], "report": [self.report]}[stage]
+        # tune: what predict reads (not tune.json, which names the overrides, nor plots), so a re-tune
+        # to the same settings keeps the submission built on them.
+        files = {"tune": [self.thresholds, self.pair_model],
+                 "predict": [self.submission], "report": [self.report, self.report_md]}[stage]
         return [p for p in files if p.exists()]
 
     def stage_outputs(self, stage: str) -> list[Path]:
@@ -151,6 +177,8 @@ class RunPaths(_Folder):
         the training refuses a folder of another run by itself, offering --overwrite)."""
         if stage.startswith("train-") or stage == "prepare":
             return []
+        if stage == "tune":
+            return [*self.stage_files(stage), *[p for p in [self.tune_report, self.threshold_plot] if p.exists()]]
         return [self.embeddings_dir] if stage == "embed" else self.stage_files(stage)
 
 
@@ -162,12 +190,22 @@ class PackagePaths(_Folder):
     def wheels(self) -> Path:
         return self.root / "wheels"
 
-    def model(self, modality: str) -> Path:
-        return self.root / "models" / modality / "model.pt"
+    def member_dir(self, modality: str, member: int) -> Path:
+        """The encoder files of one member of a modality's ensemble (a plain run has member 0 only)."""
+        return self.root / "models" / modality / f"member{member}"
 
-    def text_backbone(self) -> Path:
-        """Tokenizer and transformer config of the title encoder, so no hub is needed."""
-        return self.root / "models" / "text" / "backbone"
+    def member_model(self, modality: str, member: int, fold: int | None) -> Path:
+        """A member's encoder: its one ``model.pt``, or ``fold{f}.pt`` of a fold average."""
+        return self.member_dir(modality, member) / ("model.pt" if fold is None else f"fold{fold}.pt")
+
+    def text_backbone(self, member: int) -> Path:
+        """Tokenizer and transformer config of a title encoder member, so no hub is needed."""
+        return self.member_dir("text", member) / "backbone"
+
+    @property
+    def encoders(self) -> Path:
+        """Per modality, the members: weight, model files (relative), flip TTA, text backbone."""
+        return self.root / "encoders.json"
 
     @property
     def config(self) -> Path:

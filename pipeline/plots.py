@@ -1,23 +1,22 @@
 """Figures a user would rather look at than read: F1 against threshold, training curves, pairs.
 
-Every figure is an explicit :class:`matplotlib.figure.Figure`, never pyplot's global state, so
-importing this module switches no backend: a notebook keeps showing its plots inline, and a
-headless run (CI, a Kaggle batch job) writes them to files all the same.
+Every function returns an explicit :class:`matplotlib.figure.Figure`, never pyplot's global state,
+so importing this module switches no backend. A notebook shows a figure with ``display(fig)``; a
+stage writes it with :func:`save_figure` (atomic), headless or not.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline.io import save_figure
 
-
-def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float], path: str | Path) -> Path:
+def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float]) -> Figure:
     """One panel per signal (F1, precision, recall against its threshold) and one for the fused rule.
 
     Args:
@@ -52,10 +51,10 @@ def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float], path: str | 
     axes.ravel()[0].legend(loc="lower left", fontsize=8)
     fig.suptitle("Out-of-fold F1 against threshold")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_training_logs(logs: Mapping[str, "object"], path: str | Path) -> Path:
+def plot_training_logs(logs: Mapping[str, "object"]) -> Figure:
     """Loss and held-out F1 per epoch for each trained model (``logs``: label -> DataFrame)."""
     fig = Figure(figsize=(10, 3.5))
     ax_loss, ax_f1 = fig.subplots(1, 2)
@@ -70,34 +69,69 @@ def plot_training_logs(logs: Mapping[str, "object"], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_pairs(pairs, images_dir: str | Path, title: str, path: str | Path | None = None, max_chars: int = 38):
-    """Posting pairs side by side: both images with their titles and the pair's score.
+def plot_pairs(pairs, images_dir: str | Path | None, title: str, signals: Sequence[str] = (),
+               max_chars: int = 40) -> Figure:
+    """Posting pairs side by side: both images (or, without images, both titles), their label
+    groups, every signal's similarity and the margin the decision used.
 
     Args:
-        pairs: rows with ``query_image``, ``match_image``, ``query_title``, ``match_title``, ``score``.
-        images_dir: the folder holding the images.
-        path: save the figure there (atomically) and close it; without it the open figure is
-            returned, for a notebook to show.
+        pairs: rows with ``query_*`` / ``match_*`` ``title``, ``image``, ``group``, ``margin`` and
+            ``decided_by`` (see :func:`pipeline.stages.analysis.pairs_frame`), plus one column per signal.
+        images_dir: the folder holding the images; None draws the titles only (text-only runs).
+        signals: the similarity columns to print under each pair.
     """
     n = max(len(pairs), 1)
-    fig = Figure(figsize=(7, 2.6 * n))
+    fig = Figure(figsize=(8, 2.9 * n if images_dir is not None else 1.5 * n + 0.6))
     axes = fig.subplots(n, 2, squeeze=False)
     for row, (_, p) in zip(axes, pairs.iterrows()):
         for ax, side in zip(row, ("query", "match")):
-            with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
-                ax.imshow(im.convert("RGB"))
-            ax.set_title(str(p[f"{side}_title"])[:max_chars], fontsize=8)
+            label = f"{str(p[f'{side}_title'])[:max_chars]}\n[{side} group {p[f'{side}_group']}]"
+            if images_dir is not None:
+                with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
+                    ax.imshow(im.convert("RGB"))
+                ax.set_title(label, fontsize=7)
+            else:
+                ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, wrap=True, transform=ax.transAxes)
             ax.axis("off")
-        row[0].text(-0.05, 0.5, f"{p['score']:.2f}", transform=row[0].transAxes, ha="right", va="center", fontsize=9)
+        sims = "  ".join(f"{s} {p[s]:.2f}" if math.isfinite(p[s]) else f"{s} -" for s in signals if s in p)
+        row[0].text(0.0, -0.04 if images_dir is not None else 0.02, f"{sims}\ndecided by {p['decided_by']}, "
+                    f"margin {p['margin']:+.3f}", transform=row[0].transAxes, ha="left", va="top", fontsize=7)
     for ax in axes.ravel()[2 * len(pairs):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    if path is not None:
-        return save_figure(fig, path)
+    return fig
+
+
+def plot_data_overview(train) -> Figure:
+    """Group sizes and title lengths of a train set: what a matching rule is up against."""
+    sizes = train.groupby("label_group").size()
+    fig = Figure(figsize=(10, 3))
+    ax1, ax2 = fig.subplots(1, 2)
+    counts = sizes.value_counts().sort_index()
+    ax1.bar(counts.index.astype(int), counts.to_numpy())
+    ax1.set(title=f"group sizes ({len(sizes)} groups, {len(train)} postings)", xlabel="postings in the group",
+            ylabel="groups")
+    ax2.hist(train["title"].astype(str).str.split().str.len(), bins=30)
+    ax2.set(title="title length", xlabel="words", ylabel="postings")
+    fig.tight_layout()
+    return fig
+
+
+def plot_f1_by_group_size(by_size: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Mean F1 per true group size bucket (``{bucket: {"f1": .., "postings": ..}}``)."""
+    names = list(by_size)
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    ax.bar(names, [by_size[k]["f1"] for k in names])
+    for i, k in enumerate(names):
+        ax.text(i, by_size[k]["f1"] + 0.01, f"{by_size[k]['postings']}", ha="center", fontsize=7)
+    ax.set(ylim=(0, 1.05), xlabel="postings in the true group (count of postings above each bar)", ylabel="F1",
+           title="F1 by group size")
+    fig.tight_layout()
     return fig
 
 

@@ -1,6 +1,12 @@
 """Offline inference from a ``pipeline package`` folder: what the Kaggle inference notebook calls.
 
-It reads only the package folder and the competition's data folder, and never reaches a hub.
+It reads only the package folder and the competition's data folder, and never reaches a hub. It
+fails early or not at all: first every library the package's manifest lists is imported (and the
+pair model's library checked for its version), then every artefact is loaded (config, settings,
+pair model, every encoder), and only then is the test set read and embedded.
+
+This module imports nothing beyond the standard library and the package's own light modules at
+import time, so a missing library is reported by :func:`check_dependencies`, not by an import error.
 """
 
 from __future__ import annotations
@@ -9,17 +15,24 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import io
-from pipeline.config import load_config
-from pipeline.data import Dataset
-from pipeline.matching.decide import MatchSettings
-from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
+from pipeline.kaggle.requirements import check_installed
 from pipeline.paths import PackagePaths
-from pipeline.submission import write_submission
 
 log = logging.getLogger("pipeline")
+
+
+def check_dependencies(package_dir: str | Path) -> list[dict]:
+    """Import every library the package's inference needs; raise one clear error listing what is missing.
+
+    Raises:
+        DependencyError: a library is missing (or fails to import), or the pair model's library is
+            at another version than the one that saved it.
+    """
+    manifest = io.read_json(PackagePaths(Path(package_dir)).manifest)
+    requires = manifest.get("requires", [])
+    check_installed(requires)
+    return requires
 
 
 def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv: str | Path,
@@ -29,15 +42,32 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     Returns:
         A summary: rows, mean matches per posting, seconds per step, the output path.
     """
-    from pipeline.models.encoders import load_encoder  # torch and transformers: only for learned modalities
+    t0 = time.perf_counter()
+    check_dependencies(package_dir)
+    timings: dict[str, float] = {"check_dependencies": time.perf_counter() - t0}
+    # Only now the libraries that were just checked.
+    from pipeline.config import load_config
+    from pipeline.data import Dataset
+    from pipeline.kaggle.package import read_recipe
+    from pipeline.matching.decide import MatchSettings
+    from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
+    from pipeline.submission import write_submission
 
+    t0 = time.perf_counter()
     package, data = PackagePaths(Path(package_dir)), Dataset(Path(data_dir))
     cfg = load_config(package.config)
     settings = MatchSettings.from_dict(io.read_json(package.thresholds)["settings"])
     pair_model = load_pair_model(package.pair_model, settings)
-    encoders = {m: load_encoder(package.model(m), text_model_dir=package.text_backbone() if m == "text" else None)
-                for m in cfg.learned}
-    timings: dict[str, float] = {}
+    encoders = {}
+    if cfg.learned:
+        from pipeline.models.tta import load_members  # torch and transformers: only for learned modalities
+
+        for m, members in read_recipe(package).items():
+            encoders[m] = load_members([member for member, _ in members], [backbone for _, backbone in members])
+    if set(cfg.learned) - set(encoders):
+        raise ValueError(f"{package.encoders} has no encoder for {sorted(set(cfg.learned) - set(encoders))}; "
+                         "package the run again")
+    timings["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     test = data.read("test", check_images=cfg.needs_images)
     timings["read"] = time.perf_counter() - t0
@@ -48,7 +78,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),
-        "mean_matches": float(np.mean(sub["matches"].str.count(" ") + 1)),
+        "mean_matches": float((sub["matches"].str.count(" ") + 1).mean()),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "submission": str(path),
     }

@@ -103,7 +103,8 @@ class PairModel:
             raise RuntimeError(
                 f"{path} was saved with scikit-learn {blob.get('sklearn')}, this is {sklearn.__version__}: install "
                 f"scikit-learn=={blob.get('sklearn')} (on Kaggle, add its wheel with `pipeline package --wheels`), "
-                "or tune the run again with match.pair_model=false"
+                f"or tune the run again without the pair model: `python -m pipeline tune --run {Path(path).parent} "
+                "match.pair_model=false` (for a package: on the source_run its manifest.json names, then package again)"
             )
         out = cls(blob["signals"], blob["seed"], blob["max_iter"])
         out.model = blob["model"]

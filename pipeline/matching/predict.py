@@ -19,6 +19,7 @@ from pipeline.config import MODALITIES, Config, MatchConfig
 from pipeline.data.contract import encoder_inputs
 from pipeline.matching.candidates import Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
+from pipeline.matching.ensemble import EncoderMember, embed_members
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
 from pipeline.matching.neighbours import SearchSettings
 from pipeline.matching.pairs import PAIR_SIGNAL, PairModel
@@ -62,7 +63,9 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
     """Every signal's vectors of ``df``'s postings, for the modalities of ``cfg``.
 
     Args:
-        encoders: per learned modality, a trained encoder that embeds the postings.
+        encoders: per learned modality, a trained encoder that embeds the postings, or a list of
+            :class:`~pipeline.matching.ensemble.EncoderMember` (an ensemble, fold models to average):
+            each encoder embeds the postings and the embeddings combine as in tuning.
         embeddings: per learned modality, embeddings already computed (they win over ``encoders``).
         timings: when given, seconds per step are added to it.
     """
@@ -81,8 +84,16 @@ def posting_vectors(cfg: Config, df: pd.DataFrame, images_dir: Path, encoders: M
 
         t0 = time.perf_counter()
         batch_size = getattr(cfg, m).embed_batch_size
-        vectors[m] = embed_items(encoders[m], encoder_inputs(m, df, images_dir), batch_size=batch_size,
-                                 progress=progress)
+        items = encoder_inputs(m, df, images_dir)
+
+        def embed(encoder, items=items, batch_size=batch_size):
+            return embed_items(encoder, items, batch_size=batch_size, progress=progress)
+
+        members = encoders[m]
+        if isinstance(members, (list, tuple)) and all(isinstance(e, EncoderMember) for e in members):
+            vectors[m] = embed_members(members, embed)
+        else:
+            vectors[m] = embed(members)
         timings[f"embed_{m}"] = time.perf_counter() - t0
     return vectors
 

@@ -18,7 +18,7 @@ from pipeline.matching.candidates import Candidates
 from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
 from pipeline.matching.fusion import BLENDABLE_SIGNALS
 from pipeline.matching.pairs import PAIR_SIGNAL, PairModel, cross_fit
-from pipeline.metric import f1_from_pairs, group_sizes
+from pipeline.metric import f1_by_group_size, f1_from_pairs, group_sizes
 
 BuildFn = Callable[[MatchSettings], Candidates]
 
@@ -44,6 +44,7 @@ class TuneResult:
     steps: dict[str, dict[str, float]]  # step name -> f1/precision/recall (and threshold)
     curves: dict[str, Curve] = field(default_factory=dict)
     pair_model: PairModel | None = None  # fitted on every tuned pair, for later rows
+    candidates: Candidates | None = None  # the tuned candidate pairs (pair scores included), for reports
 
 
 class Scorer:
@@ -164,7 +165,7 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         steps["min2"] = {**scorer.score(decide(c, settings, min2_rule)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings, min2_rule))
     curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, candidates=c)
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -266,15 +267,21 @@ def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tun
     """
     totals = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     per_fold = []
+    per_posting = np.full(len(labels), np.nan)
     for fold in np.unique(folds):
         held_out = folds == fold
         result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
         c = build(result.settings).subset(held_out)
         if result.pair_model is not None:
             c.sims[PAIR_SIGNAL] = result.pair_model.predict(c)
-        s = Scorer(c, labels, held_out).score(decide(c, result.settings))
+        scorer = Scorer(c, labels, held_out)
+        mask = decide(c, result.settings)
+        s = scorer.score(mask)
+        per_posting[held_out] = f1_from_pairs(c.query[mask], scorer.same[mask], scorer.group_size, subset=held_out,
+                                              per_posting=True)
         per_fold.append(round(s["f1"], 4))
         for key in totals:
             totals[key] += s[key] * s["rows"]
     n = len(labels)
-    return {**{k: v / n for k, v in totals.items()}, "rows": n, "per_fold_f1": per_fold}
+    return {**{k: v / n for k, v in totals.items()}, "rows": n, "per_fold_f1": per_fold,
+            "by_group_size": f1_by_group_size(per_posting, group_sizes(labels))}

@@ -351,7 +351,10 @@ def load_encoder(
     if modality == "text" and text_model_dir is not None:
         cfg = dataclasses.replace(cfg, model=str(text_model_dir))
     model = build_encoder(modality, cfg, load_weights=False)
-    model.load_state_dict(blob["state_dict"], strict=True)
+    state = blob["state_dict"]
+    if blob.get("stored_dtype") == "float16":  # a package written with --fp16: back to the float32 we run in
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
     if map_location is not None:
         model.to(map_location)
     return model.eval()

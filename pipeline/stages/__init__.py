@@ -5,7 +5,7 @@ them all and writes ``report.json``. Every stage can be rerun on its own (from t
 notebook), and the unsupervised signals (TF-IDF, phash) need no training stage at all.
 
 One module a stage (``preparation``, ``training``, ``embedding``, ``tuning``, ``prediction``, ``run``,
-``report``, ``analysis``, ``demo_run``, ``bench``). ``from pipeline import stages`` gives every stage
+``report`` (and ``report_text``), ``analysis``, ``ensemble``, ``compare``, ``demo_run``, ``bench``). ``from pipeline import stages`` gives every stage
 function, each module loaded when first used, so a TF-IDF-only run never loads torch. Module
 names differ from the functions they hold: importing a submodule binds its name on this package.
 """
@@ -24,7 +24,9 @@ _HOMES = {
     "predict": "prediction",
     "run_all": "run",
     "write_report": "report", "training_logs": "report",
-    "oof_pairs": "analysis", "hardest_errors": "analysis",
+    "oof_pairs": "analysis", "hardest_errors": "analysis", "pairs_frame": "analysis",
+    "make_ensemble": "ensemble",
+    "compare_runs": "compare", "record_leaderboard": "compare", "format_table": "compare",
     "demo": "demo_run",
     "run_bench": "bench",
 }

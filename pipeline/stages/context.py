@@ -48,6 +48,8 @@ class Run:
     paths: RunPaths
     cfg: Config
     manifest: dict[str, Any]
+    # config.yaml as read, where cfg carries a stage's overrides (``tune --run R match.k=30``)
+    read_cfg: Config | None = None
 
     @property
     def data(self) -> Dataset:
@@ -103,6 +105,10 @@ class Run:
         return self._trained(model, modality)
 
     def _trained(self, model: ModelPaths, modality: str) -> Path:
+        if not model.model.exists() and self.paths.members.exists():
+            raise StageError(f"{self.paths.root} is an ensemble: its models stay in its members' folders "
+                             f"({self.paths.members}); train and embed the members, then run `python -m pipeline "
+                             "ensemble` again")
         if not model.model.exists():
             raise StageError(f"{model.model} missing: run `python -m pipeline train-{modality} --run {self.paths.root}` first")
         return model.model
@@ -200,7 +206,8 @@ def is_writer() -> bool:
 
 @contextmanager
 def stage(run: Run, name: str, data: Dataset | None = None, record: bool = True) -> Iterator[None]:
-    """Run a stage as the folder's one writer, on inputs whose provenance holds.
+    """Run a stage as the folder's one writer, on inputs whose provenance holds, its log lines
+    also appended to the run's run.log.
 
     On entry: take the lock, bound the threads (``cfg.threads``), and refuse (naming the stage to
     rerun) if what the stage reads is missing or was built from other config or data. On success:
@@ -217,7 +224,7 @@ def stage(run: Run, name: str, data: Dataset | None = None, record: bool = True)
         bound_threads(run.cfg.threads)
         yield
         return
-    with writing(run.paths.root):
+    with writing(run.paths.root), run_log(run.paths):
         bound_threads(run.cfg.threads)
         _reload(run)
         prov = run.manifest.get("provenance") if record else None
@@ -251,7 +258,7 @@ def stage(run: Run, name: str, data: Dataset | None = None, record: bool = True)
 
 def _reload(run: Run) -> None:
     """Re-read the manifest under the lock, and check config.yaml is still what the stage read."""
-    if dump_config(load_config(run.paths.config)) != dump_config(run.cfg):
+    if dump_config(load_config(run.paths.config)) != dump_config(run.read_cfg or run.cfg):
         raise StageError(f"{run.paths.config} changed after this stage read it: run the stage again")
     run.manifest = io.read_json(run.paths.manifest)
 
@@ -267,3 +274,35 @@ def _forget(run: Run, name: str) -> None:
         io.write_json(run.manifest, run.paths.manifest)
     except OSError as e:  # the stage's own error is the one to report
         log.warning("[%s] could not record that: %s", name, e)
+
+
+_RUN_LOGS: dict[Path, list] = {}  # run.log path -> [handler, how many open blocks use it]
+
+
+@contextmanager
+def run_log(paths: RunPaths) -> Iterator[None]:
+    """Append every ``pipeline`` log line emitted in the block to the run folder's run.log.
+
+    The logger passes INFO lines for the block's length (a notebook that configured no logging
+    still gets its run.log); nested blocks on one folder share one handler.
+    """
+    path = paths.run_log.resolve()
+    entry = _RUN_LOGS.get(path)
+    if entry is None:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO)
+        entry = _RUN_LOGS[path] = [handler, 0, log.level]
+        log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+    entry[1] += 1
+    try:
+        yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            log.removeHandler(entry[0])
+            entry[0].close()
+            log.setLevel(entry[2])
+            del _RUN_LOGS[path]

@@ -11,7 +11,9 @@ import pandas as pd
 from pipeline import io
 from pipeline.data import encoder_inputs
 from pipeline.data.folds import gallery_rows
+from pipeline.matching.ensemble import embed_members, test_members
 from pipeline.models.encoders import build_encoder, load_encoder
+from pipeline.models.tta import load_members, with_tta
 from pipeline.stages.context import Run, modality_cfg, open_run, stage
 from pipeline.training import distributed
 from pipeline.training.checkpoint import seed_everything
@@ -22,7 +24,8 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
     """Write the L2-normalised embeddings the tune and predict stages search.
 
     For fold f, the fold's model embeds its gallery (every train row, or the fold's own rows when
-    ``folds.gallery`` is ``fold``); the model that ``train.final`` names embeds test.csv. With
+    ``folds.gallery`` is ``fold``); the model that ``train.final`` names embeds test.csv (with
+    ``folds``, every fold model, averaged). ``image.tta_flip`` applies to every embedding. With
     ``baseline_untrained``, the encoder as built before training embeds every train row too, for
     the report.
 
@@ -41,7 +44,7 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
             items = np.asarray(encoder_inputs(m, df, run.data.images_dir("train")), dtype=object)
             for fold in range(run.cfg.folds.n_splits):
                 rows = gallery_rows(run.cfg.folds.gallery, fold_of, fold)
-                model = load_encoder(run.model_file(m, fold))
+                model = with_tta(load_encoder(run.model_file(m, fold)), m == "image" and run.cfg.image.tta_flip)
                 written[f"{m}/oof_fold{fold}"] = _embed_to(run, m, f"oof_fold{fold}", model, items[rows].tolist(),
                                                            ids[rows], progress)
             if run.cfg.baseline_untrained:
@@ -49,11 +52,24 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
                 model = build_encoder(m, mcfg).eval()
                 written[f"{m}/untrained"] = _embed_to(run, m, "untrained", model, items.tolist(), ids, progress)
             if mcfg.train.final != "none":
-                model = load_encoder(run.test_model_file(m))
-                written[f"{m}/test"] = _embed_to(run, m, "test", model,
-                                                 encoder_inputs(m, test, run.data.images_dir("test")),
-                                                 test["posting_id"].to_numpy(), progress)
+                written[f"{m}/test"] = _embed_test(run, m, test, progress)
     return written
+
+
+def _embed_test(run: Run, modality: str, test: pd.DataFrame, progress: bool) -> str:
+    """test.csv embedded by the model(s) ``train.final`` names; several fold models are averaged."""
+    run.test_model_file(modality)  # says which stage to run when a model is missing
+    (member,) = load_members(test_members(run.paths.root, run.cfg)[modality])
+    items, ids = encoder_inputs(modality, test, run.data.images_dir("test")), test["posting_id"].to_numpy()
+    if len(member.encoders) == 1:
+        return _embed_to(run, modality, "test", member.encoders[0], items, ids, progress)
+    batch_size = modality_cfg(run.cfg, modality).embed_batch_size
+    x = embed_members([member], lambda enc: embed_items(enc, items, batch_size=batch_size, progress=progress))
+    vec_path, ids_path = run.paths.embeddings(modality, "test")
+    with io.atomic_path(vec_path, suffix=".npy") as tmp:
+        np.save(tmp, x)
+    io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
+    return str(vec_path)
 
 
 def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.ndarray, progress: bool) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import io
 from pipeline.data import Dataset
+from pipeline.matching.ensemble import test_members
 from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
-from pipeline.stages.report import write_report
+from pipeline.stages.report import settings_digest, write_report
 from pipeline.stages.context import log, open_run, stage
 from pipeline.submission import write_submission
 
@@ -31,15 +33,19 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
             embeddings = {m: run.embeddings(m, "test", ids) for m in run.cfg.learned}
             encoders = {}
         else:
-            from pipeline.models.encoders import load_encoder  # torch: only when something is embedded
+            from pipeline.models.tta import load_members  # torch: only when something is embedded
 
             embeddings = {}
-            encoders = {m: load_encoder(run.test_model_file(m)) for m in run.cfg.learned}
+            # Every member of an ensemble, every fold model of a fold average, or the one test model.
+            encoders = {m: load_members(members) for m, members in test_members(run.paths.root, run.cfg).items()}
         vectors = posting_vectors(run.cfg, test, data.images_dir("test"), encoders=encoders, embeddings=embeddings,
                                   progress=progress)
         pair_model = load_pair_model(run.paths.pair_model, settings)
         sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model)
         write_submission(sub, path, ids)
+        if path.resolve() == run.paths.submission.resolve():
+            # The settings it was made with: a later re-tune can tell that it is stale.
+            run.manifest["submission_settings"] = settings_digest(io.read_json(run.paths.thresholds)["settings"])
         log.info("[predict] %d postings, %.2f matches each on average -> %s",
                  len(sub), sub["matches"].str.count(" ").mean() + 1, path)
     write_report(run.paths.root)

@@ -17,7 +17,7 @@ from pipeline.data.folds import gallery_rows, make_folds
 from pipeline.device import bound_threads
 from pipeline.matching.signals import tfidf_vectors
 from pipeline.stages import provenance
-from pipeline.stages.context import Run, log, writing
+from pipeline.stages.context import Run, log, run_log, writing
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
@@ -68,10 +68,11 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
         io.write_bytes(folds_csv, paths.folds)
         run = Run(paths, cfg, manifest)
         run.record_timing("prepare", time.perf_counter() - t0)
-    log.info(
-        "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
-        len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
-    )
+        with run_log(paths):
+            log.info(
+                "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
+                len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
+            )
     return run
 
 

@@ -3,6 +3,8 @@ only, with every non-local network connection refused."""
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 import zipfile
 from pathlib import Path
@@ -12,8 +14,9 @@ import nbformat
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
-from pipeline.kaggle.package import package_run
+from pipeline.kaggle.package import PackageError, package_run
 from pipeline.submission import validate_submission
 from pipeline.data.synth import make_synthetic
 
@@ -57,35 +60,76 @@ def test_paired_script_matches_notebook(name):
     assert ipynb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
 
 
+# A cell that shows a figure: a library Figure or a PNG the stages wrote.
+PLOT_MARKERS = ("plots.plot_", "Image(filename")
+
+# Makes `import faiss` fail as it does where faiss-cpu is not installed.
+FAISS_BLOCKER = textwrap.dedent('''
+    import sys
+
+    class _NoFaiss:
+        def find_spec(self, name, path=None, target=None):
+            if name == "faiss" or name.startswith("faiss."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoFaiss())
+''')
+
+
+def images_of(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+@pytest.mark.slow
 def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeypatch):
     data = tmp_path / "data"
     make_synthetic(data, n_groups=16, seed=3, image_size=48, progress=False)
     run = tmp_path / "run"
     overrides = [
-        "folds.n_splits=2", "match.cv_estimate=false", "match.k=20",
+        "folds.n_splits=2", "match.cv_estimate=true", "match.k=20",
         "image.backbone=test_resnet", "image.image_size=48", "image.embed_dim=32", "image.train.epochs=1",
         f"text.model={tiny_bert_dir}", "text.embed_dim=32", "text.train.epochs=1",
     ]
     nb = run_notebook(NOTEBOOKS / "training.ipynb",
                       {"DATA_DIR": str(data), "RUN_DIR": str(run), "SYNTH_GROUPS": 0, "CONFIG": "demo",
                        "OVERRIDES": overrides}, cwd=tmp_path)
-    assert "out-of-fold F1" in outputs_text(nb)
-    assert "image fold0 epoch 1/1: loss" in outputs_text(nb)  # the stages' per-epoch lines show
+    text = outputs_text(nb)
+    assert "cross-validated F1" in text and "config: demo" in text
+    assert "[train-image] fold0" in text and "[train-text] fold1" in text  # the stages' log lines show
+    assert "image fold0 epoch 1/1: loss" in text  # the stages' per-epoch lines show
     test_ids = pd.read_csv(data / "test.csv")["posting_id"]
     validate_submission(pd.read_csv(run / "submission.csv"), test_ids)
-    for plot in ("threshold_f1.png", "training.png"):
-        assert (run / "plots" / plot).stat().st_size > 10_000
-    assert any((run / "plots" / f"{k}.png").exists() for k in ("false_positives", "false_negatives"))
-    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # explore plots, samples grid, curves, thresholds, errors
+    # Every cell that plots shows its figure.
+    plotting = [c for c in nb.cells if c.cell_type == "code" and any(m in c.source for m in PLOT_MARKERS)]
+    assert len(plotting) >= 6
+    assert all(images_of(c) >= 1 for c in plotting), [c.source.splitlines()[0] for c in plotting if not images_of(c)]
+    for plot in ("threshold_f1", "training", "f1_by_group_size"):
+        assert (run / "plots" / f"{plot}.png").stat().st_size > 10_000
+    log_text = (run / "run.log").read_text()
+    for stage in ("[prepare]", "[train-image] started", "[train-text] started", "[embed] done", "[tune] done",
+                  "[predict] done"):
+        assert stage in log_text
+    # The words say "rerun this cell to resume", and the cell resumes.
+    train_cell = next(c for c in nb.cells if "stages.train(" in c.source)
+    assert "resume=True" in train_cell.source
+    assert "Rerun this cell to resume" in nb.cells[nb.cells.index(train_cell) - 1].source
 
-    package = package_run(run, tmp_path / "package")
+    # Without wheels for what Kaggle lacks, package refuses and says what to download.
+    with pytest.raises(PackageError, match=r"pip download faiss-cpu==[\d.]+ .*--no-deps"):
+        package_run(run, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    package = package_run(run, tmp_path / "package", assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn"])
     assert {p.name for p in package.iterdir()} >= {"wheels", "models", "config.yaml", "thresholds.json",
-                                                   "dataset-metadata.json", "manifest.json"}
+                                                   "encoders.json", "dataset-metadata.json", "manifest.json"}
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert {r["dist"]: r["source"] for r in manifest["requires"]}["faiss-cpu"] == "assumed-installed"
+    assert all(r["version"] for r in manifest["requires"])
     wheel = next((package / "wheels").glob("shopee_pipeline-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "pipeline/matching/predict.py" in names
     assert not [n for n in names if n.startswith("pipeline/data/synth/")]  # development tooling stays home
+
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
@@ -94,11 +138,25 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     work.mkdir()
     nb = run_notebook(NOTEBOOKS / "inference.ipynb",
                       {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"}, cwd=work)
-    # The library came from the package's wheel, not from this checkout.
-    assert f"loaded from {work / 'offline_site' / 'pipeline'}" in outputs_text(nb)
+    # The library came from the package's wheel, installed outside the working folder.
+    loaded = re.search(r"loaded from (\S+)", outputs_text(nb)).group(1)
+    assert Path(loaded).parent.name == "pipeline" and work not in Path(loaded).parents
+    assert str(Path(__file__).resolve().parents[2]) not in loaded
+    assert sorted(p.name for p in work.iterdir()) == ["submission.csv"]  # nothing else left behind
     sub = pd.read_csv(work / "submission.csv")
     validate_submission(sub, test_ids)
     # Same weights, thresholds and data: the offline submission equals the run's own.
     ours = pd.read_csv(run / "submission.csv")
     assert dict(zip(sub.posting_id, sub.matches.str.split().map(set))) == dict(
         zip(ours.posting_id, ours.matches.str.split().map(set)))
+
+    # Without faiss, the inference stops at the dependency check, before loading or embedding anything.
+    (guard / "sitecustomize.py").write_text(NETWORK_GUARD + FAISS_BLOCKER)
+    work2 = tmp_path / "working2"
+    work2.mkdir()
+    with pytest.raises(CellExecutionError) as e:
+        run_notebook(NOTEBOOKS / "inference.ipynb",
+                     {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"}, cwd=work2)
+    assert "DependencyError" in str(e.value) and "faiss-cpu" in str(e.value) and "nothing was embedded" in str(e.value)
+    assert "check_dependencies(PACKAGE_DIR)" in str(e.value)  # the failing cell is the check, not the inference
+    assert not (work2 / "submission.csv").exists()

@@ -1,0 +1,67 @@
+"""Test-time use of trained encoders: horizontal-flip TTA, and loading an ensemble's members.
+
+:class:`FlipTTA` wraps an image encoder so that every caller of it (the embed stage, ``predict``,
+the Kaggle inference) embeds each image and its mirror image and averages the two. Loading goes
+through :func:`load_members`, which turns :class:`pipeline.matching.ensemble.Member` descriptions
+into encoders in the order the tuning concatenated them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.matching.ensemble import EncoderMember, Member
+from pipeline.models.encoders import load_encoder
+
+
+class FlipTTA(nn.Module):
+    """An image encoder that embeds each image and its horizontal mirror, and returns their renormalised mean.
+
+    It exposes the wrapped encoder's ``modality``, ``cfg`` and ``embed_dim`` and its data config,
+    so the datasets and :func:`pipeline.training.embedding.embed_items` use it as the encoder itself.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        if getattr(encoder, "modality", None) != "image":
+            raise ValueError("flip TTA applies to image encoders only")
+        self.encoder = encoder
+        self.modality = "image"
+        self.cfg = encoder.cfg
+        self.embed_dim = encoder.embed_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, embed_dim) unit vectors: mean of the image's and its mirror's embeddings."""
+        both = self.encoder(images) + self.encoder(torch.flip(images, dims=(3,)))  # (B, D)
+        return F.normalize(both.float(), dim=1)
+
+    def data_config(self):
+        return self.encoder.data_config()
+
+
+def with_tta(encoder: nn.Module, tta_flip: bool) -> nn.Module:
+    """The encoder wrapped in :class:`FlipTTA` when asked (images only; titles are left as they are)."""
+    if tta_flip and getattr(encoder, "modality", None) == "image":
+        return FlipTTA(encoder).eval()
+    return encoder
+
+
+def load_members(members: Sequence[Member],
+                 text_model_dirs: Sequence[str | os.PathLike | None] | None = None) -> list[EncoderMember]:
+    """Load every encoder of a modality's members (in eval mode, on the CPU, no hub access).
+
+    Args:
+        members: from :func:`pipeline.matching.ensemble.test_members` or a package's ``encoders.json``.
+        text_model_dirs: per member, a folder with its tokenizer and transformer config (packages).
+    """
+    dirs = list(text_model_dirs) if text_model_dirs is not None else [None] * len(members)
+    out = []
+    for member, text_dir in zip(members, dirs):
+        encoders = [with_tta(load_encoder(f, text_model_dir=text_dir), member.tta_flip) for f in member.models]
+        out.append(EncoderMember(encoders, member.weight, list(member.models)))
+    return out

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import yaml
 
 MODALITIES = ("image", "text", "tfidf", "phash")
+# The pair model's feature groups (see pipeline.matching.evidence).
+PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
 LEARNED_MODALITIES = ("image", "text")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -142,7 +144,11 @@ class MatchConfig:
     n_thresholds: int = 81
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
-    pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
+    pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.matching.pairs)
+    pair_features: list[str] = field(default_factory=lambda: list(PAIR_FEATURE_GROUPS))
+    # Move every threshold with the size of the gallery matched, by a slope fitted on sub-galleries
+    # of train (see pipeline.matching.tuning.calibrate_size).
+    size_calibration: bool = True
 
     def __post_init__(self) -> None:
         choices = {"index": ("flat", "hnsw", "ivf"), "blend_method": ("graph", "exact"),
@@ -152,6 +158,10 @@ class MatchConfig:
                 raise ConfigError(f"match.{key} must be one of {list(valid)}, got {getattr(self, key)!r}")
         if self.k < 2:
             raise ConfigError(f"match.k must be >= 2 (a posting and one neighbour), got {self.k}")
+        bad = [g for g in self.pair_features if g not in PAIR_FEATURE_GROUPS]
+        if bad or "sims" not in self.pair_features:
+            raise ConfigError(f"match.pair_features {self.pair_features} invalid: a list from {list(PAIR_FEATURE_GROUPS)} "
+                              "that holds sims")
 
 
 @dataclass

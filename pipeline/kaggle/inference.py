@@ -15,6 +15,7 @@ from pipeline import io
 from pipeline.config import load_config
 from pipeline.data import Dataset
 from pipeline.matching.decide import MatchSettings
+from pipeline.matching.pairs import threads_of
 from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
 from pipeline.paths import PackagePaths
 from pipeline.submission import write_submission
@@ -34,7 +35,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     package, data = PackagePaths(Path(package_dir)), Dataset(Path(data_dir))
     cfg = load_config(package.config)
     settings = MatchSettings.from_dict(io.read_json(package.thresholds)["settings"])
-    pair_model = load_pair_model(package.pair_model, settings)
+    pair_model = load_pair_model(package.pair_model, settings, threads_of(cfg))
     encoders = {m: load_encoder(package.model(m), text_model_dir=package.text_backbone() if m == "text" else None)
                 for m in cfg.learned}
     timings: dict[str, float] = {}
@@ -44,7 +45,8 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     ids = test["posting_id"].to_numpy()
     vectors = posting_vectors(cfg, test, data.images_dir("test"), encoders=encoders, progress=progress,
                               timings=timings)
-    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings)
+    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings,
+                         titles=test["title"].to_numpy())
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),

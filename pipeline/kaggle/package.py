@@ -8,7 +8,7 @@ Layout of the folder::
     models/text/backbone/        tokenizer and transformer config, so no hub is needed
     config.yaml                  the run's resolved config
     thresholds.json              the tuned match settings
-    pair_model.pkl               the learned pair score, when the settings use it
+    pair_model.json              the learned pair score, when the settings use it
     manifest.json                code version, source run, out-of-fold F1
     dataset-metadata.json        what the Kaggle CLI needs to create the dataset
 """

@@ -4,6 +4,11 @@
 2. Min-2: a posting left alone gets its nearest neighbour by ``min2_signal`` unless that one is
    below ``min2_floor`` (Kaggle's metric counts the posting itself, so an empty set costs a lot
    when the posting does have a match).
+
+The thresholds were tuned on galleries of ``tuned_size`` postings. A larger gallery puts more
+distractors above them, so :meth:`MatchSettings.at_size` moves every threshold and the min-2 floor
+by ``size_slope`` per doubling of the gallery (the slope is fitted by tuning on sub-galleries, see
+:func:`pipeline.matching.tuning.calibrate_size`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import numpy as np
 
 from pipeline.matching.candidates import Candidates, best_pair_per_query, rank_within
 
+MAX_DOUBLINGS = 3.0
+
 
 @dataclass
 class MatchSettings:
@@ -29,10 +36,29 @@ class MatchSettings:
     blend_rounds: int = 0
     blend_threshold: float = math.inf
     fusion_weights: dict[str, float] = field(default_factory=dict)
+    size_slope: float = 0.0  # shift of every threshold per doubling of the gallery
+    tuned_size: int = 0  # postings per gallery the thresholds were tuned on; 0 = no size calibration
 
     @property
     def min2_on(self) -> bool:
         return self.min2_signal is not None and not math.isinf(self.min2_floor)
+
+    def size_shift(self, n: int) -> float:
+        """The shift of every threshold for a gallery of ``n`` postings."""
+        if self.tuned_size <= 0 or self.size_slope == 0 or n <= 0:
+            return 0.0
+        # Calibrated on sub-galleries up to the tuned size; far beyond it a straight line in
+        # log2(size) is a guess, so the extrapolation stops at MAX_DOUBLINGS either way.
+        doublings = float(np.clip(np.log2(n / self.tuned_size), -MAX_DOUBLINGS, MAX_DOUBLINGS))
+        return self.size_slope * doublings
+
+    def at_size(self, n: int) -> "MatchSettings":
+        """The settings for a gallery of ``n`` postings: thresholds and min-2 floor moved by :meth:`size_shift`."""
+        shift = self.size_shift(n)
+        if shift == 0.0:
+            return self
+        return dataclasses.replace(self, thresholds={k: v + shift for k, v in self.thresholds.items()},
+                                   min2_floor=self.min2_floor + shift, size_slope=0.0, tuned_size=0)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

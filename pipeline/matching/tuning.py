@@ -10,17 +10,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from pipeline.matching.candidates import Candidates
 from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
 from pipeline.matching.fusion import BLENDABLE_SIGNALS
-from pipeline.matching.pairs import PAIR_SIGNAL, PairModel, cross_fit
+from pipeline.matching.evidence import PairContext
+from pipeline.matching.pairs import DEFAULT_GROUPS, DEFAULT_THREADS, PAIR_SIGNAL, PairModel, cross_fit
 from pipeline.metric import f1_from_pairs, group_sizes
 
+if TYPE_CHECKING:
+    from pipeline.matching.oof import OofGalleries
+
 BuildFn = Callable[[MatchSettings], Candidates]
+# What the pair model reads about the candidates that BuildFn gives for the same settings.
+ContextFn = Callable[[MatchSettings], PairContext]
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TuneResult:
     steps: dict[str, dict[str, float]]  # step name -> f1/precision/recall (and threshold)
     curves: dict[str, Curve] = field(default_factory=dict)
     pair_model: PairModel | None = None  # fitted on every tuned pair, for later rows
+    pair_fold_models: dict[int, PairModel] = field(default_factory=dict)  # fold -> model that never saw it
 
 
 class Scorer:
@@ -89,7 +96,9 @@ def threshold_grid(sims: np.ndarray, n: int) -> np.ndarray:
 def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_rounds: int = 1,
          union: bool = True, min2: bool = True, fusion_weights: dict[str, float] | None = None,
          weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None,
-         folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0) -> TuneResult:
+         folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0,
+         context: ContextFn | None = None, pair_groups: Sequence[str] | None = None,
+         threads: int = DEFAULT_THREADS) -> TuneResult:
     """Tune every match setting on out-of-fold candidates.
 
     Args:
@@ -106,6 +115,10 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         folds: (N,) fold of every posting; needed by the pair model's cross-fitting.
         pair_model: learn the ``pair`` signal (see :mod:`pipeline.matching.pairs`) from the other signals.
         seed: the pair model's random state.
+        context: the pair model's :class:`~pipeline.matching.evidence.PairContext` for given settings.
+        pair_groups: the pair model's feature groups; default every group with a ``context``, and
+            ``sims`` (the one that needs none) without.
+        threads: the pair model's threads.
     """
     if rows is not None:
         full_build = build
@@ -131,13 +144,15 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         target = max(blendable, key=lambda s: curves[s].best[1])
         c, scorer = _tune_blend(build, base, labels, rows, target, blend_rounds, n_thresholds, steps, curves)
 
-    fitted = None
+    fitted, per_fold = None, {}
     if pair_model and folds is not None and len(np.unique(folds[c.query])) >= 2:
-        c.sims[PAIR_SIGNAL], fitted = cross_fit(c, labels, folds, sorted(c.sims), seed)
+        ctx = context(base) if context is not None else None
+        groups = pair_groups if pair_groups is not None else (DEFAULT_GROUPS if ctx is not None else ("sims",))
+        c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
         t, _ = curves[PAIR_SIGNAL].best
-        steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t}
+        steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t, "groups": list(fitted.groups)}
 
     solo = {name: curves[name].best for name in c.sims}
     best_signal = max(solo, key=lambda s: solo[s][1])
@@ -154,7 +169,7 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         steps["min2"] = {**scorer.score(decide(c, settings, min2_rule)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings, min2_rule))
     curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold)
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -249,6 +264,74 @@ def _shift_curve(scorer: Scorer, settings: MatchSettings, min2: Min2, span: floa
     return Curve(shifts, *(np.array([r[k] for r in rows]) for k in ("f1", "precision", "recall")))
 
 
+def shifted_f1(scorer: Scorer, settings: MatchSettings, shifts: np.ndarray) -> np.ndarray:
+    """(S,) F1 of the rule with every threshold and the min-2 floor moved by each shift."""
+    min2 = Min2(scorer.c, settings.min2_signal) if settings.min2_on else None
+    out = []
+    for d in shifts:
+        moved = dataclasses.replace(settings, thresholds={k: v + d for k, v in settings.thresholds.items()},
+                                    min2_floor=settings.min2_floor + d)
+        out.append(scorer.f1(decide(scorer.c, moved, min2)))
+    return np.array(out)
+
+
+def calibrate_size(galleries: "OofGalleries", labels: np.ndarray, folds: np.ndarray, result: TuneResult,
+                   fractions: Sequence[float] = (0.35, 0.5, 0.7, 1.0), repeats: int = 3, seed: int = 0,
+                   span: float = 0.15, n_shifts: int = 61) -> tuple[MatchSettings, dict]:
+    """Fit how far the tuned thresholds should move per doubling of the gallery.
+
+    The tuned rule is applied to out-of-fold sub-galleries made of a share of the train groups
+    (``fractions`` of them, ``repeats`` draws each; the pair model's scores come from the fold
+    models that never saw the queries). At each size, the common shift of every threshold that
+    maximises the mean F1 is found; the slope of those shifts against log2(size) through the tuned
+    size (a straight line through 0 there) is the size slope.
+
+    Returns:
+        The settings with ``size_slope`` and ``tuned_size`` set, and a record of the fit.
+    """
+    rng = np.random.default_rng(seed)
+    shifts = np.linspace(-span, span, n_shifts)
+    points = []
+    for frac in fractions:
+        curves = []
+        for _ in range(repeats if frac < 1 else 1):
+            rows = np.arange(len(labels)) if frac >= 1 else _group_share(labels, frac, rng)
+            sub = galleries.subset(rows)
+            c = sub.candidates(result.settings)
+            if result.pair_fold_models:
+                c.sims[PAIR_SIGNAL] = _cross_fitted_scores(c, folds[rows], result, sub.context(result.settings))
+            curves.append(shifted_f1(Scorer(c, labels[rows]), result.settings, shifts))
+        mean = np.mean(curves, axis=0)
+        best = int(np.argmax(mean))
+        points.append({"fraction": float(frac), "postings": int(round(frac * len(labels))),
+                       "best_shift": float(shifts[best]), "f1_at_best": float(mean[best]),
+                       "f1_unshifted": float(mean[np.argmin(np.abs(shifts))])})
+    x = np.log2([p["fraction"] for p in points])
+    d = np.array([p["best_shift"] for p in points])
+    slope = float((x * d).sum() / max((x * x).sum(), 1e-12))
+    size = int(round(np.mean([len(g.rows) for g in galleries.galleries])))  # postings each query was searched among
+    settings = dataclasses.replace(result.settings, size_slope=slope, tuned_size=size)
+    return settings, {"slope": slope, "tuned_size": size, "points": points}
+
+
+def _group_share(labels: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of a random ``frac`` of the label groups."""
+    groups = np.unique(labels)
+    chosen = rng.choice(groups, size=max(2, int(round(frac * len(groups)))), replace=False)
+    return np.flatnonzero(np.isin(labels, chosen))
+
+
+def _cross_fitted_scores(c: Candidates, folds: np.ndarray, result: TuneResult, context: PairContext) -> np.ndarray:
+    """Pair scores of ``c``, each query's by the fold model that never saw its fold."""
+    out = np.zeros(len(c), np.float32)
+    query_fold = folds[c.query]
+    for fold, model in result.pair_fold_models.items():
+        mask = query_fold == fold
+        if mask.any():
+            out[mask] = model.predict(c.take(mask), context)
+    return out
+
+
 def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tune_kwargs) -> dict[str, float]:
     """An honest estimate of the tuned rule: tune on K-1 folds' queries, score the held-out fold.
 
@@ -256,12 +339,13 @@ def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tun
     """
     totals = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     per_fold = []
+    context = tune_kwargs.get("context")
     for fold in np.unique(folds):
         held_out = folds == fold
         result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
         c = build(result.settings).subset(held_out)
         if result.pair_model is not None:
-            c.sims[PAIR_SIGNAL] = result.pair_model.predict(c)
+            c.sims[PAIR_SIGNAL] = result.pair_model.predict(c, context(result.settings) if context else None)
         s = Scorer(c, labels, held_out).score(decide(c, result.settings))
         per_fold.append(round(s["f1"], 4))
         for key in totals:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.matching.decide import decide
-from pipeline.matching.pairs import PAIR_SIGNAL, cross_fit
+from pipeline.matching.pairs import PAIR_SIGNAL, cross_fit, threads_of
 from pipeline.matching.predict import ALL_SIGNALS, load_pair_model, uses_pair_model
 from pipeline.stages.context import open_run
 
@@ -22,11 +22,13 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     settings = run.tuned_settings()
     df = run.train_df()
     fold_of = run.folds(df)
-    c = run.oof_galleries(df, fold_of).candidates(settings)
+    galleries = run.oof_galleries(df, fold_of)
+    c = galleries.candidates(settings)
     labels = df["label_group"].to_numpy()
     if uses_pair_model(settings):
-        signals = load_pair_model(run.paths.pair_model, settings).signals
-        c.sims[PAIR_SIGNAL], _ = cross_fit(c, labels, fold_of, signals, run.cfg.seed)
+        saved = load_pair_model(run.paths.pair_model, settings, threads_of(run.cfg))
+        c.sims[PAIR_SIGNAL], _, _ = cross_fit(c, labels, fold_of, saved.signals, galleries.context(settings),
+                                              run.cfg.seed, saved.groups, threads_of(run.cfg))
     out = pd.DataFrame({
         "query_id": df["posting_id"].to_numpy()[c.query],
         "match_id": df["posting_id"].to_numpy()[c.match],

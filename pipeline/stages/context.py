@@ -105,7 +105,7 @@ class Run:
         m = self.cfg.match
         search = {"k": m.k, "batch_size": m.batch_size, "index": m.index, "blend_method": m.blend_method}
         return oof_galleries(fold_of, self.cfg.folds.gallery, unsupervised, learned if self.cfg.learned else None,
-                             search)
+                             search, titles=df["title"].to_numpy())
 
     def tuned_settings(self) -> MatchSettings:
         for path in (self.paths.thresholds, self.paths.tune_report):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.data import Dataset
+from pipeline.matching.pairs import threads_of
 from pipeline.matching.predict import load_pair_model, match_postings, posting_vectors
 from pipeline.stages.report import write_report
 from pipeline.stages.context import log, open_run, stage
@@ -36,8 +37,9 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
             encoders = {m: load_encoder(run.test_model_file(m)) for m in run.cfg.learned}
         vectors = posting_vectors(run.cfg, test, data.images_dir("test"), encoders=encoders, embeddings=embeddings,
                                   progress=progress)
-        pair_model = load_pair_model(run.paths.pair_model, settings)
-        sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model)
+        pair_model = load_pair_model(run.paths.pair_model, settings, threads_of(run.cfg))
+        sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model,
+                             titles=test["title"].to_numpy())
         path = Path(out) if out is not None else run.paths.submission
         write_submission(sub, path, ids)
         log.info("[predict] %d postings, %.2f matches each on average -> %s",

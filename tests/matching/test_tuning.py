@@ -101,3 +101,42 @@ def test_folds_never_split_a_group(n_splits, seed):
     for label in np.unique(labels):
         assert len(np.unique(folds[labels == label])) == 1
     assert sorted(np.unique(folds)) == list(range(n_splits))
+
+
+def test_settings_move_with_the_gallery_size_and_survive_json():
+    s = MatchSettings(thresholds={"a": 0.5, "b": 0.8}, min2_signal="a", min2_floor=0.3, size_slope=0.02,
+                      tuned_size=1000)
+    assert s.at_size(1000) is s
+    big = s.at_size(4000)  # two doublings
+    assert big.thresholds == pytest.approx({"a": 0.54, "b": 0.84}) and big.min2_floor == pytest.approx(0.34)
+    assert s.at_size(500).thresholds["a"] == pytest.approx(0.48)
+    assert s.at_size(10**9).thresholds["a"] == pytest.approx(0.5 + 0.02 * 3)  # the extrapolation stops
+    assert MatchSettings.from_dict(s.to_dict()) == s
+    old = {k: v for k, v in s.to_dict().items() if k not in ("size_slope", "tuned_size")}
+    assert MatchSettings.from_dict(old).at_size(4000).thresholds == s.thresholds  # files from before: no move
+
+
+def test_size_calibration_fits_a_slope_through_the_tuned_size():
+    from pipeline.data.synth import synthetic_titles
+    from pipeline.data.synth.postings import clustered_postings
+    from pipeline.matching.oof import oof_galleries
+    from pipeline.matching.signals import tfidf_vectors
+    from pipeline.config import Config
+    from pipeline.matching.tuning import calibrate_size
+
+    vectors, labels = clustered_postings(300, 16, seed=5)
+    titles = synthetic_titles(labels, seed=5)
+    fold_of = make_folds(labels, 3, 0)
+
+    def unsupervised(rows):
+        return {"tfidf": tfidf_vectors([titles[i] for i in rows], Config().tfidf), "phash": vectors["phash"][rows]}
+
+    oof = oof_galleries(fold_of, "all", unsupervised, None, {"k": 10, "batch_size": 64, "index": "flat",
+                                                              "blend_method": "graph"})
+    result = tune(oof.candidates, labels, n_thresholds=21, blend_rounds=0, folds=fold_of)
+    settings, fit = calibrate_size(oof, labels, fold_of, result, fractions=(0.5, 1.0), repeats=2, seed=0)
+    assert settings.tuned_size == 300 and settings.thresholds == result.settings.thresholds
+    assert [p["fraction"] for p in fit["points"]] == [0.5, 1.0]
+    half = fit["points"][0]["best_shift"]
+    assert settings.size_slope == pytest.approx(-half)  # through 0 at the tuned size: one point decides
+    assert fit["points"][1]["f1_at_best"] >= fit["points"][1]["f1_unshifted"]

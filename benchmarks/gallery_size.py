@@ -70,7 +70,8 @@ def sample_groups(labels: np.ndarray, n_rows: int, rng: np.random.Generator) -> 
 
 def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
                      oof_text: Mapping[int, np.ndarray] | None) -> OofGalleries:
-    """The out-of-fold galleries of ``df`` (every fold searched among all of it, as ``folds.gallery=all``)."""
+    """The out-of-fold galleries of ``df``, as ``folds.gallery`` says (``all``: every fold searched among
+    all of ``df``; ``fold``: among its own postings only, none of which its model saw)."""
     m = cfg.match
     search = {"k": m.k, "batch_size": m.batch_size, "index": m.index, "blend_method": m.blend_method}
 
@@ -80,7 +81,7 @@ def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
     def learned(fold: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {"text": np.asarray(oof_text[fold])[rows]}
 
-    return oof_galleries(fold_of, "all", unsupervised, learned if oof_text is not None else None, search,
+    return oof_galleries(fold_of, cfg.folds.gallery, unsupervised, learned if oof_text is not None else None, search,
                          titles=df["title"].to_numpy())
 
 
@@ -196,21 +197,28 @@ def load_text(run_dir: Path, test_embed: str) -> TextVectors:
 
 
 def _fold_mean(run, test: pd.DataFrame, folds: np.ndarray, cache: Path) -> np.ndarray:
-    """The test titles embedded by every fold model, averaged and L2-normalised (cached)."""
-    if cache.exists():
-        return np.load(cache)
+    """The test titles embedded by every fold model, averaged and L2-normalised."""
+    total = sum(_fold_embeddings(run, test, folds, cache.parent / "fold_test"))
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _fold_embeddings(run, test: pd.DataFrame, folds: np.ndarray, cache_dir: Path) -> list[np.ndarray]:
+    """The test titles embedded by each fold model (cached in ``cache_dir``)."""
     from pipeline.data.contract import encoder_inputs
     from pipeline.models.encoders import load_encoder
     from pipeline.training.embedding import embed_items
 
-    total = None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out = []
     for f in folds:
-        enc = load_encoder(run.model_file("text", int(f)))
-        x = embed_items(enc, encoder_inputs("text", test, run.data.images_dir("test")), batch_size=64, progress=False)
-        total = x if total is None else total + x
-    mean = total / np.linalg.norm(total, axis=1, keepdims=True)
-    np.save(cache, mean.astype(np.float32))
-    return mean
+        path = cache_dir / f"fold{int(f)}.npy"
+        if not path.exists():
+            enc = load_encoder(run.model_file("text", int(f)))
+            x = embed_items(enc, encoder_inputs("text", test, run.data.images_dir("test")), batch_size=64,
+                            progress=False)
+            np.save(path, np.asarray(x, np.float32))
+        out.append(np.load(path))
+    return out
 
 
 def write_split(data: Path, tune_share: float, seed: int, out: Path) -> None:

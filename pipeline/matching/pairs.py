@@ -203,22 +203,35 @@ def _query_blocks(query: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 def cross_fit(c: Candidates, labels: np.ndarray, folds: np.ndarray, signals: Sequence[str],
               context: PairContext | None = None, seed: int = 0, groups: Sequence[str] = DEFAULT_GROUPS,
-              threads: int = DEFAULT_THREADS) -> tuple[np.ndarray, PairModel, dict[int, PairModel]]:
+              threads: int = DEFAULT_THREADS, rows: np.ndarray | None = None
+              ) -> tuple[np.ndarray, PairModel, dict[int, PairModel]]:
     """Cross-fitted pair scores and the models behind them.
+
+    The model that scores fold f's queries is fitted on pairs with *neither* end in fold f. A pair
+    (q, m) with q in another fold and m in fold f is always a non-match (folds split no group), and
+    its mirror (m, q) is one of fold f's candidates: fitting on it would teach the trees to reject
+    fold f's own distractors, a leak that flatters the out-of-fold score and that no test gallery
+    repeats.
+
+    Args:
+        rows: (N,) bool, the postings whose labels may be learned from (default: all); pairs with
+            either end outside are not fitted on (``cross_validated`` holds a fold out this way).
 
     Returns:
         (P,) out-of-fold scores (each fold's queries scored by a model fitted on the other folds),
-        a model fitted on every pair (for the rows that come later: test, or a held-out fold), and
-        the per-fold models (fold -> the model that never saw that fold's pairs).
+        a model fitted on every allowed pair (for the rows that come later: test, or a held-out
+        fold), and the per-fold models (fold -> the model that never saw a pair touching that fold).
     """
     def new() -> PairModel:
         return PairModel(signals, groups, seed=seed, threads=threads)
 
+    allowed = np.ones(len(labels), bool) if rows is None else np.asarray(rows, bool)
+    usable = allowed[c.query] & allowed[c.match]
     scores = np.zeros(len(c), np.float32)
-    query_fold = folds[c.query]
+    query_fold, match_fold = folds[c.query], folds[c.match]
     per_fold: dict[int, PairModel] = {}
     for fold in np.unique(query_fold):
-        held = folds == fold
-        per_fold[int(fold)] = new().fit(c.subset(~held), labels, context)
-        scores[query_fold == fold] = per_fold[int(fold)].predict(c.subset(held), context)
-    return scores, new().fit(c, labels, context), per_fold
+        mine = query_fold == fold
+        per_fold[int(fold)] = new().fit(c.take(usable & ~mine & (match_fold != fold)), labels, context)
+        scores[mine] = per_fold[int(fold)].predict(c.take(mine), context)
+    return scores, new().fit(c.take(usable), labels, context), per_fold

@@ -148,7 +148,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
     if pair_model and folds is not None and len(np.unique(folds[c.query])) >= 2:
         ctx = context(base) if context is not None else None
         groups = pair_groups if pair_groups is not None else (DEFAULT_GROUPS if ctx is not None else ("sims",))
-        c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads)
+        c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads,
+                                                          rows)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
         t, _ = curves[PAIR_SIGNAL].best
@@ -339,16 +340,21 @@ def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tun
     """
     totals = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     per_fold = []
-    context = tune_kwargs.get("context")
     for fold in np.unique(folds):
-        held_out = folds == fold
-        result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
-        c = build(result.settings).subset(held_out)
-        if result.pair_model is not None:
-            c.sims[PAIR_SIGNAL] = result.pair_model.predict(c, context(result.settings) if context else None)
-        s = Scorer(c, labels, held_out).score(decide(c, result.settings))
+        s = held_out_score(build, labels, folds, int(fold), **tune_kwargs)
         per_fold.append(round(s["f1"], 4))
         for key in totals:
             totals[key] += s[key] * s["rows"]
     n = len(labels)
     return {**{k: v / n for k, v in totals.items()}, "rows": n, "per_fold_f1": per_fold}
+
+
+def held_out_score(build: BuildFn, labels: np.ndarray, folds: np.ndarray, fold: int, **tune_kwargs) -> dict[str, float]:
+    """F1, precision and recall of fold ``fold``'s postings under the rule tuned on the other folds."""
+    held_out = folds == fold
+    result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
+    c = build(result.settings).subset(held_out)
+    if result.pair_model is not None:
+        context = tune_kwargs.get("context")
+        c.sims[PAIR_SIGNAL] = result.pair_model.predict(c, context(result.settings) if context else None)
+    return Scorer(c, labels, held_out).score(decide(c, result.settings))

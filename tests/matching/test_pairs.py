@@ -104,10 +104,18 @@ def test_cross_fitted_scores_never_see_their_own_fold(clustered):
     signals = sorted(c.sims)
     scores, full, per_fold = cross_fit(c, labels, folds, signals, ctx, seed=0, threads=1)
     held = folds == 1
-    alone = PairModel(signals, seed=0, threads=1).fit(c.subset(~held), labels, ctx).predict(c.subset(held), ctx)
+    # Fitted without any pair that touches fold 1 at either end: not even the mirrors of its
+    # queries' pairs, which are all non-matches.
+    outside = c.take(~held[c.query] & ~held[c.match])
+    alone = PairModel(signals, seed=0, threads=1).fit(outside, labels, ctx).predict(c.subset(held), ctx)
     np.testing.assert_allclose(scores[held[c.query]], alone, atol=1e-6)
     np.testing.assert_allclose(per_fold[1].predict(c.subset(held), ctx), alone, atol=1e-6)
     assert full.predict(c, ctx).shape == (len(c),)
+    # Postings outside ``rows`` (a fold held out by cross_validated) are never learned from.
+    rows = folds != 2
+    _, kept, _ = cross_fit(c, labels, folds, signals, ctx, seed=0, threads=1, rows=rows)
+    inside = PairModel(signals, seed=0, threads=1).fit(c.take(rows[c.query] & rows[c.match]), labels, ctx)
+    np.testing.assert_allclose(kept.predict(c, ctx), inside.predict(c, ctx), atol=1e-6)
 
 
 def test_the_trees_do_not_depend_on_the_thread_count(clustered):

@@ -96,9 +96,8 @@ def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_
     if cv:
         figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
     if calibrate:
-        result.settings, fit = calibrate_size(galleries, labels, fold_of, result, seed=seed)
-        figures["size_fit"] = {"slope": round(fit["slope"], 4), "tuned_size": fit["tuned_size"],
-                               "best_shift": [round(p["best_shift"], 4) for p in fit["points"]]}
+        result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=m.n_thresholds)
+        figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
     return result, figures
 
 

@@ -6,8 +6,8 @@
    when the posting does have a match).
 
 The thresholds were tuned on galleries of ``tuned_size`` postings. A larger gallery puts more
-distractors above them, so :meth:`MatchSettings.at_size` moves every threshold and the min-2 floor
-by ``size_slope`` per doubling of the gallery (the slope is fitted by tuning on sub-galleries, see
+distractors above them, so :meth:`MatchSettings.at_size` moves each threshold (and the min-2 floor)
+by its ``size_slopes`` entry per doubling of the gallery (fitted by
 :func:`pipeline.matching.tuning.calibrate_size`).
 """
 
@@ -36,29 +36,33 @@ class MatchSettings:
     blend_rounds: int = 0
     blend_threshold: float = math.inf
     fusion_weights: dict[str, float] = field(default_factory=dict)
-    size_slope: float = 0.0  # shift of every threshold per doubling of the gallery
+    # Per threshold (signal name, or "min2_floor"): its move per doubling of the gallery.
+    size_slopes: dict[str, float] = field(default_factory=dict)
     tuned_size: int = 0  # postings per gallery the thresholds were tuned on; 0 = no size calibration
 
     @property
     def min2_on(self) -> bool:
         return self.min2_signal is not None and not math.isinf(self.min2_floor)
 
-    def size_shift(self, n: int) -> float:
-        """The shift of every threshold for a gallery of ``n`` postings."""
-        if self.tuned_size <= 0 or self.size_slope == 0 or n <= 0:
+    def doublings(self, n: int) -> float:
+        """log2(n / tuned_size), clipped to +-MAX_DOUBLINGS; 0 without size calibration."""
+        if self.tuned_size <= 0 or not self.size_slopes or n <= 0:
             return 0.0
-        # Calibrated on sub-galleries up to the tuned size; far beyond it a straight line in
-        # log2(size) is a guess, so the extrapolation stops at MAX_DOUBLINGS either way.
-        doublings = float(np.clip(np.log2(n / self.tuned_size), -MAX_DOUBLINGS, MAX_DOUBLINGS))
-        return self.size_slope * doublings
+        # Fitted for galleries up to 2**MAX_DOUBLINGS times the tuned one; beyond, a straight line
+        # in log2(size) is a guess, so the move stops there.
+        return float(np.clip(np.log2(n / self.tuned_size), -MAX_DOUBLINGS, MAX_DOUBLINGS))
 
     def at_size(self, n: int) -> "MatchSettings":
-        """The settings for a gallery of ``n`` postings: thresholds and min-2 floor moved by :meth:`size_shift`."""
-        shift = self.size_shift(n)
-        if shift == 0.0:
+        """The settings for a gallery of ``n`` postings: each threshold and the min-2 floor moved by
+        its slope times :meth:`doublings`."""
+        d = self.doublings(n)
+        if d == 0.0:
             return self
-        return dataclasses.replace(self, thresholds={k: v + shift for k, v in self.thresholds.items()},
-                                   min2_floor=self.min2_floor + shift, size_slope=0.0, tuned_size=0)
+        slopes = self.size_slopes
+        return dataclasses.replace(
+            self, thresholds={k: v + slopes.get(k, 0.0) * d for k, v in self.thresholds.items()},
+            min2_floor=self.min2_floor + slopes.get("min2_floor", 0.0) * d, size_slopes={}, tuned_size=0,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -37,7 +37,6 @@ class OofGalleries:
         search: keyword arguments of :func:`~pipeline.matching.fusion.gallery_neighbours`
             (``k``, ``batch_size``, ``index``, ``blend_method``).
         titles: (N,) every train posting's title, for the pair model's title features.
-        unsupervised: the unsupervised vectors of given train rows (for :meth:`subset`).
     """
 
     galleries: list[Gallery]
@@ -45,7 +44,6 @@ class OofGalleries:
     n: int
     search: dict[str, Any]
     titles: np.ndarray | None = None
-    unsupervised: UnsupervisedFn | None = None
     _title_tables: TitleQuantities | None = field(default=None, repr=False)
 
     def candidates(self, settings: MatchSettings) -> Candidates:
@@ -55,39 +53,10 @@ class OofGalleries:
             for g, c in zip(self.galleries, self.caches)
         ])
 
-    def subset(self, rows: np.ndarray) -> "OofGalleries":
-        """The same galleries restricted to the train postings ``rows`` (renumbered 0..len(rows)-1).
-
-        Learned vectors are kept (the same fold models embed them); the unsupervised ones are
-        computed again on the kept rows, as :func:`~pipeline.matching.predict.posting_vectors`
-        fits TF-IDF on the gallery it matches. Galleries that keep the same rows share their
-        unsupervised searches, as in :func:`oof_galleries`.
-        """
-        if self.unsupervised is None:
-            raise ValueError("OofGalleries.subset needs the unsupervised vectors function")
-        rows = np.asarray(rows)
-        local = np.full(self.n, -1, np.int64)
-        local[rows] = np.arange(len(rows))
-        galleries, caches, shared = [], [], {}
-        for g in self.galleries:
-            keep = local[g.rows] >= 0
-            new_pos = np.cumsum(keep) - 1
-            key = g.rows[keep].tobytes()
-            if key not in shared:
-                vectors = self.unsupervised(g.rows[keep])
-                shared[key] = (vectors, {name: SignalNeighbours() for name in vectors})
-            vectors, searched = shared[key]
-            learned = {name: np.asarray(v)[keep] for name, v in g.vectors.items() if name not in vectors}
-            queries = new_pos[g.queries[keep[g.queries]]]
-            galleries.append(Gallery(local[g.rows[keep]], queries, {**vectors, **learned}))
-            caches.append(NeighbourCache(searched))
-        titles = None if self.titles is None else self.titles[rows]
-        return OofGalleries(galleries, caches, len(rows), dict(self.search), titles, self.unsupervised_of(rows))
-
-    def unsupervised_of(self, rows: np.ndarray) -> UnsupervisedFn:
-        """The unsupervised function of :meth:`subset` ``(rows)``, whose row numbers are local."""
-        parent = self.unsupervised
-        return lambda local_rows: parent(rows[local_rows])
+    @property
+    def gallery_size(self) -> int:
+        """Postings each out-of-fold query is searched among (the mean over galleries)."""
+        return int(round(np.mean([len(g.rows) for g in self.galleries])))
 
     def context(self, settings: MatchSettings) -> PairContext:
         """What the pair model reads about the candidates of :meth:`candidates` (same settings)."""
@@ -122,7 +91,7 @@ def oof_galleries(fold_of: np.ndarray, mode: str, unsupervised: UnsupervisedFn, 
     shared_vectors = unsupervised(everything) if mode == "all" else {}
     if learned is None and mode == "all":
         return OofGalleries([Gallery(everything, everything, shared_vectors)], [NeighbourCache()], n, dict(search),
-                            titles, unsupervised)
+                            titles)
     # Unsupervised signals of an all-train gallery are the same in every fold: one search each.
     shared = {name: SignalNeighbours() for name in shared_vectors}
     galleries, caches = [], []
@@ -134,4 +103,4 @@ def oof_galleries(fold_of: np.ndarray, mode: str, unsupervised: UnsupervisedFn, 
             vectors.update(learned(int(fold), rows))
         galleries.append(Gallery(rows, queries, vectors))
         caches.append(NeighbourCache(shared if mode == "all" else None))
-    return OofGalleries(galleries, caches, n, dict(search), titles, unsupervised)
+    return OofGalleries(galleries, caches, n, dict(search), titles)

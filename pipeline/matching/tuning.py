@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from pipeline.matching.fusion import BLENDABLE_SIGNALS
 from pipeline.matching.evidence import PairContext
 from pipeline.matching.pairs import DEFAULT_GROUPS, DEFAULT_THREADS, PAIR_SIGNAL, PairModel, cross_fit
 from pipeline.metric import f1_from_pairs, group_sizes
-
-if TYPE_CHECKING:
-    from pipeline.matching.oof import OofGalleries
 
 BuildFn = Callable[[MatchSettings], Candidates]
 # What the pair model reads about the candidates that BuildFn gives for the same settings.
@@ -51,6 +48,8 @@ class TuneResult:
     curves: dict[str, Curve] = field(default_factory=dict)
     pair_model: PairModel | None = None  # fitted on every tuned pair, for later rows
     pair_fold_models: dict[int, PairModel] = field(default_factory=dict)  # fold -> model that never saw it
+    candidates: Candidates | None = None  # the tuned candidates, with their out-of-fold pair scores
+    rows: np.ndarray | None = None  # the postings tuned on (None: all)
 
 
 class Scorer:
@@ -60,16 +59,30 @@ class Scorer:
         c: candidate pairs.
         labels: (N,) label of every posting.
         rows: (N,) bool, the postings the means run over (default: all).
+        distractors: how many times each predicted non-match counts. A gallery r times as large,
+            of other groups like these, holds in expectation r times the non-matches above any
+            threshold and the same matches: scoring with ``distractors=r`` estimates the F1 there.
     """
 
-    def __init__(self, c: Candidates, labels: np.ndarray, rows: np.ndarray | None = None):
+    def __init__(self, c: Candidates, labels: np.ndarray, rows: np.ndarray | None = None, distractors: float = 1.0):
         self.c = c
         self.same = (labels[c.query] == labels[c.match]).astype(np.float64)
         self.group_size = group_sizes(labels)
         self.rows = rows
+        self.distractors = float(distractors)
 
     def score(self, mask: np.ndarray) -> dict[str, float]:
-        return f1_from_pairs(self.c.query[mask], self.same[mask], self.group_size, subset=self.rows)
+        if self.distractors == 1.0:
+            return f1_from_pairs(self.c.query[mask], self.same[mask], self.group_size, subset=self.rows)
+        q, same = self.c.query[mask], self.same[mask]
+        n = len(self.group_size)
+        hits = np.bincount(q, weights=same, minlength=n) + 1.0  # +1: the posting itself
+        n_pred = np.bincount(q, weights=same + self.distractors * (1.0 - same), minlength=n) + 1.0
+        g = self.group_size
+        if self.rows is not None:
+            hits, n_pred, g = hits[self.rows], n_pred[self.rows], g[self.rows]
+        return {"f1": float((2.0 * hits / (n_pred + g)).mean()), "precision": float((hits / n_pred).mean()),
+                "recall": float((hits / g).mean()), "rows": int(len(g))}
 
     def f1(self, mask: np.ndarray) -> float:
         return self.score(mask)["f1"]
@@ -170,7 +183,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         steps["min2"] = {**scorer.score(decide(c, settings, min2_rule)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings, min2_rule))
     curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold,
+                      candidates=c, rows=rows)
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -265,72 +279,77 @@ def _shift_curve(scorer: Scorer, settings: MatchSettings, min2: Min2, span: floa
     return Curve(shifts, *(np.array([r[k] for r in rows]) for k in ("f1", "precision", "recall")))
 
 
-def shifted_f1(scorer: Scorer, settings: MatchSettings, shifts: np.ndarray) -> np.ndarray:
-    """(S,) F1 of the rule with every threshold and the min-2 floor moved by each shift."""
-    min2 = Min2(scorer.c, settings.min2_signal) if settings.min2_on else None
-    out = []
-    for d in shifts:
-        moved = dataclasses.replace(settings, thresholds={k: v + d for k, v in settings.thresholds.items()},
-                                    min2_floor=settings.min2_floor + d)
-        out.append(scorer.f1(decide(scorer.c, moved, min2)))
-    return np.array(out)
+SIZE_FACTORS = (0.25, 0.5, 2.0, 4.0, 8.0)  # gallery sizes (times the tuned one) the slopes are fitted on
 
 
-def calibrate_size(galleries: "OofGalleries", labels: np.ndarray, folds: np.ndarray, result: TuneResult,
-                   fractions: Sequence[float] = (0.35, 0.5, 0.7, 1.0), repeats: int = 3, seed: int = 0,
-                   span: float = 0.15, n_shifts: int = 61) -> tuple[MatchSettings, dict]:
-    """Fit how far the tuned thresholds should move per doubling of the gallery.
+def calibrate_size(result: TuneResult, labels: np.ndarray, gallery_size: int,
+                   factors: Sequence[float] = SIZE_FACTORS, n_thresholds: int = 81) -> tuple[MatchSettings, dict]:
+    """Fit how far each tuned threshold (and the min-2 floor) should move per doubling of the gallery.
 
-    The tuned rule is applied to out-of-fold sub-galleries made of a share of the train groups
-    (``fractions`` of them, ``repeats`` draws each; the pair model's scores come from the fold
-    models that never saw the queries). At each size, the common shift of every threshold that
-    maximises the mean F1 is found; the slope of those shifts against log2(size) through the tuned
-    size (a straight line through 0 there) is the size slope.
+    For a gallery r times as large, of other groups like the tuned ones, each query meets r times
+    the non-matches above any threshold and the same matches. So the tuned rule's thresholds are
+    tuned again, one at a time (the rule's signals fixed), with each predicted non-match counted r
+    times (:class:`Scorer` ``distractors``), for every r in ``factors``; each threshold's slope is
+    the least-squares line through its tuned value against log2(r).
+
+    Args:
+        result: a :func:`tune` result (its candidates carry the out-of-fold pair scores).
+        gallery_size: postings each tuned query was searched among (the train set for ``folds.gallery=all``).
 
     Returns:
-        The settings with ``size_slope`` and ``tuned_size`` set, and a record of the fit.
+        The settings with ``size_slopes`` and ``tuned_size``, and a record of the fit.
     """
-    rng = np.random.default_rng(seed)
-    shifts = np.linspace(-span, span, n_shifts)
+    c, settings = result.candidates, result.settings
+    grids = {name: threshold_grid(c.sims[name], n_thresholds) for name in settings.thresholds}
+    min2 = Min2(c, settings.min2_signal) if settings.min2_on else None
+    floor_grid = threshold_grid(c.sims[settings.min2_signal], n_thresholds) if min2 is not None else None
     points = []
-    for frac in fractions:
-        curves = []
-        for _ in range(repeats if frac < 1 else 1):
-            rows = np.arange(len(labels)) if frac >= 1 else _group_share(labels, frac, rng)
-            sub = galleries.subset(rows)
-            c = sub.candidates(result.settings)
-            if result.pair_fold_models:
-                c.sims[PAIR_SIGNAL] = _cross_fitted_scores(c, folds[rows], result, sub.context(result.settings))
-            curves.append(shifted_f1(Scorer(c, labels[rows]), result.settings, shifts))
-        mean = np.mean(curves, axis=0)
-        best = int(np.argmax(mean))
-        points.append({"fraction": float(frac), "postings": int(round(frac * len(labels))),
-                       "best_shift": float(shifts[best]), "f1_at_best": float(mean[best]),
-                       "f1_unshifted": float(mean[np.argmin(np.abs(shifts))])})
-    x = np.log2([p["fraction"] for p in points])
-    d = np.array([p["best_shift"] for p in points])
-    slope = float((x * d).sum() / max((x * x).sum(), 1e-12))
-    size = int(round(np.mean([len(g.rows) for g in galleries.galleries])))  # postings each query was searched among
-    settings = dataclasses.replace(result.settings, size_slope=slope, tuned_size=size)
-    return settings, {"slope": slope, "tuned_size": size, "points": points}
+    for r in factors:
+        scorer = Scorer(c, labels, result.rows, distractors=r)
+        moved = _retune_values(scorer, settings, grids, min2, floor_grid)
+        points.append({"factor": float(r), "thresholds": moved.thresholds, "min2_floor": moved.min2_floor,
+                       "f1_tuned": scorer.f1(decide(c, settings, min2)), "f1_moved": scorer.f1(decide(c, moved, min2))})
+    x = np.log2([p["factor"] for p in points])
+    slopes = {}
+    for key in [*settings.thresholds, *(["min2_floor"] if min2 is not None else [])]:
+        base = settings.min2_floor if key == "min2_floor" else settings.thresholds[key]
+        d = np.array([(p["min2_floor"] if key == "min2_floor" else p["thresholds"][key]) - base for p in points])
+        slopes[key] = float((x * d).sum() / (x * x).sum())
+    calibrated = dataclasses.replace(settings, size_slopes=slopes, tuned_size=int(gallery_size))
+    return calibrated, {"tuned_size": int(gallery_size), "slopes": slopes, "points": points}
 
 
-def _group_share(labels: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted rows of a random ``frac`` of the label groups."""
-    groups = np.unique(labels)
-    chosen = rng.choice(groups, size=max(2, int(round(frac * len(groups)))), replace=False)
-    return np.flatnonzero(np.isin(labels, chosen))
-
-
-def _cross_fitted_scores(c: Candidates, folds: np.ndarray, result: TuneResult, context: PairContext) -> np.ndarray:
-    """Pair scores of ``c``, each query's by the fold model that never saw its fold."""
-    out = np.zeros(len(c), np.float32)
-    query_fold = folds[c.query]
-    for fold, model in result.pair_fold_models.items():
-        mask = query_fold == fold
-        if mask.any():
-            out[mask] = model.predict(c.take(mask), context)
-    return out
+def _retune_values(scorer: Scorer, settings: MatchSettings, grids: dict[str, np.ndarray], min2: Min2 | None,
+                   floor_grid: np.ndarray | None, passes: int = 2) -> MatchSettings:
+    """Coordinate ascent over the values of the rule's thresholds and floor, its signals kept."""
+    c = scorer.c
+    best = scorer.f1(decide(c, settings, min2))
+    for _ in range(passes):
+        improved = False
+        for name, grid in grids.items():
+            rest = union_mask(c, {k: v for k, v in settings.thresholds.items() if k != name})
+            s = c.sims[name]
+            for t in grid:
+                mask = rest | (s >= t)
+                if min2 is not None:
+                    mask = mask | min2.pairs(mask, settings.min2_floor)
+                f1 = scorer.f1(mask)
+                if f1 > best + 1e-9:
+                    best, improved = f1, True
+                    settings = dataclasses.replace(settings, thresholds={**settings.thresholds, name: float(t)})
+        if floor_grid is not None:
+            union = union_mask(c, settings.thresholds)
+            idx, sim = min2.lonely(union)
+            for floor in floor_grid:
+                mask = union.copy()
+                mask[idx[sim >= floor]] = True
+                f1 = scorer.f1(mask)
+                if f1 > best + 1e-9:
+                    best, improved = f1, True
+                    settings = dataclasses.replace(settings, min2_floor=float(floor))
+        if not improved:
+            break
+    return settings
 
 
 def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tune_kwargs) -> dict[str, float]:

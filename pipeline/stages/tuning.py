@@ -37,9 +37,10 @@ def tune_stage(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         result = tune(build, labels, folds=fold_of, **kwargs)
         report: dict[str, Any] = {"gallery": cfg.folds.gallery, "final": result.steps["final"], "steps": result.steps}
         if cfg.match.size_calibration:
-            result.settings, report["size_calibration"] = calibrate_size(galleries, labels, fold_of, result,
-                                                                         seed=cfg.seed)
-            log.info("[tune] thresholds move by %+.4f per doubling of the gallery", result.settings.size_slope)
+            result.settings, report["size_calibration"] = calibrate_size(result, labels, galleries.gallery_size,
+                                                                         n_thresholds=cfg.match.n_thresholds)
+            log.info("[tune] per doubling of the gallery, thresholds move by %s",
+                     ", ".join(f"{k} {v:+.4f}" for k, v in result.settings.size_slopes.items()))
         log.info("[tune] out-of-fold F1 %.4f (%s)", result.steps["final"]["f1"], _summary(result.steps))
         if cfg.match.cv_estimate:
             report["final_cv"] = cross_validated(build, labels, fold_of, **kwargs)

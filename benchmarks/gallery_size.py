@@ -118,8 +118,18 @@ def _prf(d: Mapping[str, float]) -> dict[str, float]:
     return {k: round(float(d[k]), 4) for k in ("f1", "precision", "recall")}
 
 
+def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
+    """The ceiling at a gallery's size: the rule tuned on that gallery's own out-of-fold candidates
+    (every feature group) and scored on them, in-sample."""
+    labels = df["label_group"].to_numpy()
+    fold_of = make_folds(labels, cfg.folds.n_splits, seed)
+    galleries = tuning_galleries(cfg, df, fold_of, None)
+    _, figures = tune_variant(cfg, galleries, labels, fold_of, list(PAIR_FEATURE_GROUPS), False, seed, False)
+    return figures["oof"]
+
+
 def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],
-                 text: "TextVectors | None" = None, cv: bool = False) -> dict[str, Any]:
+                 text: "TextVectors | None" = None, cv: bool = False, oracle: bool = False) -> dict[str, Any]:
     """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
     labels = df["label_group"].to_numpy()
     part_a = split_groups(labels, tune_share, seed)
@@ -147,6 +157,8 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         if n_rows > len(b):
             continue
         draws = [sample_groups(b_labels, n_rows, rng) for _ in range(repeats)]
+        if oracle and text is None and mult == 2.0:
+            out["oracle_2x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
         for name, result in tuned.items():
             runs = [match_part(cfg, b.iloc[rows].reset_index(drop=True), result,
                                None if b_text is None else b_text[rows]) for rows in draws]
@@ -249,6 +261,10 @@ def table(results: list[dict]) -> str:
         for i, s in enumerate(rows[0].get("sizes", [])):
             if all(len(r.get("sizes", [])) > i for r in rows):
                 lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r: r['sizes'][i])}")
+    if all("oracle_2x" in r for r in results):
+        lines.append(f"ceiling  | 2.0x own | " + " | ".join(
+            f"{np.mean([r['oracle_2x'][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
+            + "  (tuned in-sample on one 2x draw)")
     return "\n".join(lines)
 
 
@@ -298,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="sampled sub-galleries per size")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cv", action="store_true", help="also the cross-validated figure of the tuning part")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also tune on the first 2x draw itself (in-sample: the ceiling at that size)")
     parser.add_argument("--text-run", type=Path, default=None, help="run trained on the tuning part (see above)")
     parser.add_argument("--test-embed", default="full", choices=["full", "folds"])
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.txt and the plot")
@@ -311,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     text = load_text(args.text_run, args.test_embed) if args.text_run is not None else None
     results = []
     for seed in args.seeds:
-        results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv))
+        results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,
+                                    args.oracle))
         print(json.dumps(results[-1]), flush=True)
     print(table(results))
     if args.out is not None:

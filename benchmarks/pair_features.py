@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="add", choices=["add", "drop", "both"],
                         help="sims plus each group (add), every group but one (drop), or both")
     parser.add_argument("--only", nargs="+", default=None, help="run only these sets (names as printed)")
+    parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=G1,G2",
+                        help="more sets to run, e.g. graph=sims,reciprocal,density")
     parser.add_argument("--choose-folds", type=int, nargs="+", default=[0, 1, 2],
                         help="folds whose held-out F1 choose the default; the others report it")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         galleries, labels, fold_of, kwargs = galleries_from_csv(args.data, args.modalities, args.overrides)
     rows = []
-    for name, groups in feature_sets(args.sets).items():
+    sets = feature_sets(args.sets)
+    for item in args.extra:
+        name, _, groups = item.partition("=")
+        sets[name] = groups.split(",")
+    for name, groups in sets.items():
         if args.only is not None and name not in args.only:
             continue
         t0 = time.perf_counter()

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import yaml
 
 MODALITIES = ("image", "text", "tfidf", "phash")
+# The pair model's feature groups (see pipeline.matching.evidence).
+PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
 LEARNED_MODALITIES = ("image", "text")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -239,7 +241,11 @@ class MatchConfig:
     n_thresholds: int = 81
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
-    pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.pairs)
+    pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.matching.pairs)
+    pair_features: list[str] = field(default_factory=lambda: list(PAIR_FEATURE_GROUPS))
+    # Move every threshold with the size of the gallery matched, by a slope fitted on sub-galleries
+    # of train (see pipeline.matching.tuning.calibrate_size).
+    size_calibration: bool = True
 
     def __post_init__(self) -> None:
         choices = {"index": ("auto", "flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
@@ -256,6 +262,9 @@ class MatchConfig:
             _require(w >= 0, f"fusion_weights.{name}", ">= 0", w)
         if self.fusion_weights:
             _require(sum(self.fusion_weights.values()) > 0, "fusion_weights", "not all zero", self.fusion_weights)
+        bad = [g for g in self.pair_features if g not in PAIR_FEATURE_GROUPS]
+        _require(not bad and "sims" in self.pair_features, "pair_features",
+                 f"a list from {list(PAIR_FEATURE_GROUPS)} that holds sims", self.pair_features)
 
 
 @dataclass

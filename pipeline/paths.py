@@ -106,7 +106,8 @@ class RunPaths(_Folder):
 
     @property
     def pair_model(self) -> Path:
-        return self.root / "pair_model.pkl"
+        """The pair model as JSON (LightGBM's text trees inside; never a pickle)."""
+        return self.root / "pair_model.json"
 
     @property
     def tune_report(self) -> Path:
@@ -217,7 +218,8 @@ class PackagePaths(_Folder):
 
     @property
     def pair_model(self) -> Path:
-        return self.root / "pair_model.pkl"
+        """The pair model as JSON (LightGBM's text trees inside; never a pickle)."""
+        return self.root / "pair_model.json"
 
     @property
     def manifest(self) -> Path:

@@ -14,7 +14,6 @@ from typing import Mapping, Sequence
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pipeline.io import save_figure
 
 def plot_threshold_f1(curves: Mapping, chosen: Mapping[str, float]) -> Figure:
     """One panel per signal (F1, precision, recall against its threshold) and one for the fused rule.

@@ -57,7 +57,7 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     package, data = PackagePaths(Path(package_dir)), Dataset(Path(data_dir))
     cfg = load_config(package.config)
     settings = MatchSettings.from_dict(io.read_json(package.thresholds)["settings"])
-    pair_model = load_pair_model(package.pair_model, settings)
+    pair_model = load_pair_model(package.pair_model, settings, cfg.threads)
     encoders = {}
     if cfg.learned:
         from pipeline.models.tta import load_members  # torch and transformers: only for learned modalities
@@ -74,7 +74,8 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     ids = test["posting_id"].to_numpy()
     vectors = posting_vectors(cfg, test, data.images_dir("test"), encoders=encoders, progress=progress,
                               timings=timings)
-    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings)
+    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings,
+                         titles=test["title"].to_numpy())
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),

@@ -9,7 +9,7 @@ Layout of the folder::
     encoders.json                    per modality, the members: weight, model files, flip TTA
     config.yaml                      the run's resolved config
     thresholds.json                  the tuned match settings
-    pair_model.pkl                   the learned pair score, when the settings use it
+    pair_model.json                  the learned pair score (LightGBM's text model), when the settings use it
     manifest.json                    code version, source run, F1, the libraries the inference needs
                                      (with their versions and where each comes from)
     dataset-metadata.json            what the Kaggle CLI needs to create the dataset

@@ -4,6 +4,11 @@
 2. Min-2: a posting left alone gets its nearest neighbour by ``min2_signal`` unless that one is
    below ``min2_floor`` (Kaggle's metric counts the posting itself, so an empty set costs a lot
    when the posting does have a match).
+
+The thresholds were tuned on galleries of ``tuned_size`` postings. A larger gallery puts more
+distractors above them, so :meth:`MatchSettings.at_size` moves each threshold (and the min-2 floor)
+by its ``size_slopes`` entry per doubling of the gallery (fitted by
+:func:`pipeline.matching.tuning.calibrate_size`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import numpy as np
 
 from pipeline.matching.candidates import Candidates, best_pair_per_query, rank_within
 
+MAX_DOUBLINGS = 3.0
+
 
 @dataclass
 class MatchSettings:
@@ -29,10 +36,33 @@ class MatchSettings:
     blend_rounds: int = 0
     blend_threshold: float = math.inf
     fusion_weights: dict[str, float] = field(default_factory=dict)
+    # Per threshold (signal name, or "min2_floor"): its move per doubling of the gallery.
+    size_slopes: dict[str, float] = field(default_factory=dict)
+    tuned_size: int = 0  # postings per gallery the thresholds were tuned on; 0 = no size calibration
 
     @property
     def min2_on(self) -> bool:
         return self.min2_signal is not None and not math.isinf(self.min2_floor)
+
+    def doublings(self, n: int) -> float:
+        """log2(n / tuned_size), clipped to +-MAX_DOUBLINGS; 0 without size calibration."""
+        if self.tuned_size <= 0 or not self.size_slopes or n <= 0:
+            return 0.0
+        # Fitted for galleries up to 2**MAX_DOUBLINGS times the tuned one; beyond, a straight line
+        # in log2(size) is a guess, so the move stops there.
+        return float(np.clip(np.log2(n / self.tuned_size), -MAX_DOUBLINGS, MAX_DOUBLINGS))
+
+    def at_size(self, n: int) -> "MatchSettings":
+        """The settings for a gallery of ``n`` postings: each threshold and the min-2 floor moved by
+        its slope times :meth:`doublings`."""
+        d = self.doublings(n)
+        if d == 0.0:
+            return self
+        slopes = self.size_slopes
+        return dataclasses.replace(
+            self, thresholds={k: v + slopes.get(k, 0.0) * d for k, v in self.thresholds.items()},
+            min2_floor=self.min2_floor + slopes.get("min2_floor", 0.0) * d, size_slopes={}, tuned_size=0,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,10 @@ from pipeline.data.contract import encoder_inputs
 from pipeline.matching.candidates import Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
 from pipeline.matching.ensemble import EncoderMember, embed_members
+from pipeline.matching.evidence import PairContext
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
 from pipeline.matching.neighbours import SearchSettings
-from pipeline.matching.pairs import PAIR_SIGNAL, PairModel
+from pipeline.matching.pairs import DEFAULT_THREADS, PAIR_SIGNAL, PairModel, PairModelError
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.submission import build_submission
 
@@ -39,13 +40,19 @@ def uses_pair_model(settings: MatchSettings) -> bool:
     return PAIR_SIGNAL in settings.thresholds or settings.min2_signal == PAIR_SIGNAL
 
 
-def load_pair_model(path: str | Path, settings: MatchSettings) -> PairModel | None:
-    """The saved pair model, when the settings use it."""
+def load_pair_model(path: str | Path, settings: MatchSettings, threads: int = DEFAULT_THREADS) -> PairModel | None:
+    """The saved pair model, when the settings use it (a JSON file; pickles are never loaded)."""
     if not uses_pair_model(settings):
         return None
-    if not Path(path).exists():
-        raise PredictError(f"{path} missing: the tuned settings use the pair model; rerun the tune stage")
-    return PairModel.load(path)
+    path = Path(path)
+    if not path.exists():
+        legacy = path.with_suffix(".pkl")
+        why = (f" ({legacy.name} is a pickle from an older version, which is never loaded)" if legacy.exists() else "")
+        raise PredictError(f"{path} missing{why}: the tuned settings use the pair model; rerun the tune stage")
+    try:
+        return PairModel.load(path, threads=threads)
+    except PairModelError as e:
+        raise PredictError(str(e)) from None
 
 
 def signals_needed(settings: MatchSettings, pair_model: PairModel | None) -> set[str]:
@@ -112,7 +119,7 @@ def search_floors(settings: MatchSettings) -> dict[str, float]:
 
 def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchSettings, match: MatchConfig,
                    pair_model: PairModel | None = None, timings: dict[str, float] | None = None,
-                   lists: dict[str, Any] | None = None) -> pd.DataFrame:
+                   lists: dict[str, Any] | None = None, titles: Sequence[str] | None = None) -> pd.DataFrame:
     """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
 
     Args:
@@ -123,6 +130,7 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
         timings: when given, seconds per step are added to it.
         lists: when given, filled with every signal's neighbour lists (``pipeline bench`` checks
             their recall).
+        titles: the postings' titles, in ``ids`` order; read by a pair model with title features.
     """
     timings = {} if timings is None else timings
     missing = sorted(signals_needed(settings, pair_model) - set(vectors))
@@ -131,7 +139,10 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
                            "turn those modalities on, or tune again without them")
     if uses_pair_model(settings) and pair_model is None:
         raise PredictError("the tuned settings use the pair model, but none was given")
+    if uses_pair_model(settings) and pair_model.needs_titles and titles is None:
+        raise PredictError(f"the pair model reads the titles (features {pair_model.groups}), but none were given")
     n = len(ids)
+    settings = settings.at_size(n)  # thresholds tuned on galleries of another size
     everything = np.arange(n)
     gallery = Gallery(everything, everything, dict(vectors))
     # The pair model reads every signal's evidence (ranks among whole top-k lists included), so
@@ -147,13 +158,14 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
     timings["candidates"] = time.perf_counter() - t0
     if uses_pair_model(settings):
         t0 = time.perf_counter()
-        c.sims[PAIR_SIGNAL] = pair_model.predict(c)
+        context = PairContext.single(gallery, nb, n, titles) if pair_model.needs_context else None
+        c.sims[PAIR_SIGNAL] = pair_model.predict(c, context)
         timings["pair_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = decide(c, settings)
-    lists = match_lists(c, mask, n, score=next(iter(settings.thresholds), None))
+    matched = match_lists(c, mask, n, score=next(iter(settings.thresholds), None))
     timings["decide"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sub = build_submission(ids, lists)
+    sub = build_submission(ids, matched)
     timings["build_submission"] = time.perf_counter() - t0
     return sub

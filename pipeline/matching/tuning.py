@@ -10,17 +10,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from pipeline.matching.candidates import Candidates
 from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
 from pipeline.matching.fusion import BLENDABLE_SIGNALS
-from pipeline.matching.pairs import PAIR_SIGNAL, PairModel, cross_fit
+from pipeline.matching.evidence import PairContext
+from pipeline.matching.pairs import DEFAULT_GROUPS, DEFAULT_THREADS, PAIR_SIGNAL, PairModel, cross_fit
 from pipeline.metric import f1_by_group_size, f1_from_pairs, group_sizes
 
 BuildFn = Callable[[MatchSettings], Candidates]
+# What the pair model reads about the candidates that BuildFn gives for the same settings.
+ContextFn = Callable[[MatchSettings], PairContext]
 
 
 @dataclass
@@ -44,7 +47,9 @@ class TuneResult:
     steps: dict[str, dict[str, float]]  # step name -> f1/precision/recall (and threshold)
     curves: dict[str, Curve] = field(default_factory=dict)
     pair_model: PairModel | None = None  # fitted on every tuned pair, for later rows
-    candidates: Candidates | None = None  # the tuned candidate pairs (pair scores included), for reports
+    pair_fold_models: dict[int, PairModel] = field(default_factory=dict)  # fold -> model that never saw it
+    candidates: Candidates | None = None  # the tuned candidates, with their out-of-fold pair scores
+    rows: np.ndarray | None = None  # the postings tuned on (None: all)
 
 
 class Scorer:
@@ -54,16 +59,30 @@ class Scorer:
         c: candidate pairs.
         labels: (N,) label of every posting.
         rows: (N,) bool, the postings the means run over (default: all).
+        distractors: how many times each predicted non-match counts. A gallery r times as large,
+            of other groups like these, holds in expectation r times the non-matches above any
+            threshold and the same matches: scoring with ``distractors=r`` estimates the F1 there.
     """
 
-    def __init__(self, c: Candidates, labels: np.ndarray, rows: np.ndarray | None = None):
+    def __init__(self, c: Candidates, labels: np.ndarray, rows: np.ndarray | None = None, distractors: float = 1.0):
         self.c = c
         self.same = (labels[c.query] == labels[c.match]).astype(np.float64)
         self.group_size = group_sizes(labels)
         self.rows = rows
+        self.distractors = float(distractors)
 
     def score(self, mask: np.ndarray) -> dict[str, float]:
-        return f1_from_pairs(self.c.query[mask], self.same[mask], self.group_size, subset=self.rows)
+        if self.distractors == 1.0:
+            return f1_from_pairs(self.c.query[mask], self.same[mask], self.group_size, subset=self.rows)
+        q, same = self.c.query[mask], self.same[mask]
+        n = len(self.group_size)
+        hits = np.bincount(q, weights=same, minlength=n) + 1.0  # +1: the posting itself
+        n_pred = np.bincount(q, weights=same + self.distractors * (1.0 - same), minlength=n) + 1.0
+        g = self.group_size
+        if self.rows is not None:
+            hits, n_pred, g = hits[self.rows], n_pred[self.rows], g[self.rows]
+        return {"f1": float((2.0 * hits / (n_pred + g)).mean()), "precision": float((hits / n_pred).mean()),
+                "recall": float((hits / g).mean()), "rows": int(len(g))}
 
     def f1(self, mask: np.ndarray) -> float:
         return self.score(mask)["f1"]
@@ -100,7 +119,9 @@ def threshold_grid(sims: np.ndarray, n: int) -> np.ndarray:
 def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_rounds: int = 1,
          union: bool = True, min2: bool = True, fusion_weights: dict[str, float] | None = None,
          weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None,
-         folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0) -> TuneResult:
+         folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0,
+         context: ContextFn | None = None, pair_groups: Sequence[str] | None = None,
+         threads: int = DEFAULT_THREADS) -> TuneResult:
     """Tune every match setting on out-of-fold candidates.
 
     Args:
@@ -117,6 +138,10 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         folds: (N,) fold of every posting; needed by the pair model's cross-fitting.
         pair_model: learn the ``pair`` signal (see :mod:`pipeline.matching.pairs`) from the other signals.
         seed: the pair model's random state.
+        context: the pair model's :class:`~pipeline.matching.evidence.PairContext` for given settings.
+        pair_groups: the pair model's feature groups; default every group with a ``context``, and
+            ``sims`` (the one that needs none) without.
+        threads: the pair model's threads.
     """
     if rows is not None:
         full_build = build
@@ -142,13 +167,16 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         target = max(blendable, key=lambda s: curves[s].best[1])
         c, scorer = _tune_blend(build, base, labels, rows, target, blend_rounds, n_thresholds, steps, curves)
 
-    fitted = None
+    fitted, per_fold = None, {}
     if pair_model and folds is not None and _pairs_learnable(c, labels, folds):
-        c.sims[PAIR_SIGNAL], fitted = cross_fit(c, labels, folds, sorted(c.sims), seed)
+        ctx = context(base) if context is not None else None
+        groups = pair_groups if pair_groups is not None else (DEFAULT_GROUPS if ctx is not None else ("sims",))
+        c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads,
+                                                          rows)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
         t, _ = curves[PAIR_SIGNAL].best
-        steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t}
+        steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t, "groups": list(fitted.groups)}
 
     solo = {name: curves[name].best for name in c.sims}
     best_signal = max(solo, key=lambda s: solo[s][1])
@@ -165,7 +193,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         steps["min2"] = {**scorer.score(decide(c, settings, min2_rule)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings, min2_rule))
     curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, candidates=c)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold,
+                      candidates=c, rows=rows)
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -260,6 +289,79 @@ def _shift_curve(scorer: Scorer, settings: MatchSettings, min2: Min2, span: floa
     return Curve(shifts, *(np.array([r[k] for r in rows]) for k in ("f1", "precision", "recall")))
 
 
+SIZE_FACTORS = (0.25, 0.5, 2.0, 4.0, 8.0)  # gallery sizes (times the tuned one) the slopes are fitted on
+
+
+def calibrate_size(result: TuneResult, labels: np.ndarray, gallery_size: int,
+                   factors: Sequence[float] = SIZE_FACTORS, n_thresholds: int = 81) -> tuple[MatchSettings, dict]:
+    """Fit how far each tuned threshold (and the min-2 floor) should move per doubling of the gallery.
+
+    For a gallery r times as large, of other groups like the tuned ones, each query meets r times
+    the non-matches above any threshold and the same matches. So the tuned rule's thresholds are
+    tuned again, one at a time (the rule's signals fixed), with each predicted non-match counted r
+    times (:class:`Scorer` ``distractors``), for every r in ``factors``; each threshold's slope is
+    the least-squares line through its tuned value against log2(r).
+
+    Args:
+        result: a :func:`tune` result (its candidates carry the out-of-fold pair scores).
+        gallery_size: postings each tuned query was searched among (the train set for ``folds.gallery=all``).
+
+    Returns:
+        The settings with ``size_slopes`` and ``tuned_size``, and a record of the fit.
+    """
+    c, settings = result.candidates, result.settings
+    grids = {name: threshold_grid(c.sims[name], n_thresholds) for name in settings.thresholds}
+    min2 = Min2(c, settings.min2_signal) if settings.min2_on else None
+    floor_grid = threshold_grid(c.sims[settings.min2_signal], n_thresholds) if min2 is not None else None
+    points = []
+    for r in factors:
+        scorer = Scorer(c, labels, result.rows, distractors=r)
+        moved = _retune_values(scorer, settings, grids, min2, floor_grid)
+        points.append({"factor": float(r), "thresholds": moved.thresholds, "min2_floor": moved.min2_floor,
+                       "f1_tuned": scorer.f1(decide(c, settings, min2)), "f1_moved": scorer.f1(decide(c, moved, min2))})
+    x = np.log2([p["factor"] for p in points])
+    slopes = {}
+    for key in [*settings.thresholds, *(["min2_floor"] if min2 is not None else [])]:
+        base = settings.min2_floor if key == "min2_floor" else settings.thresholds[key]
+        d = np.array([(p["min2_floor"] if key == "min2_floor" else p["thresholds"][key]) - base for p in points])
+        slopes[key] = float((x * d).sum() / (x * x).sum())
+    calibrated = dataclasses.replace(settings, size_slopes=slopes, tuned_size=int(gallery_size))
+    return calibrated, {"tuned_size": int(gallery_size), "slopes": slopes, "points": points}
+
+
+def _retune_values(scorer: Scorer, settings: MatchSettings, grids: dict[str, np.ndarray], min2: Min2 | None,
+                   floor_grid: np.ndarray | None, passes: int = 2) -> MatchSettings:
+    """Coordinate ascent over the values of the rule's thresholds and floor, its signals kept."""
+    c = scorer.c
+    best = scorer.f1(decide(c, settings, min2))
+    for _ in range(passes):
+        improved = False
+        for name, grid in grids.items():
+            rest = union_mask(c, {k: v for k, v in settings.thresholds.items() if k != name})
+            s = c.sims[name]
+            for t in grid:
+                mask = rest | (s >= t)
+                if min2 is not None:
+                    mask = mask | min2.pairs(mask, settings.min2_floor)
+                f1 = scorer.f1(mask)
+                if f1 > best + 1e-9:
+                    best, improved = f1, True
+                    settings = dataclasses.replace(settings, thresholds={**settings.thresholds, name: float(t)})
+        if floor_grid is not None:
+            union = union_mask(c, settings.thresholds)
+            idx, sim = min2.lonely(union)
+            for floor in floor_grid:
+                mask = union.copy()
+                mask[idx[sim >= floor]] = True
+                f1 = scorer.f1(mask)
+                if f1 > best + 1e-9:
+                    best, improved = f1, True
+                    settings = dataclasses.replace(settings, min2_floor=float(floor))
+        if not improved:
+            break
+    return settings
+
+
 def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tune_kwargs) -> dict[str, float]:
     """An honest estimate of the tuned rule: tune on K-1 folds' queries, score the held-out fold.
 
@@ -269,19 +371,28 @@ def cross_validated(build: BuildFn, labels: np.ndarray, folds: np.ndarray, **tun
     per_fold = []
     per_posting = np.full(len(labels), np.nan)
     for fold in np.unique(folds):
-        held_out = folds == fold
-        result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
-        c = build(result.settings).subset(held_out)
-        if result.pair_model is not None:
-            c.sims[PAIR_SIGNAL] = result.pair_model.predict(c)
-        scorer = Scorer(c, labels, held_out)
-        mask = decide(c, result.settings)
-        s = scorer.score(mask)
-        per_posting[held_out] = f1_from_pairs(c.query[mask], scorer.same[mask], scorer.group_size, subset=held_out,
-                                              per_posting=True)
+        s = held_out_score(build, labels, folds, int(fold), per_posting=per_posting, **tune_kwargs)
         per_fold.append(round(s["f1"], 4))
         for key in totals:
             totals[key] += s[key] * s["rows"]
     n = len(labels)
     return {**{k: v / n for k, v in totals.items()}, "rows": n, "per_fold_f1": per_fold,
             "by_group_size": f1_by_group_size(per_posting, group_sizes(labels))}
+
+
+def held_out_score(build: BuildFn, labels: np.ndarray, folds: np.ndarray, fold: int,
+                   per_posting: np.ndarray | None = None, **tune_kwargs) -> dict[str, float]:
+    """F1, precision and recall of fold ``fold``'s postings under the rule tuned on the other folds;
+    each held-out posting's own F1 goes into ``per_posting`` when given."""
+    held_out = folds == fold
+    result = tune(build, labels, rows=~held_out, folds=folds, **tune_kwargs)
+    c = build(result.settings).subset(held_out)
+    if result.pair_model is not None:
+        context = tune_kwargs.get("context")
+        c.sims[PAIR_SIGNAL] = result.pair_model.predict(c, context(result.settings) if context else None)
+    scorer = Scorer(c, labels, held_out)
+    mask = decide(c, result.settings)
+    if per_posting is not None:
+        per_posting[held_out] = f1_from_pairs(c.query[mask], scorer.same[mask], scorer.group_size, subset=held_out,
+                                              per_posting=True)
+    return scorer.score(mask)

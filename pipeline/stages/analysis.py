@@ -34,11 +34,13 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     settings = run.tuned_settings()
     df = run.train_df()
     fold_of = run.folds(df)
-    c = run.oof_galleries(df, fold_of).candidates(settings)
+    galleries = run.oof_galleries(df, fold_of)
+    c = galleries.candidates(settings)
     labels = df["label_group"].to_numpy()
     if uses_pair_model(settings):
-        signals = load_pair_model(run.paths.pair_model, settings).signals
-        c.sims[PAIR_SIGNAL], _ = cross_fit(c, labels, fold_of, signals, run.cfg.seed)
+        saved = load_pair_model(run.paths.pair_model, settings, run.cfg.threads)
+        c.sims[PAIR_SIGNAL], _, _ = cross_fit(c, labels, fold_of, saved.signals, galleries.context(settings),
+                                              run.cfg.seed, saved.groups, run.cfg.threads)
     return pairs_frame(c, df, settings)
 
 

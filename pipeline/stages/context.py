@@ -141,7 +141,7 @@ class Run:
         m = self.cfg.match
         search = {"k": m.k, "blend_method": m.blend_method, "search_settings": SearchSettings.from_config(m)}
         return oof_galleries(fold_of, self.cfg.folds.gallery, unsupervised, learned if self.cfg.learned else None,
-                             search)
+                             search, titles=df["title"].to_numpy())
 
     def tuned_settings(self) -> MatchSettings:
         for path in (self.paths.thresholds, self.paths.tune_report):

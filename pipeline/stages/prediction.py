@@ -40,8 +40,9 @@ def predict(run_dir: str | Path, out: str | Path | None = None, data_dir: str | 
             encoders = {m: load_members(members) for m, members in test_members(run.paths.root, run.cfg).items()}
         vectors = posting_vectors(run.cfg, test, data.images_dir("test"), encoders=encoders, embeddings=embeddings,
                                   progress=progress)
-        pair_model = load_pair_model(run.paths.pair_model, settings)
-        sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model)
+        pair_model = load_pair_model(run.paths.pair_model, settings, run.cfg.threads)
+        sub = match_postings(vectors, ids, settings, run.cfg.match, pair_model=pair_model,
+                             titles=test["title"].to_numpy())
         write_submission(sub, path, ids)
         if path.resolve() == run.paths.submission.resolve():
             # The settings it was made with: a later re-tune can tell that it is stale.

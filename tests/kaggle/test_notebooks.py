@@ -119,7 +119,7 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     with pytest.raises(PackageError, match=r"pip download faiss-cpu==[\d.]+ .*--no-deps"):
         package_run(run, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    package = package_run(run, tmp_path / "package", assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn"])
+    package = package_run(run, tmp_path / "package", assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"])
     assert {p.name for p in package.iterdir()} >= {"wheels", "models", "config.yaml", "thresholds.json",
                                                    "encoders.json", "dataset-metadata.json", "manifest.json"}
     manifest = json.loads((package / "manifest.json").read_text())

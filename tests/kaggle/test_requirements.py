@@ -22,29 +22,31 @@ def test_whatever_the_pair_model_imports_must_match_its_version(monkeypatch):
     real = req._imports_of
     monkeypatch.setattr(req, "_imports_of",
                         lambda module: {"lightgbm", "numpy"} if module == req.PAIR_MODULE else real(module))
-    found, missing = req.requirements(uses_pair_model=True, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn"])
+    found, missing = req.requirements(uses_pair_model=True, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"])
     by_module = {r.module: r for r in found + missing}
     assert by_module["lightgbm"].exact and by_module["lightgbm"].version == md.version("lightgbm")
     assert by_module["lightgbm"] in missing  # Kaggle's own copy may be another version: a wheel is needed
     assert not by_module["numpy"].exact  # array libraries bind no file format
     assert not by_module["sklearn"].exact  # still imported (TF-IDF), no longer by the pair model
-    _, missing = req.requirements(uses_pair_model=False, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn"])
+    _, missing = req.requirements(uses_pair_model=False, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"])
     assert missing == []
 
 
 def test_missing_libraries_are_listed_with_a_pip_download_command():
     found, missing = req.requirements(uses_pair_model=True)
     names = {r.dist.lower() for r in missing}
-    assert {"faiss-cpu", "imagehash", "scikit-learn"} <= names  # sklearn: the pickled pair model needs its version
+    # lightgbm is in Kaggle's image, but the pair model's trees need the version that wrote them
+    assert {"faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz", "lightgbm"} <= names
     message = req.missing_message(missing)
     assert f"faiss-cpu=={md.version('faiss-cpu')}" in message and "--no-deps -d WHEELS_DIR" in message
     assert "--wheels WHEELS_DIR" in message and "--assume-installed" in message
     # A wheel of the right name (any version) covers a library; the pair model's needs its exact version.
     wheels = [f"faiss_cpu-{md.version('faiss-cpu')}-cp311-cp311-manylinux_2_28_x86_64.whl",
-              "ImageHash-4.0-py2.py3-none-any.whl", "scikit_learn-0.1-cp311-cp311-linux_x86_64.whl",
-              "sparse_dot_topn-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl"]
+              "ImageHash-4.0-py2.py3-none-any.whl", "lightgbm-0.1-py3-none-manylinux_2_28_x86_64.whl",
+              "sparse_dot_topn-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+              "rapidfuzz-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"]
     _, missing = req.requirements(uses_pair_model=True, wheels=wheels)
-    assert [r.dist.lower() for r in missing] == ["scikit-learn"]
+    assert [r.dist.lower() for r in missing] == ["lightgbm"]
     _, missing = req.requirements(uses_pair_model=False, wheels=wheels)
     assert missing == []
 

@@ -65,3 +65,10 @@ def test_unsupervised_searches_are_shared_by_every_fold_and_learned_ones_are_not
 def test_without_learned_signals_every_fold_is_one_gallery(data):
     oof = make(data, "all", learned=False)
     assert len(oof.galleries) == 1 and len(oof.galleries[0].queries) == len(data[1])
+
+
+
+@pytest.mark.parametrize("mode", ["all", "fold"])
+def test_gallery_size_is_what_each_query_was_searched_among(data, mode):
+    oof = make(data, mode)
+    assert oof.gallery_size == (len(data[1]) if mode == "all" else round(len(data[1]) / 3))

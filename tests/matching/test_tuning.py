@@ -11,7 +11,7 @@ import pytest
 from pipeline.data.folds import make_folds
 from pipeline.matching.candidates import Candidates
 from pipeline.matching.decide import MatchSettings, Min2, decide
-from pipeline.matching.tuning import Scorer, _coordinate_ascent, _tune_min2, threshold_grid, tune
+from pipeline.matching.tuning import Scorer, _coordinate_ascent, _tune_min2, calibrate_size, threshold_grid, tune
 from pipeline.metric import f1_from_sets
 
 
@@ -101,3 +101,44 @@ def test_folds_never_split_a_group(n_splits, seed):
     for label in np.unique(labels):
         assert len(np.unique(folds[labels == label])) == 1
     assert sorted(np.unique(folds)) == list(range(n_splits))
+
+
+def test_settings_move_with_the_gallery_size_and_survive_json():
+    s = MatchSettings(thresholds={"a": 0.5, "b": 0.8}, min2_signal="a", min2_floor=0.3,
+                      size_slopes={"a": 0.02, "min2_floor": -0.01}, tuned_size=1000)
+    assert s.at_size(1000) is s
+    big = s.at_size(4000)  # two doublings
+    assert big.thresholds == pytest.approx({"a": 0.54, "b": 0.8}) and big.min2_floor == pytest.approx(0.28)
+    assert s.at_size(500).thresholds["a"] == pytest.approx(0.48)
+    assert s.at_size(10**9).thresholds["a"] == pytest.approx(0.5 + 0.02 * 3)  # the extrapolation stops
+    assert MatchSettings.from_dict(s.to_dict()) == s
+    old = {k: v for k, v in s.to_dict().items() if k not in ("size_slopes", "tuned_size")}
+    assert MatchSettings.from_dict(old).at_size(4000).thresholds == s.thresholds  # files from before: no move
+
+
+def test_weighted_distractors_match_a_gallery_with_copies_of_its_other_groups():
+    """Scoring non-matches twice is exactly the metric on a gallery where every non-match a query
+    predicts has a twin from a copied group."""
+    c, labels = tiny_candidates(0, n=18)
+    mask = (c.sims["a"] >= 0.5)
+    weighted = Scorer(c, labels, distractors=2.0).score(mask)
+    same = labels[c.query] == labels[c.match]
+    twin = c.match + c.n  # each predicted non-match gets a second, copied one
+    q = np.r_[c.query[mask], c.query[mask & ~same]]
+    m = np.r_[c.match[mask], twin[mask & ~same]]
+    all_labels = np.r_[labels, labels + labels.max() + 1]  # the copies are other groups
+    pred = [{i} | set(m[q == i].tolist()) for i in range(c.n)]
+    true = [set(np.flatnonzero(all_labels == labels[i]).tolist()) for i in range(c.n)]
+    reference = f1_from_sets(pred, true)
+    assert weighted["f1"] == pytest.approx(reference["f1"]) and weighted["precision"] == pytest.approx(reference["precision"])
+
+
+def test_size_calibration_raises_thresholds_for_larger_galleries():
+    c, labels = tiny_candidates(3, n=60)
+    result = tune(lambda s: c, labels, n_thresholds=41, blend_rounds=0)
+    settings, fit = calibrate_size(result, labels, gallery_size=60, n_thresholds=41)
+    assert settings.tuned_size == 60 and settings.thresholds == result.settings.thresholds
+    assert set(settings.size_slopes) == set(settings.thresholds) | ({"min2_floor"} if settings.min2_on else set())
+    assert sum(settings.size_slopes.values()) > 0  # more distractors: stricter
+    for p in fit["points"]:  # each moved rule is at least as good as the tuned one at its size
+        assert p["f1_moved"] >= p["f1_tuned"] - 1e-12

@@ -22,7 +22,7 @@ def test_bench_reports_every_step_and_memory():
 
 
 def test_bench_with_the_pair_model():
-    out = run_bench(n=600, dim=16, k=10, pair=True)
+    out = run_bench(n=600, dim=16, k=10, pair=True, pair_fit_n=600)
     assert out["pair_model"] is True and out["seconds"]["pair_model"] > 0
 
 

@@ -19,7 +19,7 @@ from pipeline.paths import RunPaths
 
 COMMON = ["folds.n_splits=2", "match.cv_estimate=true", "match.k=20", "text.embed_dim=16", "text.train.epochs=1",
           "text.train.num_workers=0", "text.train.batch_size=8", "baseline_untrained=false"]
-ASSUMED = ["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn"]
+ASSUMED = ["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"]
 
 
 def matches(path) -> dict:

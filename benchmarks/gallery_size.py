@@ -1,0 +1,347 @@
+"""Match quality against gallery size, on groups the tuning never saw (issue 11).
+
+The protocol: split the labelled postings' groups in two parts (``--tune-share`` of the groups,
+the rest). Tune on the first part's out-of-fold candidates (GroupKFold, as the tune stage does),
+then match the second part with the one predict path (:func:`pipeline.matching.predict.match_postings`):
+as one gallery, and as sub-galleries of 0.5x to 4x the tuning gallery's size made of sampled
+groups (``--repeats`` draws each, the same draws for every variant). Prints one JSON line per
+split seed and a table (F1, precision, recall per variant and size), and writes the plot.
+
+Variants (``--variants``), each tuned on the same galleries:
+  before    today's rule: the pair model on the similarity features only, no size calibration;
+  pair      the pair model on every feature group, no size calibration;
+  after     every feature group, thresholds moved with the gallery's size (``calibrate_size``).
+
+    python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
+
+With the title encoder: write the split as a data folder, train a run on its first part (the
+test.csv of that folder is the other part), then point ``--text-run`` at it. The first part's
+out-of-fold vectors come from the run's fold models, the other part's from its ``full`` model
+(``--test-embed full``) or the mean of its fold models (``folds``, embedded here and cached):
+
+    python -m benchmarks.gallery_size split --tune-share 0.333 --seed 0 --out runs/gs/split_s0
+    python -m pipeline run --data runs/gs/split_s0 --out runs/gs/text_s0 --modalities text \\
+        baseline_untrained=false match.cv_estimate=false
+    python -m benchmarks.gallery_size --modalities text --text-run runs/gs/text_s0 --tune-share 0.333 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import PAIR_FEATURE_GROUPS, Config, load_config
+from pipeline.data.contract import read_postings
+from pipeline.data.folds import make_folds
+from pipeline.matching.oof import OofGalleries, oof_galleries
+from pipeline.matching.predict import match_postings
+from pipeline.matching.signals import unsupervised_vectors
+from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune
+from pipeline.metric import f1_from_sets, true_sets_from_labels
+
+SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+VARIANTS = {"before": (["sims"], False), "pair": (list(PAIR_FEATURE_GROUPS), False),
+            "after": (list(PAIR_FEATURE_GROUPS), True)}
+
+
+def split_groups(labels: np.ndarray, tune_share: float, seed: int) -> np.ndarray:
+    """(N,) bool: the postings of the tuning part, a ``tune_share`` of the groups drawn at random."""
+    groups = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(groups, size=max(2, round(tune_share * len(groups))), replace=False)
+    return np.isin(labels, chosen)
+
+
+def sample_groups(labels: np.ndarray, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted row indices of whole groups, drawn in random order until about ``n_rows`` rows."""
+    groups = rng.permutation(np.unique(labels))
+    sizes = pd.Series(labels).value_counts().reindex(groups).to_numpy()
+    stop = int(np.searchsorted(np.cumsum(sizes), n_rows)) + 1
+    return np.flatnonzero(np.isin(labels, groups[:stop]))
+
+
+def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
+                     oof_text: Mapping[int, np.ndarray] | None) -> OofGalleries:
+    """The out-of-fold galleries of ``df``, as ``folds.gallery`` says (``all``: every fold searched among
+    all of ``df``; ``fold``: among its own postings only, none of which its model saw)."""
+    m = cfg.match
+    search = {"k": m.k, "batch_size": m.batch_size, "index": m.index, "blend_method": m.blend_method}
+
+    def unsupervised(rows: np.ndarray) -> dict[str, Any]:
+        return unsupervised_vectors(cfg, df.iloc[rows])
+
+    def learned(fold: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"text": np.asarray(oof_text[fold])[rows]}
+
+    return oof_galleries(fold_of, cfg.folds.gallery, unsupervised, learned if oof_text is not None else None, search,
+                         titles=df["title"].to_numpy())
+
+
+def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, groups: list[str],
+                 calibrate: bool, seed: int, cv: bool) -> tuple[TuneResult, dict]:
+    """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
+    m = cfg.match
+    kwargs = dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
+                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=groups, threads=1)
+    result = tune(galleries.candidates, labels, folds=fold_of, **kwargs)
+    figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
+    if cv:
+        figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
+    if calibrate:
+        result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=m.n_thresholds)
+        figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
+    return result, figures
+
+
+def match_part(cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarray | None) -> dict[str, float]:
+    """Match ``df`` as one gallery with the tuned rule; F1, precision and recall against its labels."""
+    vectors = unsupervised_vectors(cfg, df)
+    if text is not None:
+        vectors["text"] = text
+    ids = df["posting_id"].to_numpy()
+    sub = match_postings(vectors, ids, result.settings, cfg.match, pair_model=result.pair_model,
+                         titles=df["title"].to_numpy())
+    pred = [set(s.split()) for s in sub["matches"]]
+    truth = true_sets_from_labels(ids, df["label_group"].to_numpy())
+    return _prf(f1_from_sets(pred, [truth[i] for i in sub["posting_id"]]))
+
+
+def _prf(d: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(float(d[k]), 4) for k in ("f1", "precision", "recall")}
+
+
+def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
+    """The ceiling at a gallery's size: the rule tuned on that gallery's own out-of-fold candidates
+    (every feature group) and scored on them, in-sample."""
+    labels = df["label_group"].to_numpy()
+    fold_of = make_folds(labels, cfg.folds.n_splits, seed)
+    galleries = tuning_galleries(cfg, df, fold_of, None)
+    _, figures = tune_variant(cfg, galleries, labels, fold_of, list(PAIR_FEATURE_GROUPS), False, seed, False)
+    return figures["oof"]
+
+
+def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],
+                 text: "TextVectors | None" = None, cv: bool = False, oracle: bool = False) -> dict[str, Any]:
+    """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
+    labels = df["label_group"].to_numpy()
+    part_a = split_groups(labels, tune_share, seed)
+    a, b = df[part_a].reset_index(drop=True), df[~part_a].reset_index(drop=True)
+    a_labels = a["label_group"].to_numpy()
+    fold_of = make_folds(a_labels, cfg.folds.n_splits, seed)
+    if text is not None:
+        text.check(a, b)
+        fold_of = text.folds  # the folds its fold models were trained on: out-of-fold means those
+    galleries = tuning_galleries(cfg, a, fold_of, text.oof if text is not None else None)
+    out: dict[str, Any] = {"seed": seed, "tune_rows": len(a), "test_rows": len(b), "variants": {}}
+    tuned = {}
+    for name in variants:
+        t0 = time.perf_counter()
+        groups, calibrate = VARIANTS[name]
+        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, groups, calibrate, seed, cv)
+        out["variants"][name] = {**figures, "tune_seconds": round(time.perf_counter() - t0, 1)}
+    b_text = text.test if text is not None else None
+    for name, result in tuned.items():
+        out["variants"][name]["whole"] = {"size": round(len(b) / len(a), 2), **match_part(cfg, b, result, b_text)}
+    rng = np.random.default_rng(seed + 1)
+    b_labels = b["label_group"].to_numpy()
+    for mult in SIZES:
+        n_rows = int(round(mult * len(a)))
+        if n_rows > len(b):
+            continue
+        draws = [sample_groups(b_labels, n_rows, rng) for _ in range(repeats)]
+        if oracle and text is None and mult == 2.0:
+            out["oracle_2x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
+        for name, result in tuned.items():
+            runs = [match_part(cfg, b.iloc[rows].reset_index(drop=True), result,
+                               None if b_text is None else b_text[rows]) for rows in draws]
+            out["variants"][name].setdefault("sizes", []).append(
+                {"size": mult, **{k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]},
+                 "f1_std": round(float(np.std([r["f1"] for r in runs])), 4)})
+    return out
+
+
+@dataclasses.dataclass
+class TextVectors:
+    """The title encoder's vectors from a run trained on the tuning part (see the module's doc).
+
+    Attributes:
+        oof: fold -> (A, D) the tuning part embedded by that fold's model (the run's OOF galleries).
+        test: (B, D) the other part, embedded by the full model or the mean of the fold models.
+        train_ids, test_ids: the postings those rows belong to, checked against the split.
+    """
+
+    oof: dict[int, np.ndarray]
+    test: np.ndarray
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    folds: np.ndarray  # (A,) the run's fold of each tuning-part posting
+
+    def check(self, a: pd.DataFrame, b: pd.DataFrame) -> None:
+        if not (np.array_equal(a["posting_id"].to_numpy(), self.train_ids)
+                and np.array_equal(b["posting_id"].to_numpy(), self.test_ids)):
+            raise SystemExit("--text-run was trained on another split: use the same --tune-share and seed as `split`")
+
+
+def load_text(run_dir: Path, test_embed: str) -> TextVectors:
+    """The run's OOF text vectors and the test vectors by ``full`` or by the mean of the fold models."""
+    from pipeline.stages.context import open_run
+
+    run = open_run(run_dir)
+    train, test = run.train_df(), run.test_df()
+    fold_of = run.folds(train)
+    folds = np.unique(fold_of)
+    train_ids, test_ids = train["posting_id"].to_numpy(), test["posting_id"].to_numpy()
+    oof = {int(f): np.asarray(run.embeddings("text", f"oof_fold{f}", train_ids)) for f in folds}
+    if test_embed == "full":
+        vectors = np.asarray(run.embeddings("text", "test", test_ids))
+    else:
+        vectors = _fold_mean(run, test, folds, run_dir / "fold_mean_test.npy")
+    return TextVectors(oof, vectors, train_ids, test_ids, fold_of)
+
+
+def _fold_mean(run, test: pd.DataFrame, folds: np.ndarray, cache: Path) -> np.ndarray:
+    """The test titles embedded by every fold model, averaged and L2-normalised."""
+    total = sum(_fold_embeddings(run, test, folds, cache.parent / "fold_test"))
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _fold_embeddings(run, test: pd.DataFrame, folds: np.ndarray, cache_dir: Path) -> list[np.ndarray]:
+    """The test titles embedded by each fold model (cached in ``cache_dir``)."""
+    from pipeline.data.contract import encoder_inputs
+    from pipeline.models.encoders import load_encoder
+    from pipeline.training.embedding import embed_items
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in folds:
+        path = cache_dir / f"fold{int(f)}.npy"
+        if not path.exists():
+            enc = load_encoder(run.model_file("text", int(f)))
+            x = embed_items(enc, encoder_inputs("text", test, run.data.images_dir("test")), batch_size=64,
+                            progress=False)
+            np.save(path, np.asarray(x, np.float32))
+        out.append(np.load(path))
+    return out
+
+
+def write_split(data: Path, tune_share: float, seed: int, out: Path) -> None:
+    """A data folder whose train.csv is the tuning part and test.csv the other part (labels apart)."""
+    df = read_postings(data, labelled=True)
+    part_a = split_groups(df["label_group"].to_numpy(), tune_share, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    df[part_a].to_csv(out / "train.csv", index=False)
+    df[~part_a].drop(columns="label_group").to_csv(out / "test.csv", index=False)
+    df[~part_a][["posting_id", "label_group"]].to_csv(out / "test_truth.csv", index=False)
+    print(f"{part_a.sum()} tuning rows, {(~part_a).sum()} other rows -> {out}")
+
+
+def table(results: list[dict]) -> str:
+    """Mean over split seeds: per variant, OOF, CV, the whole other part and each size."""
+    lines = ["variant  | gallery  | F1     | precision | recall | (mean over seeds)"]
+    for name in results[0]["variants"]:
+        rows = [r["variants"][name] for r in results]
+
+        def mean(get) -> str:
+            vals = [get(r) for r in rows]
+            return " | ".join(f"{np.mean([v[k] for v in vals]):.4f}" for k in ("f1", "precision", "recall"))
+
+        lines.append(f"{name:8} | OOF 1x   | {mean(lambda r: r['oof'])}")
+        if "cv" in rows[0]:
+            lines.append(f"{name:8} | CV 1x    | {mean(lambda r: r['cv'])}")
+        lines.append(f"{name:8} | whole {np.mean([r['whole']['size'] for r in rows]):.1f}x | "
+                     f"{mean(lambda r: r['whole'])}")
+        for i, s in enumerate(rows[0].get("sizes", [])):
+            if all(len(r.get("sizes", [])) > i for r in rows):
+                lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r: r['sizes'][i])}")
+    if all("oracle_2x" in r for r in results):
+        lines.append("ceiling  | 2.0x own | " + " | ".join(
+            f"{np.mean([r['oracle_2x'][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
+            + "  (tuned in-sample on one 2x draw)")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, title: str) -> Path:
+    from matplotlib.figure import Figure
+
+    from pipeline.io import save_figure
+
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, key in zip(axes, ("f1", "precision", "recall")):
+        for name in results[0]["variants"]:
+            rows = [r["variants"][name] for r in results]
+            n = min(len(r.get("sizes", [])) for r in rows)
+            x = [1.0] + [rows[0]["sizes"][i]["size"] for i in range(n)]
+            y = [np.mean([r["oof"][key] for r in rows])] + [np.mean([r["sizes"][i][key] for r in rows]) for i in range(n)]
+            line = ax.plot(x[1:], y[1:], marker="o", label=f"{name}: unseen groups")[0]
+            ax.plot([1.0], [y[0]], marker="*", markersize=12, color=line.get_color(), linestyle="none",
+                    label=f"{name}: out-of-fold (tuning part)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([0.5, 1, 2, 3, 4], ["0.5x", "1x", "2x", "3x", "4x"])
+        ax.set_xlabel("gallery size / tuning gallery size")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["split"]:
+        p = argparse.ArgumentParser(prog="python -m benchmarks.gallery_size split")
+        p.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"))
+        p.add_argument("--tune-share", type=float, default=1 / 3)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", type=Path, required=True)
+        a = p.parse_args(argv[1:])
+        write_split(a.data, a.tune_share, a.seed, a.out)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"), help="labelled postings CSV")
+    parser.add_argument("--modalities", default="tfidf,phash")
+    parser.add_argument("--tune-share", type=float, default=0.2, help="share of the groups tuned on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one group split per seed")
+    parser.add_argument("--repeats", type=int, default=3, help="sampled sub-galleries per size")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--cv", action="store_true", help="also the cross-validated figure of the tuning part")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also tune on the first 2x draw itself (in-sample: the ceiling at that size)")
+    parser.add_argument("--text-run", type=Path, default=None, help="run trained on the tuning part (see above)")
+    parser.add_argument("--test-embed", default="full", choices=["full", "folds"])
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.txt and the plot")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(None, [f"modalities=[{args.modalities}]", *args.overrides])
+    df = read_postings(args.data, labelled=True)
+    if ("text" in cfg.modalities) != (args.text_run is not None):
+        parser.error("the text modality and --text-run go together")
+    text = load_text(args.text_run, args.test_embed) if args.text_run is not None else None
+    results = []
+    for seed in args.seeds:
+        results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,
+                                    args.oracle))
+        print(json.dumps(results[-1]), flush=True)
+    print(table(results))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        (args.out / "table.txt").write_text(table(results) + "\n")
+        title = (f"{args.modalities}: tuned on {args.tune_share:.0%} of the dev groups, matched on the others "
+                 f"(seeds {args.seeds}, {args.repeats} draws per size)")
+        print(f"plot: {plot(results, args.out / 'gallery_size.png', title)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

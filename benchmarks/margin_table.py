@@ -1,0 +1,79 @@
+"""The margin table (issue 11): what each ArcFace margin setting adds to the title encoder alone.
+
+Each run folder holds the title encoder's fold models trained with one head setting (ramped margin,
+sub-centres, ...) on the same folds, and their out-of-fold embeddings. For each, the text signal
+alone (its threshold, neighbourhood blending and min-2; no pair model, no other signal) is tuned on
+K-1 folds and scored on the held-out fold. A default is chosen on the held-out F1 of the first
+folds (``--choose-folds``) and reported on the others, which did not choose it.
+
+    python -m benchmarks.margin_table base=/work/runs/dev_text m08=/work/runs/quality_m08 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.matching.tuning import cross_validated
+
+
+def text_alone_cv(run_dir: Path) -> dict:
+    from pipeline.stages.context import open_run
+
+    run = open_run(run_dir)
+    cfg = dataclasses.replace(run.cfg, modalities=["text"])
+    text_run = dataclasses.replace(run, cfg=cfg)
+    df = text_run.train_df()
+    fold_of = text_run.folds(df)
+    galleries = text_run.oof_galleries(df, fold_of)
+    m = cfg.match
+    cv = cross_validated(galleries.candidates, df["label_group"].to_numpy(), fold_of, n_thresholds=m.n_thresholds,
+                         blend_rounds=m.blend_rounds, union=m.union, min2=m.min2, pair_model=False)
+    head = cfg.text.head
+    return {"margin_rad": head.margin_rad, "margin_start_rad": head.margin_start_rad,
+            "warmup_epochs": head.margin_warmup_epochs, "subcenters": head.subcenters, "head_lr": cfg.text.train.head_lr,
+            "f1": round(cv["f1"], 4), "precision": round(cv["precision"], 4), "recall": round(cv["recall"], 4),
+            "per_fold_f1": cv["per_fold_f1"], "fold_rows": [int((fold_of == f).sum()) for f in np.unique(fold_of)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="name=RUN_DIR", help="the first one is the baseline")
+    parser.add_argument("--choose-folds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    rows = {}
+    for item in args.runs:
+        name, _, path = item.partition("=")
+        rows[name] = text_alone_cv(Path(path))
+        print(json.dumps({"run": name, **rows[name]}), flush=True)
+    base = next(iter(rows))
+    pick = np.isin(np.arange(len(rows[base]["per_fold_f1"])), args.choose_folds)
+
+    def mean(row: dict, mask: np.ndarray) -> float:
+        f1, w = np.array(row["per_fold_f1"]), np.array(row["fold_rows"], float)
+        return float((f1[mask] * w[mask]).sum() / w[mask].sum())
+
+    print("run      | margin (start->end, warm-up) | K | CV F1  | P      | R      | F1 folds "
+          f"{args.choose_folds} (choose) | F1 other folds | gain other folds")
+    for name, r in rows.items():
+        print(f"{name:8} | {r['margin_start_rad']:.1f}->{r['margin_rad']:.1f} rad, {r['warmup_epochs']:.0f} ep | "
+              f"{r['subcenters']} | {r['f1']:.4f} | {r['precision']:.4f} | {r['recall']:.4f} | "
+              f"{mean(r, pick):.4f} | {mean(r, ~pick):.4f} | {mean(r, ~pick) - mean(rows[base], ~pick):+.4f}")
+    chosen = max(rows, key=lambda k: mean(rows[k], pick))
+    print(f"chosen on folds {args.choose_folds}: {chosen}; on the other folds it gains "
+          f"{mean(rows[chosen], ~pick) - mean(rows[base], ~pick):+.4f} F1 over {base}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": rows, "chosen": chosen}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

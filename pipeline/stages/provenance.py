@@ -104,8 +104,8 @@ def data_fingerprint(data: Dataset, images: bool) -> str:
         for split in ("train", "test"):
             folder = data.images_dir(split)
             if folder.is_dir():
-                with os.scandir(folder) as it:
-                    for name, size in sorted((e.name, e.stat().st_size) for e in it):
+                with os.scandir(folder) as it:  # hidden files (.DS_Store ...) are no images
+                    for name, size in sorted((e.name, e.stat().st_size) for e in it if not e.name.startswith(".")):
                         h.update(f"{split}/{name}\0{size}\0".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 

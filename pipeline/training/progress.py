@@ -52,7 +52,7 @@ class EpochLog:
         line = f"{self.label} epoch {row['epoch']}/{self.epochs}: {', '.join(parts)}, {seconds:.1f}s; ETA {format_duration(left)}"
         if self.later_row_epochs > 0:
             everything = left + per_epoch / self.rows * self.later_row_epochs
-            line += f" for this model, {format_duration(everything)} for all"
+            line += f" for this model, {format_duration(everything)} for the stage"
         if self.enabled:
             log.info("%s", line)
         return line

@@ -366,7 +366,7 @@ def test_each_epoch_logs_one_line_with_loss_f1_seconds_and_eta(tiny_synth, tiny_
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training"]
     assert len(lines) == 3
     pattern = (r"text fold0 epoch (\d)/3: loss \d+\.\d{4}, val_top1 [01]\.\d{4}, \d+\.\ds; "
-               r"ETA (\d+)s for this model, (\d+)s for all")
+               r"ETA (\d+)s for this model, (\d+)s for the stage")
     for k, (line, row) in enumerate(zip(lines, result["history"], strict=True), start=1):
         match = re.fullmatch(pattern, line)
         assert match, line

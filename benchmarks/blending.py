@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import DEV_CSV
 from pipeline.matching.candidates import Candidates, build_candidates
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.fusion import BLENDABLE_SIGNALS, gallery_neighbours
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.pair_features import galleries_from_csv, galleries_from_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"))
+    parser.add_argument("--data", type=Path, default=DEV_CSV)
     parser.add_argument("--modalities", default="tfidf,phash")
     parser.add_argument("--run", type=Path, default=None)
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])

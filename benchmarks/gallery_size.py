@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from benchmarks import DEV_CSV
 from pipeline.config import PAIR_FEATURE_GROUPS, Config, load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["split"]:
         p = argparse.ArgumentParser(prog="python -m benchmarks.gallery_size split")
-        p.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"))
+        p.add_argument("--data", type=Path, default=DEV_CSV)
         p.add_argument("--tune-share", type=float, default=1 / 3)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, required=True)
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         write_split(a.data, a.tune_share, a.seed, a.out)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"), help="labelled postings CSV")
+    parser.add_argument("--data", type=Path, default=DEV_CSV, help="labelled postings CSV")
     parser.add_argument("--modalities", default="tfidf,phash")
     parser.add_argument("--tune-share", type=float, default=0.2, help="share of the groups tuned on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one group split per seed")

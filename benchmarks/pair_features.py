@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import DEV_CSV
 from pipeline.config import load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
@@ -74,7 +75,7 @@ def _tune_kwargs(cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/devdata/train.csv"))
+    parser.add_argument("--data", type=Path, default=DEV_CSV)
     parser.add_argument("--modalities", default="tfidf,phash")
     parser.add_argument("--run", type=Path, default=None, help="use this run folder's out-of-fold galleries instead")
     parser.add_argument("--sets", default="add", choices=["add", "drop", "both"],

@@ -119,7 +119,7 @@ class RunPaths(_Folder):
 
     @property
     def threshold_plot(self) -> Path:
-        return self.plots / "threshold_f1.png"
+        return self.plot("threshold_f1")
 
     @property
     def embeddings_dir(self) -> Path:
@@ -179,7 +179,7 @@ class RunPaths(_Folder):
         if stage.startswith("train-") or stage == "prepare":
             return []
         if stage == "tune":
-            return [*self.stage_files(stage), *[p for p in [self.tune_report, self.threshold_plot] if p.exists()]]
+            return self.stage_files(stage) + [p for p in (self.tune_report, self.threshold_plot) if p.exists()]
         return [self.embeddings_dir] if stage == "embed" else self.stage_files(stage)
 
 

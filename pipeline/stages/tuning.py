@@ -91,7 +91,7 @@ def _write_tuning(run: Run, result, report: dict[str, Any]) -> None:
     if report["overrides"]:
         io.write_text(dump_config(run.cfg), run.paths.config)
         log.info("[tune] config.yaml updated with %s", " ".join(report["overrides"]))
-    io.save_figure(plot_threshold_f1(result.curves, dict(result.settings.thresholds)), run.paths.plot("threshold_f1"))
+    io.save_figure(plot_threshold_f1(result.curves, dict(result.settings.thresholds)), run.paths.threshold_plot)
     made_with = run.manifest.get("submission_settings")
     stale = made_with != settings_digest(new) if made_with else old is not None and old != new
     if run.paths.submission.exists() and stale:

@@ -155,7 +155,7 @@ def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
     return _l2(np.asarray(out, dtype=np.float32))
 
 
-def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbours:
+def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: int = 1) -> Neighbours:
     """One round of neighbourhood blending and the search after it, computed on the top-k graph.
 
     Blending gives u_i = sum_j w_ij x_j, so u_i . u_j = (W S W^T)_ij with S = X X^T. Here S is
@@ -165,8 +165,11 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
 
     No vectors are needed, so a round costs a few sparse products instead of a search: blending
     TF-IDF rows fills them with their neighbours' terms, and searching with those rows costs
-    many times the first search. ``block`` rows of P exist at a time.
+    many times the first search. The last product keeps only each row's best k as it goes
+    (sparse_dot_topn, ``threads`` threads), so no block of P is ever held or sorted whole.
     """
+    from sparse_dot_topn import sp_matmul_topn
+
     n, k = len(nb), nb.k
     have = (nb.idx >= 0).ravel()
     rows = np.repeat(np.arange(n), k)[have]
@@ -174,25 +177,27 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096) -> Neighbou
     s = s.maximum(s.T)
     s = sp.csr_matrix(s - sp.diags(s.diagonal()) + sp.eye(n, dtype=np.float32, format="csr"))
     w = _blend_weights(nb, threshold)
-    wt = sp.csr_matrix(w.T)
-    # |u_i|^2 = (W S W^T)_ii, a block of rows at a time like P itself.
+    # |u_i|^2 = (W S W^T)_ii, a block of rows at a time.
     norm = np.concatenate([
         np.asarray((w[i : i + block] @ s).multiply(w[i : i + block]).sum(axis=1)).ravel() for i in range(0, n, block)
     ])
-    norm = np.sqrt(np.maximum(norm, 1e-12))
+    norm = np.sqrt(np.maximum(norm, 1e-12)).astype(np.float32)
+    # Dividing column j of W^T by |u_j| makes each row of the product P_ij / |u_j|, whose order
+    # within the row is the cosine's: the top-n product can then pick the candidates.
+    wt = sp.csr_matrix(w.T @ sp.diags(1.0 / norm), dtype=np.float32)
     idx = np.full((n, k), -1, dtype=np.int64)
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, block):
-        p = sp.csr_matrix(w[start : start + block] @ s @ wt)
-        p.sort_indices()  # so that a stable sort leaves ties by index, with one sort key fewer
-        row = np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
-        cos = p.data / (norm[start + row] * norm[p.indices])
-        ranked = rank_within(row, cos)  # most similar first, ties by index
-        kept = ranked.rank < k
-        top, rank = ranked.order[kept], ranked.rank[kept]
-        idx[start + row[top], rank] = p.indices[top]
-        sim[start + row[top], rank] = cos[top]
-    return Neighbours(idx, sim)
+        # threshold -inf: with sort=True and no threshold, sparse_dot_topn 1.2 drops negative entries.
+        p = sp_matmul_topn(w[start : start + block] @ s, wt, top_n=min(n, k), threshold=-np.inf, sort=True,
+                           n_threads=threads)
+        counts = np.diff(p.indptr)
+        row = np.repeat(np.arange(p.shape[0]), counts)
+        rank = np.arange(p.nnz) - np.repeat(p.indptr[:-1], counts)
+        idx[start + row, rank] = p.indices
+        sim[start + row, rank] = p.data / norm[start + row]
+    order = np.lexsort((idx, -sim), axis=1)  # equal cosines by index, as a search ranks them
+    return Neighbours(np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1))
 
 
 def _blend_weights(nb: Neighbours, threshold: float) -> sp.csr_matrix:
@@ -287,7 +292,7 @@ def _blended(vectors: Mapping[str, Any], target: str, nb: Neighbours, settings: 
              k: int, search_settings: SearchSettings) -> Neighbours:
     if method == "graph":
         for _ in range(settings.blend_rounds):
-            nb = graph_blend(nb, settings.blend_threshold)
+            nb = graph_blend(nb, settings.blend_threshold, threads=search_settings.n_threads)
         return nb
     x = vectors[target].array() if target == "concat" else vectors[target]
     for _ in range(settings.blend_rounds):

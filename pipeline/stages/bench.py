@@ -106,7 +106,7 @@ def run_bench(n: int, dim: int = 512, k: int = 50, index: str = "auto", seed: in
         "dim": dim,
         "k": k,
         "index": index,
-        **{key: getattr(cfg.match, key) for key in ("nprobe", "ef_search", "threads")},
+        **{key: getattr(cfg.match, key) for key in ("nprobe", "ef_search", "hnsw_fp16", "threads")},
         "pair_model": pair,
         "tfidf": tfidf,
         "blend_method": blend_method,

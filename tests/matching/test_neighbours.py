@@ -35,6 +35,17 @@ def test_approximate_indexes_find_most_neighbours(index):
     assert recall > 0.8
 
 
+def test_hnsw_in_float16_lists_exact_cosines_best_first_and_finds_what_float32_storage_finds():
+    x = _unit(np.random.default_rng(2).standard_normal((1500, 16)).astype(np.float32))
+    fp16 = dense_knn(x, k=10, settings=SearchSettings(index="hnsw", hnsw_fp16=True))
+    fp32 = dense_knn(x, k=10, settings=SearchSettings(index="hnsw", hnsw_fp16=False))
+    listed = np.einsum("nd,nkd->nk", x, x[fp16.idx])
+    np.testing.assert_allclose(fp16.sim, listed, atol=1e-6)  # rescored with the float32 vectors
+    assert (np.diff(fp16.sim, axis=1) <= 0).all()
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(fp16.idx, fp32.idx)])
+    assert overlap > 0.98
+
+
 def test_k_is_capped_at_n():
     x = _unit(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
     assert dense_knn(x, k=50).k == 5

@@ -71,7 +71,7 @@ def concat_embeddings(vectors: Mapping[str, np.ndarray], weights: Mapping[str, f
 
 
 def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neighbours], weights: Mapping[str, float],
-                     k: int, floor: float = -np.inf) -> Neighbours:
+                     k: int, floor: float = -np.inf, block: int = 65536) -> Neighbours:
     """Top-k by the fused cosine sum_m w_m cos_m / sum_m w_m, from the union of the per-modality lists.
 
     The fused cosine of a pair is what the concatenation's inner product gives
@@ -89,6 +89,8 @@ def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neig
         vectors: (N, D_m) embeddings per dense modality.
         lists: the modalities' top-k neighbours.
         floor: pairs below this fused cosine may be left out.
+        block: query rows fused at a time; memory grows with it, not with N (one pass over a
+            million postings' lists held 16 GB at its peak).
     """
     names = [m for m in DENSE_SIGNALS if m in vectors]
     w = np.array([float(weights.get(m, 1.0)) for m in names], dtype=np.float64)
@@ -96,18 +98,28 @@ def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neig
         raise ValueError(f"fusion weights {dict(zip(names, w))} must be non-negative with a positive sum")
     w /= w.sum()
     n = len(lists[names[0]])
-    rows, cols, known = _union_of_lists([lists[m] for m in names], n)  # known: (P, M), nan where unlisted
+    k = min(k, n)
+    norms = {m: np.sqrt(pair_dots(vectors[m], np.arange(n), np.arange(n))) for m, wm in zip(names, w) if wm > 0}
     kth = np.stack([np.where(np.isfinite(lists[m].sim[:, -1]), lists[m].sim[:, -1], 1.0) for m in names], 1)
-    bound = np.where(np.isnan(known), kth[rows], known) @ w  # (P,) the most each pair can reach
-    keep = bound >= floor
-    rows, cols, known, fused = rows[keep], cols[keep], known[keep], np.zeros(keep.sum())
-    for j, (m, wm) in enumerate(zip(names, w)):
-        missing = np.isnan(known[:, j])
-        if wm > 0 and missing.any():
-            known[missing, j] = _cosines(vectors[m], rows[missing], cols[missing])
-        fused += wm * np.nan_to_num(known[:, j])
-    keep = fused >= floor
-    return _rank_pairs(rows[keep], cols[keep], fused[keep].astype(np.float32), n, min(k, n))
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sim = np.full((n, k), -np.inf, dtype=np.float32)
+    for start in range(0, n, block):
+        part = slice(start, min(start + block, n))
+        # known: (P, M), nan where unlisted; rows count from ``start``.
+        rows, cols, known = _union_of_lists([Neighbours(lists[m].idx[part], lists[m].sim[part]) for m in names], n)
+        bound = np.where(np.isnan(known), kth[start + rows], known) @ w  # (P,) the most each pair can reach
+        keep = bound >= floor
+        rows, cols, known, fused = rows[keep], cols[keep], known[keep], np.zeros(keep.sum())
+        for j, (m, wm) in enumerate(zip(names, w)):
+            missing = np.isnan(known[:, j])
+            if wm > 0 and missing.any():
+                r, c = start + rows[missing], cols[missing]
+                known[missing, j] = pair_dots(vectors[m], r, c) / np.maximum(norms[m][r] * norms[m][c], 1e-12)
+            fused += wm * np.nan_to_num(known[:, j])
+        keep = fused >= floor
+        ranked = _rank_pairs(rows[keep], cols[keep], fused[keep].astype(np.float32), part.stop - start, k)
+        idx[part], sim[part] = ranked.idx, ranked.sim
+    return Neighbours(idx, sim)
 
 
 def _union_of_lists(lists: list[Neighbours], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,12 +136,6 @@ def _union_of_lists(lists: list[Neighbours], n: int) -> tuple[np.ndarray, np.nda
         known[inverse[start : start + len(key)], j] = sim
         start += len(key)
     return uniq // n, uniq % n, known
-
-
-def _cosines(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Cosine of the pairs' rows; the vectors need not be unit length (no (N, D) copy is made)."""
-    norms = np.sqrt(pair_dots(x, np.arange(len(x)), np.arange(len(x))))
-    return pair_dots(x, rows, cols) / np.maximum(norms[rows] * norms[cols], 1e-12)
 
 
 def _rank_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Neighbours:

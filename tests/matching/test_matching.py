@@ -192,6 +192,16 @@ def test_fused_lists_equal_searching_the_concatenation(weights):
     assert min(got.values()) >= 0.4 - 1e-6
 
 
+def test_fusing_in_blocks_of_rows_gives_the_whole_pass():
+    x, _ = clustered_postings(130, 16, seed=5)
+    dense = {m: x[m] for m in ("image", "text")}
+    lists = {m: dense_knn(dense[m], k=12) for m in dense}
+    whole = fused_neighbours(dense, lists, {"image": 0.3, "text": 0.7}, k=12, floor=0.2, block=1000)
+    blocked = fused_neighbours(dense, lists, {"image": 0.3, "text": 0.7}, k=12, floor=0.2, block=17)
+    np.testing.assert_array_equal(blocked.idx, whole.idx)
+    np.testing.assert_array_equal(blocked.sim, whole.sim)
+
+
 def test_search_floors_do_not_change_predictions():
     from pipeline.config import Config
     from pipeline.matching.predict import match_postings

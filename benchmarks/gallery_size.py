@@ -10,7 +10,10 @@ split seed and a table (F1, precision, recall per variant and size), and writes 
 Variants (``--variants``), each tuned on the same galleries:
   before    today's rule: the pair model on the similarity features only, no size calibration;
   pair      the pair model on every feature group, no size calibration;
-  after     every feature group, thresholds moved with the gallery's size (``calibrate_size``).
+  after     every feature group, thresholds moved with the gallery's size (``calibrate_size``);
+  std       as after, plus the neighbourhood-standardised similarities (the ``standard`` group);
+  inv       the size-invariant evidence only (``standard``, ``text``, ``numbers``: no raw similarity),
+            size-calibrated; inv_nocal the same without calibration.
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
@@ -39,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import DEV_CSV
-from pipeline.config import PAIR_FEATURE_GROUPS, Config, load_config
+from pipeline.config import DEFAULT_PAIR_FEATURES, Config, load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.oof import OofGalleries, oof_galleries
@@ -49,8 +52,11 @@ from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated
 from pipeline.metric import f1_from_sets, true_sets_from_labels
 
 SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-VARIANTS = {"before": (["sims"], False), "pair": (list(PAIR_FEATURE_GROUPS), False),
-            "after": (list(PAIR_FEATURE_GROUPS), True)}
+DEFAULT = list(DEFAULT_PAIR_FEATURES)
+# The size-invariant evidence: similarities read against their neighbourhood, and the titles.
+INVARIANT = ["standard", "text", "numbers"]
+VARIANTS = {"before": (["sims"], False), "pair": (DEFAULT, False), "after": (DEFAULT, True),
+            "std": ([*DEFAULT, "standard"], True), "inv": (INVARIANT, True), "inv_nocal": (INVARIANT, False)}
 
 
 def split_groups(labels: np.ndarray, tune_share: float, seed: int) -> np.ndarray:
@@ -125,7 +131,7 @@ def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
     labels = df["label_group"].to_numpy()
     fold_of = make_folds(labels, cfg.folds.n_splits, seed)
     galleries = tuning_galleries(cfg, df, fold_of, None)
-    _, figures = tune_variant(cfg, galleries, labels, fold_of, list(PAIR_FEATURE_GROUPS), False, seed, False)
+    _, figures = tune_variant(cfg, galleries, labels, fold_of, DEFAULT, False, seed, False)
     return figures["oof"]
 
 

@@ -21,7 +21,10 @@ import yaml
 
 MODALITIES = ("image", "text", "tfidf", "phash")
 # The pair model's feature groups (see pipeline.matching.evidence).
-PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
+PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers", "standard")
+# The groups the pair model reads unless ``match.pair_features`` says otherwise (``standard``, the
+# neighbourhood-standardised similarities, is measured by benchmarks/gallery_size.py first).
+DEFAULT_PAIR_FEATURES = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
 LEARNED_MODALITIES = ("image", "text")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -242,7 +245,7 @@ class MatchConfig:
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.matching.pairs)
-    pair_features: list[str] = field(default_factory=lambda: list(PAIR_FEATURE_GROUPS))
+    pair_features: list[str] = field(default_factory=lambda: list(DEFAULT_PAIR_FEATURES))
     # Move every threshold with the size of the gallery matched, by a slope fitted on sub-galleries
     # of train (see pipeline.matching.tuning.calibrate_size).
     size_calibration: bool = True

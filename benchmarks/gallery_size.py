@@ -13,7 +13,12 @@ Variants (``--variants``), each tuned on the same galleries:
   after     every feature group, thresholds moved with the gallery's size (``calibrate_size``);
   std       as after, plus the neighbourhood-standardised similarities (the ``standard`` group);
   inv       the size-invariant evidence only (``standard``, ``text``, ``numbers``: no raw similarity),
-            size-calibrated; inv_nocal the same without calibration.
+            size-calibrated; inv_nocal the same without calibration;
+  inv_pair, after_pair   inv and after deciding on the pair score alone (its threshold and min-2 floor:
+            no raw-similarity threshold in the union);
+  trans     as after, but at predict time the thresholds move along the fitted slopes as far as gives
+            the tuning galleries' matches per posting on the gallery's own candidates (no label read;
+            ``match.transductive``); inv_trans the same on inv's evidence.
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
@@ -36,7 +41,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -48,15 +53,27 @@ from pipeline.data.folds import make_folds
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.predict import match_postings
 from pipeline.matching.signals import unsupervised_vectors
-from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune
+from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune, tuned_match_rate
 from pipeline.metric import f1_from_sets, true_sets_from_labels
 
 SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT = list(DEFAULT_PAIR_FEATURES)
 # The size-invariant evidence: similarities read against their neighbourhood, and the titles.
 INVARIANT = ["standard", "text", "numbers"]
-VARIANTS = {"before": (["sims"], False), "pair": (DEFAULT, False), "after": (DEFAULT, True),
-            "std": ([*DEFAULT, "standard"], True), "inv": (INVARIANT, True), "inv_nocal": (INVARIANT, False)}
+
+
+class Variant(NamedTuple):
+    groups: list[str]  # the pair model's feature groups
+    calibrate: bool  # thresholds moved with the gallery's size (calibrate_size)
+    rule: list[str] | None = None  # the signals the decision may use (None: every one)
+    transductive: bool = False  # moved as far as gives the tuned matches per posting (match_rate)
+
+
+VARIANTS = {"before": Variant(["sims"], False), "pair": Variant(DEFAULT, False), "after": Variant(DEFAULT, True),
+            "std": Variant([*DEFAULT, "standard"], True), "inv": Variant(INVARIANT, True),
+            "inv_nocal": Variant(INVARIANT, False), "inv_pair": Variant(INVARIANT, True, ["pair"]),
+            "after_pair": Variant(DEFAULT, True, ["pair"]), "trans": Variant(DEFAULT, True, None, True),
+            "inv_trans": Variant(INVARIANT, True, None, True)}
 
 
 def split_groups(labels: np.ndarray, tune_share: float, seed: int) -> np.ndarray:
@@ -92,19 +109,23 @@ def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
                          titles=df["title"].to_numpy())
 
 
-def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, groups: list[str],
-                 calibrate: bool, seed: int, cv: bool) -> tuple[TuneResult, dict]:
+def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant,
+                 seed: int, cv: bool) -> tuple[TuneResult, dict]:
     """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
     m = cfg.match
     kwargs = dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
-                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=groups, threads=1)
+                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
+                  rule_signals=variant.rule)
     result = tune(galleries.candidates, labels, folds=fold_of, **kwargs)
     figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
     if cv:
         figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
-    if calibrate:
+    if variant.calibrate:
         result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=m.n_thresholds)
         figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
+    if variant.transductive:
+        result.settings.match_rate = tuned_match_rate(result)
+        figures["match_rate"] = round(result.settings.match_rate, 4)
     return result, figures
 
 
@@ -131,7 +152,7 @@ def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
     labels = df["label_group"].to_numpy()
     fold_of = make_folds(labels, cfg.folds.n_splits, seed)
     galleries = tuning_galleries(cfg, df, fold_of, None)
-    _, figures = tune_variant(cfg, galleries, labels, fold_of, DEFAULT, False, seed, False)
+    _, figures = tune_variant(cfg, galleries, labels, fold_of, VARIANTS["pair"], seed, False)
     return figures["oof"]
 
 
@@ -151,8 +172,7 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
     tuned = {}
     for name in variants:
         t0 = time.perf_counter()
-        groups, calibrate = VARIANTS[name]
-        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, groups, calibrate, seed, cv)
+        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, VARIANTS[name], seed, cv)
         out["variants"][name] = {**figures, "tune_seconds": round(time.perf_counter() - t0, 1)}
     b_text = text.test if text is not None else None
     for name, result in tuned.items():

@@ -244,3 +244,12 @@ def test_tampered_or_foreign_files_are_refused(clustered, tmp_path):
         path.write_bytes(raw)
         with pytest.raises(PairModelError, match=message):
             PairModel.load(path)
+
+
+def test_a_rule_on_the_pair_score_alone_uses_no_other_threshold(clustered):
+    build, context, labels, folds = clustered
+    result = tune(build, labels, n_thresholds=21, blend_rounds=0, folds=folds, pair_model=True, context=context,
+                  threads=1, pair_groups=["standard", "text", "numbers"], rule_signals=["pair"])
+    assert set(result.settings.thresholds) == {PAIR_SIGNAL}
+    assert result.settings.min2_signal in (None, PAIR_SIGNAL)
+    assert result.pair_model.groups == ["text", "numbers", "standard"]

@@ -121,7 +121,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
          weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None,
          folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0,
          context: ContextFn | None = None, pair_groups: Sequence[str] | None = None,
-         threads: int = DEFAULT_THREADS, rule_signals: Sequence[str] | None = None) -> TuneResult:
+         threads: int = DEFAULT_THREADS, rule_signals: Sequence[str] | None = None,
+         learn_rows: np.ndarray | None = None) -> TuneResult:
     """Tune every match setting on out-of-fold candidates.
 
     Args:
@@ -144,6 +145,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         threads: the pair model's threads.
         rule_signals: the signals the decision (union and min-2) may use; None or empty: every signal.
             Those absent from the candidates are ignored, and with none present every signal is used.
+        learn_rows: (N,) bool, the postings whose labels the pair model learns from (default ``rows``):
+            also unlabelled distractors given labels of their own, known to match no tuned posting.
     """
     if rows is not None:
         full_build = build
@@ -174,7 +177,7 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         ctx = context(base) if context is not None else None
         groups = pair_groups if pair_groups is not None else (DEFAULT_GROUPS if ctx is not None else ("sims",))
         c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads,
-                                                          rows)
+                                                          rows if learn_rows is None else learn_rows)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
         t, _ = curves[PAIR_SIGNAL].best

@@ -182,3 +182,26 @@ def test_transductive_calibration_restores_the_tuned_matches_per_posting():
     assert moved.match_rate == 0 and not moved.size_slopes  # moved once, never again
     off = dataclasses.replace(result.settings, match_rate=0.0)
     assert transductive_doublings(big, off, 120) == off.doublings(120)  # without a rate: by the size
+
+
+@pytest.mark.parametrize("learn_all", [False, True])
+def test_the_pair_model_learns_from_learn_rows_and_is_scored_on_rows(monkeypatch, learn_all):
+    """Unlabelled distractors (each its own group) may be learned from, never scored."""
+    import pipeline.matching.tuning as tuning
+
+    c, labels = tiny_candidates(6, n=60)
+    folds = make_folds(labels, 3, 0)
+    rows = np.arange(60) < 45
+    seen = {}
+
+    def spy(*args):
+        seen["rows"] = args[8]
+        return real(*args)
+
+    real = tuning.cross_fit
+    monkeypatch.setattr(tuning, "cross_fit", spy)
+    learn = np.ones(60, bool) if learn_all else None
+    result = tune(lambda s: c, labels, n_thresholds=21, blend_rounds=0, folds=folds, pair_model=True, rows=rows,
+                  learn_rows=learn, threads=1)
+    np.testing.assert_array_equal(seen["rows"], learn if learn_all else rows)
+    assert result.steps["final"]["rows"] == 45

@@ -10,7 +10,21 @@ split seed and a table (F1, precision, recall per variant and size), and writes 
 Variants (``--variants``), each tuned on the same galleries:
   before    today's rule: the pair model on the similarity features only, no size calibration;
   pair      the pair model on every feature group, no size calibration;
-  after     every feature group, thresholds moved with the gallery's size (``calibrate_size``).
+  after     every feature group, thresholds moved with the gallery's size (``calibrate_size``);
+  std       as after, plus the neighbourhood-standardised similarities (the ``standard`` group);
+  inv       the size-invariant evidence only (``standard``, ``text``, ``numbers``: no raw similarity),
+            size-calibrated; inv_nocal the same without calibration;
+  inv_pair, after_pair   inv and after deciding on the pair score alone (its threshold and min-2 floor:
+            no raw-similarity threshold in the union);
+  trans     as after, but at predict time the thresholds move along the fitted slopes as far as gives
+            the tuning galleries' matches per posting on the gallery's own candidates (no label read;
+            ``match.transductive``); inv_trans the same on inv's evidence;
+  padded    pair, but tuned again for each gallery matched: the tuning part's out-of-fold queries are
+            searched among the tuning part and as many of that gallery's postings, unlabelled, as make
+            the tuning gallery as large as it (distractors: its groups are not the tuning part's), so
+            thresholds and pair model meet the distractor density they will be used at. Its OOF
+            figure is pair's (no padding at 1x). padded_learn: the pair model also learns from the
+            pairs with those distractors (non-matches, as their groups are not the tuning part's).
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
@@ -33,24 +47,42 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from benchmarks import DEV_CSV
-from pipeline.config import PAIR_FEATURE_GROUPS, Config, load_config
+from pipeline.config import DEFAULT_PAIR_FEATURES, Config, load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.predict import match_postings
 from pipeline.matching.signals import unsupervised_vectors
-from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune
+from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune, tuned_match_rate
 from pipeline.metric import f1_from_sets, true_sets_from_labels
 
 SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-VARIANTS = {"before": (["sims"], False), "pair": (list(PAIR_FEATURE_GROUPS), False),
-            "after": (list(PAIR_FEATURE_GROUPS), True)}
+DEFAULT = list(DEFAULT_PAIR_FEATURES)
+# The size-invariant evidence: similarities read against their neighbourhood, and the titles.
+INVARIANT = ["standard", "text", "numbers"]
+
+
+class Variant(NamedTuple):
+    groups: list[str]  # the pair model's feature groups
+    calibrate: bool  # thresholds moved with the gallery's size (calibrate_size)
+    rule: list[str] | None = None  # the signals the decision may use (None: every one)
+    transductive: bool = False  # moved as far as gives the tuned matches per posting (match_rate)
+    padded: bool = False  # tuned again per gallery, among the gallery's own postings as distractors
+    learn_padding: bool = False  # the pair model also learns from the pairs with those distractors
+
+
+VARIANTS = {"before": Variant(["sims"], False), "pair": Variant(DEFAULT, False), "after": Variant(DEFAULT, True),
+            "std": Variant([*DEFAULT, "standard"], True), "inv": Variant(INVARIANT, True),
+            "inv_nocal": Variant(INVARIANT, False), "inv_pair": Variant(INVARIANT, True, ["pair"]),
+            "after_pair": Variant(DEFAULT, True, ["pair"]), "trans": Variant(DEFAULT, True, None, True),
+            "inv_trans": Variant(INVARIANT, True, None, True), "padded": Variant(DEFAULT, False, padded=True),
+            "padded_learn": Variant(DEFAULT, False, padded=True, learn_padding=True)}
 
 
 def split_groups(labels: np.ndarray, tune_share: float, seed: int) -> np.ndarray:
@@ -86,19 +118,23 @@ def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
                          titles=df["title"].to_numpy())
 
 
-def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, groups: list[str],
-                 calibrate: bool, seed: int, cv: bool) -> tuple[TuneResult, dict]:
+def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant,
+                 seed: int, cv: bool) -> tuple[TuneResult, dict]:
     """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
     m = cfg.match
     kwargs = dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
-                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=groups, threads=1)
+                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
+                  rule_signals=variant.rule)
     result = tune(galleries.candidates, labels, folds=fold_of, **kwargs)
     figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
     if cv:
         figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
-    if calibrate:
+    if variant.calibrate:
         result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=m.n_thresholds)
         figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
+    if variant.transductive:
+        result.settings.match_rate = tuned_match_rate(result)
+        figures["match_rate"] = round(result.settings.match_rate, 4)
     return result, figures
 
 
@@ -125,8 +161,27 @@ def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
     labels = df["label_group"].to_numpy()
     fold_of = make_folds(labels, cfg.folds.n_splits, seed)
     galleries = tuning_galleries(cfg, df, fold_of, None)
-    _, figures = tune_variant(cfg, galleries, labels, fold_of, list(PAIR_FEATURE_GROUPS), False, seed, False)
+    _, figures = tune_variant(cfg, galleries, labels, fold_of, VARIANTS["pair"], seed, False)
     return figures["oof"]
+
+
+def padded_tune(cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.DataFrame, variant: Variant,
+                seed: int) -> TuneResult:
+    """Tune on ``a``'s out-of-fold queries searched among ``a`` and ``len(gallery) - len(a)`` of
+    ``gallery``'s postings (none when it is not larger), whose labels are never read: each is its own
+    group, a distractor, as the tuning part's groups are not the gallery's."""
+    n_pad = max(0, len(gallery) - len(a))
+    pad = gallery.iloc[np.sort(np.random.default_rng(seed + 7).choice(len(gallery), n_pad, replace=False))]
+    both = pd.concat([a, pad.assign(label_group=-1 - np.arange(n_pad))], ignore_index=True)
+    labels = both["label_group"].to_numpy()
+    folds = np.r_[fold_of, np.full(n_pad, -1)]
+    galleries = tuning_galleries(cfg, both, folds, None)
+    m = cfg.match
+    tuned = np.arange(len(both)) < len(a)
+    return tune(galleries.candidates, labels, folds=folds, rows=tuned, learn_rows=None if not variant.learn_padding else
+                np.ones(len(both), bool), n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
+                pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
+                rule_signals=variant.rule)
 
 
 def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],
@@ -145,12 +200,16 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
     tuned = {}
     for name in variants:
         t0 = time.perf_counter()
-        groups, calibrate = VARIANTS[name]
-        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, groups, calibrate, seed, cv)
+        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, VARIANTS[name], seed, cv)
         out["variants"][name] = {**figures, "tune_seconds": round(time.perf_counter() - t0, 1)}
     b_text = text.test if text is not None else None
+    def match(name: str, result: TuneResult, rows: np.ndarray) -> dict[str, float]:
+        if VARIANTS[name].padded and len(rows) > len(a):  # not larger: the plain tuning is the padded one
+            result = padded_tune(cfg, a, fold_of, b.iloc[rows], VARIANTS[name], seed)
+        return match_part(cfg, b.iloc[rows].reset_index(drop=True), result, None if b_text is None else b_text[rows])
+
     for name, result in tuned.items():
-        out["variants"][name]["whole"] = {"size": round(len(b) / len(a), 2), **match_part(cfg, b, result, b_text)}
+        out["variants"][name]["whole"] = {"size": round(len(b) / len(a), 2), **match(name, result, np.arange(len(b)))}
     rng = np.random.default_rng(seed + 1)
     b_labels = b["label_group"].to_numpy()
     for mult in SIZES:
@@ -161,8 +220,7 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         if oracle and text is None and mult == 2.0:
             out["oracle_2x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
         for name, result in tuned.items():
-            runs = [match_part(cfg, b.iloc[rows].reset_index(drop=True), result,
-                               None if b_text is None else b_text[rows]) for rows in draws]
+            runs = [match(name, result, rows) for rows in draws]
             out["variants"][name].setdefault("sizes", []).append(
                 {"size": mult, **{k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]},
                  "f1_std": round(float(np.std([r["f1"] for r in runs])), 4)})
@@ -328,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     if ("text" in cfg.modalities) != (args.text_run is not None):
         parser.error("the text modality and --text-run go together")
     text = load_text(args.text_run, args.test_embed) if args.text_run is not None else None
+    if text is not None and any(VARIANTS[v].padded for v in args.variants):
+        parser.error("padded variants embed the gallery's postings with the tuning part's models: not with --text-run")
     results = []
     for seed in args.seeds:
         results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,

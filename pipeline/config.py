@@ -21,7 +21,9 @@ import yaml
 
 MODALITIES = ("image", "text", "tfidf", "phash")
 # The pair model's feature groups (see pipeline.matching.evidence).
-PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
+PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers", "standard")
+# The pair model's groups by default: all but ``standard`` (benchmarks/gallery_size.py measures it).
+DEFAULT_PAIR_FEATURES = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
 LEARNED_MODALITIES = ("image", "text")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -245,10 +247,17 @@ class MatchConfig:
     phash_source: str = "column"  # column (image_phash) | image (recomputed from the files)
     cv_estimate: bool = True  # also tune on K-1 folds and score the held-out one, per fold
     pair_model: bool = True  # learn a pair score from every signal's evidence (see pipeline.matching.pairs)
-    pair_features: list[str] = field(default_factory=lambda: list(PAIR_FEATURE_GROUPS))
+    pair_features: list[str] = field(default_factory=lambda: list(DEFAULT_PAIR_FEATURES))
     # Move every threshold with the size of the gallery matched, by a slope fitted on sub-galleries
     # of train (see pipeline.matching.tuning.calibrate_size).
     size_calibration: bool = True
+    # The signals the decision (union thresholds and min-2) may use; empty = every signal. ["pair"]
+    # decides on the pair score alone (benchmarks/gallery_size.py, variants *_pair).
+    rule_signals: list[str] = field(default_factory=list)
+    # With size_calibration: move the thresholds along the fitted slopes as far as gives the tuned
+    # matches per posting on the predicted gallery's own candidates (no label read), instead of by
+    # log2 of its size (pipeline.matching.decide.transductive_doublings).
+    transductive: bool = False
 
     def __post_init__(self) -> None:
         choices = {"index": ("auto", "flat", "hnsw", "ivf", "ivfpq"), "blend_method": ("graph", "exact"),
@@ -266,8 +275,13 @@ class MatchConfig:
         if self.fusion_weights:
             _require(sum(self.fusion_weights.values()) > 0, "fusion_weights", "not all zero", self.fusion_weights)
         bad = [g for g in self.pair_features if g not in PAIR_FEATURE_GROUPS]
-        _require(not bad and "sims" in self.pair_features, "pair_features",
-                 f"a list from {list(PAIR_FEATURE_GROUPS)} that holds sims", self.pair_features)
+        # Without sims the pair model reads no similarity on an absolute scale (only ``standard``'s,
+        # read against the neighbourhood), which needs the context every other group needs too.
+        _require(not bad and bool(self.pair_features), "pair_features",
+                 f"a non-empty list from {list(PAIR_FEATURE_GROUPS)}", self.pair_features)
+        signals = (*MODALITIES, "concat", "blend", "pair")  # pipeline.matching.predict.ALL_SIGNALS
+        _require(all(s in signals for s in self.rule_signals), "rule_signals", f"a list from {list(signals)}",
+                 self.rule_signals)
 
 
 @dataclass

@@ -59,6 +59,12 @@ def test_section_must_be_mapping():
         from_dict({"text": 3})
 
 
+def test_the_size_invariant_pair_settings_load():
+    cfg = load_config(None, ["match.pair_features=[standard,text,numbers]", "match.rule_signals=[pair]"])
+    assert cfg.match.pair_features == ["standard", "text", "numbers"] and cfg.match.rule_signals == ["pair"]
+    assert "standard" not in load_config(None).match.pair_features  # measured first, off by default
+
+
 def test_images_are_needed_by_the_image_encoder_or_a_recomputed_phash():
     assert load_config(None, ["modalities=[image]"]).needs_images
     assert not load_config(None, ["modalities=[text,tfidf,phash]"]).needs_images
@@ -67,7 +73,10 @@ def test_images_are_needed_by_the_image_encoder_or_a_recomputed_phash():
 
 
 @pytest.mark.parametrize("override, key", [("match.blend_method=second", "blend_method"), ("match.index=lsh", "index"),
-                                           ("match.k=1", "k"), ("tfidf.max_df=1.5", "max_df")])
+                                           ("match.k=1", "k"), ("tfidf.max_df=1.5", "max_df"),
+                                           ("match.rule_signals=[pair,smell]", "rule_signals"),
+                                           ("match.pair_features=[]", "pair_features"),
+                                           ("match.pair_features=[sims,gossip]", "pair_features")])
 def test_bad_matching_settings_are_refused_by_name(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])

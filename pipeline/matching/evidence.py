@@ -14,7 +14,12 @@ winners' pair models read more, and so can ours, grouped so that each group's wo
 - ``common``: per signal, how many of the top-K neighbours both sides share;
 - ``text``: token Jaccard, edit-distance ratio and token-set ratio of the two titles (rapidfuzz);
 - ``numbers``: the quantities of both titles ("400gr", "1.5 l", "12 pcs"): how many agree, how many
-  units both give with different values, and the Jaccard of plain numbers.
+  units both give with different values, and the Jaccard of plain numbers;
+- ``standard``: per signal, the pair's similarity read against its neighbourhood rather than on an
+  absolute scale, so that it moves with the gallery (issue 11: a gallery twice as large puts more
+  distractors above any fixed similarity): the z-score by each side's top-:data:`STANDARD_K` mean and
+  std, the gap to each side's best neighbour, the CSLS score (hubness-corrected similarity) and the
+  percentile of the similarity among every similarity listed in the gallery.
 
 A :class:`PairContext` holds what these read (each gallery's vectors and neighbour lists, the titles)
 and computes any block of pairs on demand, so memory stays O(block) beyond the candidates.
@@ -35,10 +40,12 @@ from pipeline.matching.candidates import Candidates, Gallery, rank_within
 from pipeline.matching.neighbours import PHASH_BITS, Neighbours
 
 FEATURE_GROUPS = PAIR_FEATURE_GROUPS
+STANDARD_FEATURES = ("zk_q", "zk_m", "best_q", "best_m", "csls", "pct")  # per signal, in the ``standard`` group
 CONTEXT_GROUPS = frozenset(FEATURE_GROUPS) - {"sims"}  # those that need a PairContext
 TITLE_GROUPS = frozenset({"text", "numbers"})  # those that need the titles
 DENSITY_K = 5  # neighbours in a side's density (its own row excluded)
 COMMON_K = 10  # neighbours compared for common neighbours
+STANDARD_K = 15  # neighbours of a side's neighbourhood in the ``standard`` group (its own row excluded)
 _SUB_BLOCK = 32_768  # pairs per gather of vectors or neighbour rows
 
 # Units of quantities in titles, each mapped to a base unit and a factor, so that "1 kg" and
@@ -111,6 +118,12 @@ class TitleQuantities:
         return cls(clean, mats["tok"], mats["qty"], mats["unit"], unit_of, mats["num"])
 
 
+def _top_similarities(nb: Neighbours, k: int) -> np.ndarray:
+    """(G, k) each posting's ``k`` best similarities, itself excluded, best first; -inf past its list."""
+    sim = np.where((nb.idx >= 0) & (nb.idx != np.arange(len(nb))[:, None]), nb.sim, -np.inf)
+    return -np.sort(-sim, axis=1)[:, :k]
+
+
 def _indicator(rows: list[list[int]], width: int) -> sp.csr_matrix:
     indptr = np.r_[0, np.cumsum([len(r) for r in rows])]
     indices = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(indptr[-1]))
@@ -141,7 +154,7 @@ class PairContext:
     titles: np.ndarray | None = None
     threads: int = 1
     _positions: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _density: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _density: dict[tuple[int, str, int], tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False)
     _titles: TitleQuantities | None = field(default=None, repr=False)
 
     @classmethod
@@ -161,13 +174,16 @@ class PairContext:
             self._positions[g] = pos
         return self._positions[g]
 
-    def density(self, g: int, signal: str) -> tuple[np.ndarray, np.ndarray]:
-        """(G,) mean and std of each posting's top-:data:`DENSITY_K` similarities, itself excluded."""
-        key = (g, signal)
+    def density(self, g: int, signal: str, k: int = DENSITY_K) -> tuple[np.ndarray, np.ndarray]:
+        """(G,) mean and std of each posting's top-``k`` similarities, itself excluded."""
+        mean, std, _ = self.neighbourhood(g, signal, k)
+        return mean, std
+
+    def neighbourhood(self, g: int, signal: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(G,) mean, std and best of each posting's top-``k`` similarities, itself excluded."""
+        key = (g, signal, k)
         if key not in self._density:
-            nb = self.neighbours[g][signal]
-            sim = np.where((nb.idx >= 0) & (nb.idx != np.arange(len(nb))[:, None]), nb.sim, -np.inf)
-            top = -np.sort(-sim, axis=1)[:, :DENSITY_K]
+            top = _top_similarities(self.neighbours[g][signal], k)
             listed = np.isfinite(top)
             count = listed.sum(axis=1)
             top = np.where(listed, top, 0.0)
@@ -175,8 +191,18 @@ class PairContext:
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = top.sum(axis=1) / count
                 std = np.sqrt(np.maximum((top**2).sum(axis=1) / count - mean**2, 0.0))
-            self._density[key] = (mean.astype(np.float32), std.astype(np.float32))
+            best = np.where(count > 0, top[:, 0], np.nan)
+            self._density[key] = (mean.astype(np.float32), std.astype(np.float32), best.astype(np.float32))
         return self._density[key]
+
+    def listed(self, g: int, signal: str) -> np.ndarray:
+        """Sorted similarities of every (query, neighbour) pair that ``signal`` lists in gallery ``g``."""
+        key = (g, signal, 0)
+        if key not in self._density:
+            nb = self.neighbours[g][signal]
+            keep = (nb.idx >= 0) & (nb.idx != np.arange(len(nb))[:, None])
+            self._density[key] = (np.sort(nb.sim[keep].astype(np.float32)),)
+        return self._density[key][0]
 
     def adopt_titles(self, tables: TitleQuantities) -> None:
         """Use title tables already built for the same titles."""
@@ -207,6 +233,8 @@ def feature_names(signals: Sequence[str], groups: Sequence[str], vector_signals:
             names += [f"{s}:dens_q", f"{s}:dens_m", f"{s}:z_q", f"{s}:z_m"]
         if "common" in groups:
             names.append(f"{s}:common")
+        if "standard" in groups:
+            names += [f"{s}:{f}" for f in STANDARD_FEATURES]
     if "raw" in groups:
         names += [f"{s}:raw" for s in vector_signals if s != "phash"]
     if "hamming" in groups:
@@ -297,10 +325,12 @@ def _gallery_block(ctx: PairContext, g: int, pq: np.ndarray, pm: np.ndarray, sim
             if "phash:hamming" in wanted:
                 out["phash:hamming"] = hamming(x[pq], x[pm])
             raw[name] = 1.0 - hamming(x[pq], x[pm]) / PHASH_BITS
-        elif f"{name}:raw" in wanted or f"{name}:z_q" in wanted:
+        elif wanted & {f"{name}:raw", f"{name}:z_q", f"{name}:zk_q"}:
             raw[name] = _raw_cosine(x, pq, pm)
             out[f"{name}:raw"] = raw[name]
     for name, nb in nbs.items():
+        if f"{name}:zk_q" in wanted:
+            out.update(_standard_block(ctx, g, name, pq, pm, _pair_similarity(raw, sims, name, len(pq))))
         if f"{name}:rev_rank" in wanted:
             hit = nb.idx[pm] == pq[:, None]  # (B, k)
             out[f"{name}:rev_rank"] = np.where(hit.any(axis=1), hit.argmax(axis=1), np.nan)
@@ -310,14 +340,39 @@ def _gallery_block(ctx: PairContext, g: int, pq: np.ndarray, pm: np.ndarray, sim
             out[f"{name}:common"] = same.any(axis=2).sum(axis=1)
         if f"{name}:dens_q" in wanted:
             mean, std = ctx.density(g, name)
-            s = raw.get(name)
-            if s is None:
-                s = sims.get(name, np.full(len(pq), -np.inf))
-                s = np.where(np.isfinite(s), s, np.nan)
+            s = _pair_similarity(raw, sims, name, len(pq))
             out[f"{name}:dens_q"], out[f"{name}:dens_m"] = mean[pq], mean[pm]
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[f"{name}:z_q"] = (s - mean[pq]) / np.maximum(std[pq], 1e-3)
                 out[f"{name}:z_m"] = (s - mean[pm]) / np.maximum(std[pm], 1e-3)
+    return out
+
+
+def _pair_similarity(raw: Mapping[str, np.ndarray], sims: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """(B,) the pairs' similarity by ``name``: computed from the vectors where it has them, else as
+    listed (NaN where the signal did not list the pair)."""
+    if name in raw:
+        return raw[name]
+    s = sims.get(name, np.full(n, -np.inf))
+    return np.where(np.isfinite(s), s, np.nan)
+
+
+def _standard_block(ctx: PairContext, g: int, name: str, pq: np.ndarray, pm: np.ndarray,
+                    s: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``standard`` group of signal ``name`` for pairs (gallery positions ``pq``, ``pm``) of similarity ``s``.
+
+    A larger gallery raises every posting's neighbourhood, so a distractor at a fixed similarity
+    scores lower against it here, where a raw similarity would not move.
+    """
+    mean, std, best = ctx.neighbourhood(g, name, STANDARD_K)
+    listed = ctx.listed(g, name)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {f"{name}:zk_q": (s - mean[pq]) / np.maximum(std[pq], 1e-3),
+               f"{name}:zk_m": (s - mean[pm]) / np.maximum(std[pm], 1e-3),
+               f"{name}:best_q": s - best[pq], f"{name}:best_m": s - best[pm],
+               f"{name}:csls": 2.0 * s - mean[pq] - mean[pm]}
+    pct = np.searchsorted(listed, s, side="right") / max(len(listed), 1)
+    out[f"{name}:pct"] = np.where(np.isnan(s), np.nan, pct)
     return out
 
 

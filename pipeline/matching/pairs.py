@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.config import DEFAULT_PAIR_FEATURES
 from pipeline.io import atomic_path
 from pipeline.matching.candidates import Candidates
 from pipeline.matching.evidence import (CONTEXT_GROUPS, FEATURE_GROUPS, TITLE_GROUPS, PairContext, feature_names,
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 # Threads of the trees and the title comparisons where no run config is at hand (stages pass its
 # ``threads``).
 DEFAULT_THREADS = 2
-DEFAULT_GROUPS = FEATURE_GROUPS
+DEFAULT_GROUPS = DEFAULT_PAIR_FEATURES
 DEFAULT_ROUNDS = 300
 
 

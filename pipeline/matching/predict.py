@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.config import MODALITIES, Config, MatchConfig
 from pipeline.data.contract import encoder_inputs
 from pipeline.matching.candidates import Gallery, build_candidates
-from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
+from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors, transductive_doublings
 from pipeline.matching.ensemble import EncoderMember, embed_members
 from pipeline.matching.evidence import PairContext
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
@@ -142,12 +142,15 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
     if uses_pair_model(settings) and pair_model.needs_titles and titles is None:
         raise PredictError(f"the pair model reads the titles (features {pair_model.groups}), but none were given")
     n = len(ids)
-    settings = settings.at_size(n)  # thresholds tuned on galleries of another size
+    # Thresholds tuned on galleries of another size: moved by the size, or (transductive) once the
+    # candidates show how many matches each move gives.
+    transductive = settings.match_rate > 0 and bool(settings.size_slopes)
+    settings = settings if transductive else settings.at_size(n)
     everything = np.arange(n)
     gallery = Gallery(everything, everything, dict(vectors))
     # The pair model reads every signal's evidence (ranks among whole top-k lists included), so
     # no signal's pairs can be dropped early when it is used.
-    floors = None if uses_pair_model(settings) else prediction_floors(settings)
+    floors = None if uses_pair_model(settings) or transductive else prediction_floors(settings)
     nb = gallery_neighbours(gallery, settings, k=match.k, timings=timings, blend_method=match.blend_method,
                             search_settings=SearchSettings.from_config(match),
                             floors=search_floors(settings) if floors is not None and match.search_floors else None)
@@ -162,6 +165,8 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
         c.sims[PAIR_SIGNAL] = pair_model.predict(c, context)
         timings["pair_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if transductive:
+        settings = settings.moved(transductive_doublings(c, settings, n))
     mask = decide(c, settings)
     matched = match_lists(c, mask, n, score=next(iter(settings.thresholds), None))
     timings["decide"] = time.perf_counter() - t0

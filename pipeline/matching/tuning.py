@@ -121,7 +121,8 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
          weight_grid: tuple[float, ...] = (0.3, 0.5, 0.7), rows: np.ndarray | None = None,
          folds: np.ndarray | None = None, pair_model: bool = False, seed: int = 0,
          context: ContextFn | None = None, pair_groups: Sequence[str] | None = None,
-         threads: int = DEFAULT_THREADS) -> TuneResult:
+         threads: int = DEFAULT_THREADS, rule_signals: Sequence[str] | None = None,
+         learn_rows: np.ndarray | None = None) -> TuneResult:
     """Tune every match setting on out-of-fold candidates.
 
     Args:
@@ -142,6 +143,10 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         pair_groups: the pair model's feature groups; default every group with a ``context``, and
             ``sims`` (the one that needs none) without.
         threads: the pair model's threads.
+        rule_signals: the signals the decision (union and min-2) may use; None or empty: every signal.
+            Those absent from the candidates are ignored, and with none present every signal is used.
+        learn_rows: (N,) bool, the postings whose labels the pair model learns from (default ``rows``):
+            also unlabelled distractors given labels of their own, known to match no tuned posting.
     """
     if rows is not None:
         full_build = build
@@ -172,29 +177,40 @@ def tune(build: BuildFn, labels: np.ndarray, n_thresholds: int = 81, blend_round
         ctx = context(base) if context is not None else None
         groups = pair_groups if pair_groups is not None else (DEFAULT_GROUPS if ctx is not None else ("sims",))
         c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(c, labels, folds, sorted(c.sims), ctx, seed, groups, threads,
-                                                          rows)
+                                                          rows if learn_rows is None else learn_rows)
         scorer = Scorer(c, labels, rows)
         curves[PAIR_SIGNAL] = scorer.curve(PAIR_SIGNAL, threshold_grid(c.sims[PAIR_SIGNAL], n_thresholds))
         t, _ = curves[PAIR_SIGNAL].best
         steps[PAIR_SIGNAL] = {**scorer.score(c.sims[PAIR_SIGNAL] >= t), "threshold": t, "groups": list(fitted.groups)}
 
-    solo = {name: curves[name].best for name in c.sims}
+    allowed = [s for s in (rule_signals or ()) if s in c.sims] or list(c.sims)
+    settings, min2_rule = _tune_rule(scorer, base, curves, allowed, n_thresholds, union, min2, steps)
+    curves["fused"] = _shift_curve(scorer, settings, min2_rule)
+    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold,
+                      candidates=c, rows=rows)
+
+
+def _tune_rule(scorer: Scorer, base: MatchSettings, curves: dict[str, Curve], allowed: Sequence[str],
+               n_thresholds: int, union: bool, min2: bool, steps: dict[str, dict[str, float]]
+               ) -> tuple[MatchSettings, Min2]:
+    """The decision on the candidates: the best ``allowed`` signal alone, then the union of their
+    thresholds and the min-2 floor (each step's F1 recorded in ``steps``)."""
+    c = scorer.c
+    solo = {name: curves[name].best for name in allowed}
     best_signal = max(solo, key=lambda s: solo[s][1])
     settings = dataclasses.replace(base, thresholds={best_signal: solo[best_signal][0]})
-    grids = {name: threshold_grid(c.sims[name], n_thresholds) for name in c.sims}
+    grids = {name: threshold_grid(c.sims[name], n_thresholds) for name in allowed}
     min2_rule = Min2(c, best_signal)  # the threshold-free sort of min-2, once per tune
-    if union and len(c.sims) > 1:
+    if union and len(grids) > 1:
         settings = _coordinate_ascent(scorer, settings, grids, min2_rule, passes=2)
         steps["union"] = {**scorer.score(decide(c, settings, min2_rule)), "signals": len(settings.thresholds)}
     if min2:
         settings = _tune_min2(scorer, settings, min2_rule, grids[best_signal])
-        if union and len(c.sims) > 1:
+        if union and len(grids) > 1:
             settings = _coordinate_ascent(scorer, settings, grids, min2_rule, passes=1)
         steps["min2"] = {**scorer.score(decide(c, settings, min2_rule)), "floor": settings.min2_floor}
     steps["final"] = scorer.score(decide(c, settings, min2_rule))
-    curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(settings=settings, steps=steps, curves=curves, pair_model=fitted, pair_fold_models=per_fold,
-                      candidates=c, rows=rows)
+    return settings, min2_rule
 
 
 def _tune_weights(build, base, c, labels, rows, grid, n_thresholds, steps):
@@ -327,6 +343,14 @@ def calibrate_size(result: TuneResult, labels: np.ndarray, gallery_size: int,
         slopes[key] = float((x * d).sum() / (x * x).sum())
     calibrated = dataclasses.replace(settings, size_slopes=slopes, tuned_size=int(gallery_size))
     return calibrated, {"tuned_size": int(gallery_size), "slopes": slopes, "points": points}
+
+
+def tuned_match_rate(result: TuneResult) -> float:
+    """Mean predicted matches per tuned posting (itself excluded) under ``result.settings``: the
+    :attr:`~pipeline.matching.decide.MatchSettings.match_rate` of transductive calibration."""
+    c = result.candidates
+    n_queries = c.n if result.rows is None else int(np.sum(result.rows))
+    return float(decide(c, result.settings).sum()) / max(n_queries, 1)
 
 
 def _retune_values(scorer: Scorer, settings: MatchSettings, grids: dict[str, np.ndarray], min2: Min2 | None,

@@ -18,7 +18,7 @@ from pipeline import io
 from pipeline.config import Config, ConfigError, dump_config, load_config
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.predict import uses_pair_model
-from pipeline.matching.tuning import Scorer, calibrate_size, cross_validated, threshold_grid, tune
+from pipeline.matching.tuning import Scorer, calibrate_size, cross_validated, threshold_grid, tune, tuned_match_rate
 from pipeline.plots import plot_threshold_f1
 from pipeline.stages.analysis import in_sample_by_group_size, rule_contributions, write_figures
 from pipeline.stages.context import Run, log, open_run, stage
@@ -48,6 +48,7 @@ def tune_stage(run_dir: str | Path, progress: bool = True, overrides: Sequence[s
         n_thresholds=cfg.match.n_thresholds, blend_rounds=cfg.match.blend_rounds, union=cfg.match.union,
         min2=cfg.match.min2, fusion_weights=cfg.match.fusion_weights or None,
         pair_model=cfg.match.pair_model, seed=cfg.seed, threads=cfg.threads, pair_groups=cfg.match.pair_features,
+        rule_signals=cfg.match.rule_signals,
     )
     with stage(run, "tune"):
         galleries = run.oof_galleries(df, fold_of)
@@ -60,6 +61,8 @@ def tune_stage(run_dir: str | Path, progress: bool = True, overrides: Sequence[s
                                                                          n_thresholds=cfg.match.n_thresholds)
             log.info("[tune] per doubling of the gallery, thresholds move by %s",
                      ", ".join(f"{k} {v:+.4f}" for k, v in result.settings.size_slopes.items()))
+            if cfg.match.transductive:
+                result.settings.match_rate = report["size_calibration"]["match_rate"] = tuned_match_rate(result)
         log.info("[tune] out-of-fold F1 %.4f (%s)", result.steps["final"]["f1"], _summary(result.steps))
         if cfg.match.cv_estimate:
             report["final_cv"] = cross_validated(build, labels, fold_of, **kwargs)

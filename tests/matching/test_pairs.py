@@ -8,7 +8,8 @@ from pipeline.data.synth import synthetic_titles
 from pipeline.data.synth.postings import clustered_postings
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.evidence import COMMON_K, FEATURE_GROUPS, PairContext, feature_names, pair_features
+from pipeline.matching.evidence import (COMMON_K, FEATURE_GROUPS, STANDARD_K, PairContext, feature_names,
+                                        pair_features)
 from pipeline.matching.fusion import NeighbourCache, gallery_neighbours
 from pipeline.matching import pairs
 from pipeline.matching.pairs import PAIR_SIGNAL, PairModel, PairModelError, cross_fit
@@ -73,6 +74,47 @@ def test_context_features_match_a_per_pair_loop(clustered):
         assert col["text:dens_q"][i] == pytest.approx(np.mean(own), abs=1e-5)
 
 
+def test_standardised_similarities_match_a_per_pair_loop(clustered):
+    build, context, _, _ = clustered
+    c = build(MatchSettings()).take(np.arange(0, 3000, 13))
+    ctx = context(MatchSettings())
+    names = feature_names(sorted(c.sims), ["standard"], ["image", "text", "phash"])
+    f = pair_features(c, names, ctx)
+    col = {name: f[:, j] for j, name in enumerate(names)}
+    vec, nb = ctx.galleries[0].vectors, ctx.neighbours[0]["text"]
+    every = np.sort([s for i in range(len(nb)) for j, s in zip(nb.idx[i], nb.sim[i]) if j not in (i, -1)])
+    for i, (q, m) in enumerate(zip(c.query, c.match)):
+        s = float(vec["text"][q] @ vec["text"][m])  # the raw cosine, listed or not
+        own = {p: [x for j, x in zip(nb.idx[p], nb.sim[p]) if j != p][:STANDARD_K] for p in (q, m)}
+        for side, p in (("q", q), ("m", m)):
+            z = (s - np.mean(own[p])) / max(np.std(own[p]), 1e-3)
+            assert col[f"text:zk_{side}"][i] == pytest.approx(z, rel=1e-3, abs=1e-3)
+            assert col[f"text:best_{side}"][i] == pytest.approx(s - max(own[p]), abs=1e-5)
+        assert col["text:csls"][i] == pytest.approx(2 * s - np.mean(own[q]) - np.mean(own[m]), abs=1e-4)
+        # float32 listed cosines against the float64 one: ties within 1e-5 may fall either side
+        assert np.mean(every < s - 1e-5) - 1e-6 <= col["text:pct"][i] <= np.mean(every <= s + 1e-5) + 1e-6
+
+
+def test_a_larger_gallery_lowers_the_standardised_similarity_of_the_same_pair():
+    """The point of the ``standard`` group: the same pair among more distractors scores lower."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    x[1] = x[0] + 0.8 * rng.normal(size=16)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pair = Candidates(np.array([0]), np.array([1]), {}, n=400)
+    z = {}
+    for n in (100, 400):
+        rows = np.arange(n)
+        g = Gallery(rows, rows, {"text": x[:n]})
+        nbs = gallery_neighbours(g, MatchSettings(), k=20)
+        names = feature_names(["text"], ["standard"], ["text"])
+        z[n] = dict(zip(names, pair_features(pair, names, PairContext.single(g, nbs, 400))[0]))
+    # The z-score need not fall: the top of a larger neighbourhood is also tighter (smaller std).
+    for f in ("text:csls", "text:pct", "text:best_q"):
+        assert z[400][f] < z[100][f], f
+    assert z[400]["text:best_m"] <= z[100]["text:best_m"]
+
+
 @pytest.mark.parametrize("group", FEATURE_GROUPS)
 def test_each_group_alone_fills_its_own_columns(clustered, group):
     build, context, _, _ = clustered
@@ -132,7 +174,7 @@ def test_tuning_with_the_pair_model_and_its_round_trip(clustered, tmp_path):
     result = tune(build, labels, n_thresholds=31, blend_rounds=0, folds=folds, pair_model=True, context=context,
                   threads=1)
     assert PAIR_SIGNAL in result.steps and 0 < result.steps[PAIR_SIGNAL]["f1"] <= 1
-    assert result.steps[PAIR_SIGNAL]["groups"] == list(FEATURE_GROUPS)
+    assert result.steps[PAIR_SIGNAL]["groups"] == list(pairs.DEFAULT_GROUPS)
     assert result.steps["final"]["f1"] >= max(result.steps[s]["f1"] for s in ("image", "text", "phash", "concat"))
     path = result.pair_model.save(tmp_path / "pair.json")
     c, ctx = build(result.settings), context(result.settings)
@@ -202,3 +244,12 @@ def test_tampered_or_foreign_files_are_refused(clustered, tmp_path):
         path.write_bytes(raw)
         with pytest.raises(PairModelError, match=message):
             PairModel.load(path)
+
+
+def test_a_rule_on_the_pair_score_alone_uses_no_other_threshold(clustered):
+    build, context, labels, folds = clustered
+    result = tune(build, labels, n_thresholds=21, blend_rounds=0, folds=folds, pair_model=True, context=context,
+                  threads=1, pair_groups=["standard", "text", "numbers"], rule_signals=["pair"])
+    assert set(result.settings.thresholds) == {PAIR_SIGNAL}
+    assert result.settings.min2_signal in (None, PAIR_SIGNAL)
+    assert result.pair_model.groups == ["text", "numbers", "standard"]

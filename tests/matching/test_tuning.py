@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -10,8 +11,9 @@ import pytest
 
 from pipeline.data.folds import make_folds
 from pipeline.matching.candidates import Candidates
-from pipeline.matching.decide import MatchSettings, Min2, decide
-from pipeline.matching.tuning import Scorer, _coordinate_ascent, _tune_min2, calibrate_size, threshold_grid, tune
+from pipeline.matching.decide import MatchSettings, Min2, decide, transductive_doublings
+from pipeline.matching.tuning import (Scorer, _coordinate_ascent, _tune_min2, calibrate_size, threshold_grid, tune,
+                                      tuned_match_rate)
 from pipeline.metric import f1_from_sets
 
 
@@ -142,3 +144,64 @@ def test_size_calibration_raises_thresholds_for_larger_galleries():
     assert sum(settings.size_slopes.values()) > 0  # more distractors: stricter
     for p in fit["points"]:  # each moved rule is at least as good as the tuned one at its size
         assert p["f1_moved"] >= p["f1_tuned"] - 1e-12
+
+
+def with_twins(c: Candidates, labels: np.ndarray, seed: int) -> Candidates:
+    """A gallery twice as large: each non-matching pair gets a twin from a copied group, its
+    similarities jittered."""
+    rng = np.random.default_rng(seed)
+    other = labels[c.query] != labels[c.match]
+    twins = c.take(other)
+    sims = {k: np.where(np.isfinite(v), v + 0.02 * rng.standard_normal(len(v)), v).astype(np.float32)
+            for k, v in twins.sims.items()}
+    return Candidates.concat([c, Candidates(twins.query, twins.match + c.n, sims, 2 * c.n)])
+
+
+def test_transductive_calibration_restores_the_tuned_matches_per_posting():
+    c, labels = tiny_candidates(5, n=60)
+    result = tune(lambda s: c, labels, n_thresholds=41, blend_rounds=0)
+    result.settings, _ = calibrate_size(result, labels, gallery_size=60, n_thresholds=41)
+    result.settings.match_rate = tuned_match_rate(result)
+    assert result.settings.match_rate == pytest.approx(decide(c, result.settings).sum() / 60)
+    own = transductive_doublings(c, result.settings, 60)  # its own gallery: the tuned rate again
+    assert decide(c, result.settings.moved(own)).sum() == decide(c, result.settings).sum()
+    big = with_twins(c, labels, 0)
+    d = transductive_doublings(big, result.settings, 60)
+    assert d > 0  # more distractors: stricter
+
+    def rate(x):
+        return decide(big, result.settings.moved(x)).sum() / 60
+
+    # The move is in the middle of those where the rate crosses the tuned one, on a brute-force grid.
+    grid = np.linspace(-3, 3, 601)
+    rates = np.array([rate(x) for x in grid])
+    first = grid[np.argmax(rates <= result.settings.match_rate)]
+    last = grid[np.argmax(rates < result.settings.match_rate)]
+    assert d == pytest.approx(0.5 * (first + last), abs=0.02)
+    moved = result.settings.moved(d)
+    assert moved.match_rate == 0 and not moved.size_slopes  # moved once, never again
+    off = dataclasses.replace(result.settings, match_rate=0.0)
+    assert transductive_doublings(big, off, 120) == off.doublings(120)  # without a rate: by the size
+
+
+@pytest.mark.parametrize("learn_all", [False, True])
+def test_the_pair_model_learns_from_learn_rows_and_is_scored_on_rows(monkeypatch, learn_all):
+    """Unlabelled distractors (each its own group) may be learned from, never scored."""
+    import pipeline.matching.tuning as tuning
+
+    c, labels = tiny_candidates(6, n=60)
+    folds = make_folds(labels, 3, 0)
+    rows = np.arange(60) < 45
+    seen = {}
+
+    def spy(*args):
+        seen["rows"] = args[8]
+        return real(*args)
+
+    real = tuning.cross_fit
+    monkeypatch.setattr(tuning, "cross_fit", spy)
+    learn = np.ones(60, bool) if learn_all else None
+    result = tune(lambda s: c, labels, n_thresholds=21, blend_rounds=0, folds=folds, pair_model=True, rows=rows,
+                  learn_rows=learn, threads=1)
+    np.testing.assert_array_equal(seen["rows"], learn if learn_all else rows)
+    assert result.steps["final"]["rows"] == 45

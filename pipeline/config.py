@@ -221,14 +221,11 @@ class MatchConfig:
     # candidate pairs above the tuned floors against flat search (README, "Speed"): HNSW kept them
     # all on the dev titles' text embeddings from ef_search 32, and 0.981 / 0.989 / 0.993 / 0.997 of
     # the bench's image pairs at 70,000 postings with 64 / 128 / 256 / 512 (search time grows with
-    # it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings and
-    # under 0.91 on the bench's.
+    # it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings, under 0.91 on the bench's.
     index: str = "auto"
     nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
     ef_search: int = 256  # HNSW's candidate list per query: the smallest with recall >= 0.99 on both
-    # HNSW holds its vectors in float16 and the listed pairs are rescored exactly: the same recall
-    # as float32 storage on the bench's 70,000 image embeddings, with searches about 1.5 times as fast.
-    hnsw_fp16: bool = True
+    hnsw_fp16: bool = True  # HNSW holds float16 vectors; its lists are rescored exactly (README, "Speed")
     nlist: int = 0  # inverted lists; 0 = 4 sqrt(N)
     pq_m: int = 0  # IVF-PQ bytes per vector; 0 = dim / 8
     refine: int = 2  # IVF-PQ shortlists refine * k per query and rescores them exactly

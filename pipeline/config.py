@@ -219,15 +219,15 @@ class MatchConfig:
     # Dense index: auto (flat up to 30,000 postings, hnsw above) | flat (exact) | hnsw | ivf |
     # ivfpq (millions of postings). ef_search and nprobe were set from the measured recall of
     # candidate pairs above the tuned floors against flat search (README, "Speed"): HNSW kept them
-    # all on the dev titles' text embeddings from ef_search 32, and 0.981 / 0.989 / 0.993 / 0.997 of
-    # the bench's image pairs at 70,000 postings with 64 / 128 / 256 / 512 (search time grows with
-    # it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings, under 0.91 on the bench's.
+    # all on the dev titles' text embeddings from ef_search 32, and of the bench's image pairs above 0.3
+    # at 70,000 postings 0.986 / 0.990 / 0.991 / 0.992 with 128 / 192 / 224 / 256 (float16 storage;
+    # search time grows with it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings, under 0.91 on the bench's.
     index: str = "auto"
     nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
-    ef_search: int = 256  # HNSW's candidate list per query: the smallest with recall >= 0.99 on both
+    ef_search: int = 224  # HNSW's candidate list per query: the smallest with recall >= 0.99 on both
     hnsw_fp16: bool = True  # HNSW holds float16 vectors; its lists are rescored exactly (README, "Speed")
-    nlist: int = 0  # inverted lists; 0 = 4 sqrt(N)
-    pq_m: int = 0  # IVF-PQ bytes per vector; 0 = dim / 8
+    nlist: int = 0  # inverted lists; 0 = 4 sqrt(N), at most 1,024
+    pq_m: int = 0  # IVF-PQ sub-quantisers (4-bit codes on CPUs); 0 = dim / 8
     refine: int = 2  # IVF-PQ shortlists refine * k per query and rescores them exactly
     threads: int = 0  # FAISS / sparse_dot_topn threads; 0 = the run's `threads` (what the stage bounded)
     # Prediction without the pair model scores the fused image+text cosine only on listed pairs

@@ -23,7 +23,7 @@ MODALITIES = ("image", "text", "tfidf", "phash")
 # The pair model's feature groups (see pipeline.matching.evidence).
 PAIR_FEATURE_GROUPS = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers", "standard")
 # The pair model's groups by default: all but ``standard`` (benchmarks/gallery_size.py measures it).
-DEFAULT_PAIR_FEATURES = ("sims", "raw", "hamming", "reciprocal", "density", "common", "text", "numbers")
+DEFAULT_PAIR_FEATURES = tuple(g for g in PAIR_FEATURE_GROUPS if g != "standard")
 LEARNED_MODALITIES = ("image", "text")
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -154,7 +154,9 @@ class PairContext:
     titles: np.ndarray | None = None
     threads: int = 1
     _positions: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _density: dict[tuple[int, str, int], tuple[np.ndarray, ...]] = field(default_factory=dict, repr=False)
+    _density: dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict,
+                                                                                           repr=False)
+    _listed: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
     _titles: TitleQuantities | None = field(default=None, repr=False)
 
     @classmethod
@@ -197,12 +199,12 @@ class PairContext:
 
     def listed(self, g: int, signal: str) -> np.ndarray:
         """Sorted similarities of every (query, neighbour) pair that ``signal`` lists in gallery ``g``."""
-        key = (g, signal, 0)
-        if key not in self._density:
+        key = (g, signal)
+        if key not in self._listed:
             nb = self.neighbours[g][signal]
             keep = (nb.idx >= 0) & (nb.idx != np.arange(len(nb))[:, None])
-            self._density[key] = (np.sort(nb.sim[keep].astype(np.float32)),)
-        return self._density[key][0]
+            self._listed[key] = np.sort(nb.sim[keep].astype(np.float32))
+        return self._listed[key]
 
     def adopt_titles(self, tables: TitleQuantities) -> None:
         """Use title tables already built for the same titles."""

@@ -123,14 +123,12 @@ def test_without_gpus_indexes_stay_on_the_cpu():
     assert isinstance(built, faiss.IndexFlatIP) and built.ntotal == 50
 
 
-def test_pair_dots_and_listed_dots_match_numpy():
-    from pipeline.matching.neighbours import listed_dots, pair_dots
+def test_pair_dots_match_numpy():
+    from pipeline.matching.neighbours import pair_dots
 
     x = np.random.default_rng(3).standard_normal((30, 5)).astype(np.float32)
     rows, cols = np.array([0, 4, 29, 7]), np.array([3, 4, 0, 12])
     np.testing.assert_allclose(pair_dots(x, rows, cols, chunk=3), (x[rows] * x[cols]).sum(1), rtol=1e-5)
-    idx = np.array([[1, -1], [2, 0]])
-    np.testing.assert_allclose(listed_dots(x, idx), [[x[0] @ x[1], 0.0], [x[1] @ x[2], x[1] @ x[0]]], rtol=1e-5)
 
 
 def test_the_tfidf_path_never_loads_torch():

@@ -90,10 +90,11 @@ def build_candidates(
             only pairs that can pass a threshold; tuning keeps them all).
     """
     qpos = np.asarray(gallery.queries)
+    every_row = len(qpos) == len(next(iter(neighbours.values()), ())) and np.array_equal(qpos, np.arange(len(qpos)))
     keys, sims_per, names = [], [], []
     for name, nb in neighbours.items():
-        idx = nb.idx[qpos]  # (Q, k) gallery positions
-        sim = nb.sim[qpos]
+        idx = nb.idx if every_row else nb.idx[qpos]  # (Q, k) gallery positions
+        sim = nb.sim if every_row else nb.sim[qpos]
         qrow = np.broadcast_to(qpos[:, None], idx.shape)
         keep = (idx >= 0) & (idx != qrow)
         if floors is not None:

@@ -15,14 +15,14 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Collection, Hashable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.matching.candidates import Gallery, rank_within
+from pipeline.matching.candidates import Gallery
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.neighbours import Neighbours, SearchSettings, pair_dots, search
+from pipeline.matching.neighbours import Neighbours, SearchSettings, faiss_threads, pair_dots, search
 from pipeline.matching.signals import l2_rows
 
 DENSE_SIGNALS = ("image", "text")
@@ -71,15 +71,15 @@ def concat_embeddings(vectors: Mapping[str, np.ndarray], weights: Mapping[str, f
 
 
 def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neighbours], weights: Mapping[str, float],
-                     k: int, floor: float = -np.inf, block: int = 65536) -> Neighbours:
+                     k: int, floor: float = -np.inf, block: int = 8192) -> Neighbours:
     """Top-k by the fused cosine sum_m w_m cos_m / sum_m w_m, from the union of the per-modality lists.
 
     The fused cosine of a pair is what the concatenation's inner product gives
-    (:func:`concat_embeddings`), computed on listed pairs only, never N×N: a pair that every
-    modality lists costs nothing, and one that some modality m does not list gets its cosine by a
-    row-wise dot product. With a ``floor`` that dot product is skipped when the pair cannot reach
-    the floor even with cos_m at m's k-th listed similarity (the most an unlisted pair has under
-    exact search).
+    (:func:`concat_embeddings`), computed on listed pairs only, never N×N. Each row's candidates are
+    its lists side by side, each posting once; a pair's cosine in a modality whose list does not
+    hold it comes from FAISS's threaded ``fvec_inner_products_by_idx``. With a ``floor`` that
+    product is skipped when the pair cannot reach the floor even with cos_m at m's k-th listed
+    similarity (the most an unlisted pair has under exact search).
 
     A pair that no list holds has each cos_m at most m's k-th listed similarity, so every pair
     whose fused cosine exceeds the weighted sum of those is found: with lists of k = 50 that holds
@@ -89,8 +89,7 @@ def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neig
         vectors: (N, D_m) embeddings per dense modality.
         lists: the modalities' top-k neighbours.
         floor: pairs below this fused cosine may be left out.
-        block: query rows fused at a time; memory grows with it, not with N (one pass over a
-            million postings' lists held 16 GB at its peak).
+        block: query rows fused at a time; memory grows with it, not with N.
     """
     names = [m for m in DENSE_SIGNALS if m in vectors]
     w = np.array([float(weights.get(m, 1.0)) for m in names], dtype=np.float64)
@@ -99,54 +98,82 @@ def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neig
     w /= w.sum()
     n = len(lists[names[0]])
     k = min(k, n)
-    norms = {m: np.sqrt(pair_dots(vectors[m], np.arange(n), np.arange(n))) for m, wm in zip(names, w) if wm > 0}
+    x = {m: np.ascontiguousarray(vectors[m], dtype=np.float32) for m, wm in zip(names, w) if wm > 0}
+    norms = {m: np.sqrt(pair_dots(x[m], np.arange(n), np.arange(n))) for m in x}
     kth = np.stack([np.where(np.isfinite(lists[m].sim[:, -1]), lists[m].sim[:, -1], 1.0) for m in names], 1)
-    idx = np.full((n, k), -1, dtype=np.int64)
-    sim = np.full((n, k), -np.inf, dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
         part = slice(start, min(start + block, n))
-        # known: (P, M), nan where unlisted; rows count from ``start``.
-        rows, cols, known = _union_of_lists([Neighbours(lists[m].idx[part], lists[m].sim[part]) for m in names], n)
-        bound = np.where(np.isnan(known), kth[start + rows], known) @ w  # (P,) the most each pair can reach
-        keep = bound >= floor
-        rows, cols, known, fused = rows[keep], cols[keep], known[keep], np.zeros(keep.sum())
-        for j, (m, wm) in enumerate(zip(names, w)):
-            missing = np.isnan(known[:, j])
-            if wm > 0 and missing.any():
-                r, c = start + rows[missing], cols[missing]
-                known[missing, j] = pair_dots(vectors[m], r, c) / np.maximum(norms[m][r] * norms[m][c], 1e-12)
-            fused += wm * np.nan_to_num(known[:, j])
-        keep = fused >= floor
-        ranked = _rank_pairs(rows[keep], cols[keep], fused[keep].astype(np.float32), part.stop - start, k)
-        idx[part], sim[part] = ranked.idx, ranked.sim
+        cand, known = _listed_once([Neighbours(lists[m].idx[part], lists[m].sim[part]) for m in names])
+        valid = cand >= 0
+        bound = np.where(np.isnan(known), kth[part, None, :], known) @ w  # (B, C) the most each pair can reach
+        valid &= bound >= floor
+        for j, m in enumerate(names):
+            need = valid & np.isnan(known[:, :, j])
+            if m in x and need.any():
+                known[:, :, j] = np.where(need, _cosines(x[m], norms[m], start, np.where(need, cand, -1)), known[:, :, j])
+        fused = np.nan_to_num(known) @ w
+        fused[~valid | (fused < floor)] = -np.inf
+        idx[part], sim[part] = _best_k(cand, fused, k)
     return Neighbours(idx, sim)
 
 
-def _union_of_lists(lists: list[Neighbours], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (row, col) pair some list holds, once, with each list's similarity (nan where unlisted)."""
-    keys, sims = [], []
-    for nb in lists:
-        r, j = np.nonzero(nb.idx >= 0)
-        keys.append(r.astype(np.int64) * n + nb.idx[r, j])
-        sims.append(nb.sim[r, j])
-    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-    known = np.full((len(uniq), len(lists)), np.nan)
-    start = 0
-    for j, (key, sim) in enumerate(zip(keys, sims)):
-        known[inverse[start : start + len(key)], j] = sim
-        start += len(key)
-    return uniq // n, uniq % n, known
+def _listed_once(lists: list[Neighbours]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's lists side by side, every posting kept once (at its first listing, -1 at the others).
+
+    Returns:
+        cand: (B, C) posting indices, C the lists' lengths summed; -1 where none.
+        known: (B, C, M) each list's similarity of the pair, nan where that list does not hold it.
+    """
+    cand = np.concatenate([nb.idx for nb in lists], axis=1)
+    b, c = cand.shape
+    known = np.full((b, c, len(lists)), np.nan)
+    at = 0
+    for j, nb in enumerate(lists):
+        known[:, at : at + nb.k, j] = np.where(nb.idx >= 0, nb.sim, np.nan)
+        at += nb.k
+    order = np.argsort(cand, axis=1, kind="stable")  # equal postings side by side, first listing first
+    ranked = np.take_along_axis(cand, order, 1)
+    starts = np.ones((b, c), dtype=bool)
+    starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    head = np.maximum.accumulate(np.where(starts, np.arange(c), 0), axis=1)  # where each run starts
+    first = np.empty_like(order)
+    np.put_along_axis(first, order, np.take_along_axis(order, head, 1), 1)  # column -> its first listing's column
+    rows, cols = np.nonzero((first != np.arange(c)) & (cand >= 0))
+    for j in range(len(lists)):  # a later list's similarity moves to the first listing
+        v = known[rows, cols, j]
+        held = ~np.isnan(v)
+        known[rows[held], first[rows[held], cols[held]], j] = v[held]
+    cand[rows, cols] = -1
+    known[rows, cols] = np.nan
+    return cand, known
 
 
-def _rank_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Neighbours:
-    """Each row's best k pairs as :class:`Neighbours`, ties by column."""
-    ranked = rank_within(rows, sims, tiebreak=cols)
-    top = ranked.order[ranked.rank < k]
-    rank = ranked.rank[ranked.rank < k]
-    idx = np.full((n, k), -1, dtype=np.int64)
-    sim = np.full((n, k), -np.inf, dtype=np.float32)
-    idx[rows[top], rank], sim[rows[top], rank] = cols[top], sims[top]
-    return Neighbours(idx, sim)
+def _cosines(x: np.ndarray, norms: np.ndarray, start: int, ids: np.ndarray) -> np.ndarray:
+    """(B, C) cosine of row ``start + i`` of ``x`` with row ``ids[i, c]``; nan where ``ids`` is -1."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    b, c = ids.shape
+    ip = np.empty((b, c), dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(x[start:]), faiss.swig_ptr(x),
+                                     faiss.swig_ptr(ids), x.shape[1], b, c)
+    scale = norms[start : start + b, None] * norms[np.maximum(ids, 0)]
+    return np.where(ids >= 0, ip / np.maximum(scale, 1e-12), np.nan)
+
+
+def _best_k(cand: np.ndarray, fused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` best columns by ``fused`` (-inf: none), ties by posting index, as (idx, sim)."""
+    by_posting = np.argsort(np.where(np.isfinite(fused), cand, np.iinfo(np.int64).max), axis=1, kind="stable")
+    cand, fused = np.take_along_axis(cand, by_posting, 1), np.take_along_axis(fused, by_posting, 1)
+    top = np.argsort(-fused, axis=1, kind="stable")[:, :k]
+    idx, sim = np.take_along_axis(cand, top, 1), np.take_along_axis(fused, top, 1).astype(np.float32)
+    if sim.shape[1] < k:  # fewer listed postings than k in all
+        pad = ((0, 0), (0, k - sim.shape[1]))
+        idx, sim = np.pad(idx, pad, constant_values=-1), np.pad(sim, pad, constant_values=-np.inf)
+    idx[~np.isfinite(sim)] = -1
+    return idx, sim
 
 
 def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
@@ -177,11 +204,7 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
     from sparse_dot_topn import sp_matmul_topn
 
     n, k = len(nb), nb.k
-    have = (nb.idx >= 0).ravel()
-    rows = np.repeat(np.arange(n), k)[have]
-    s = sp.csr_matrix((nb.sim.ravel()[have], (rows, nb.idx.ravel()[have])), shape=(n, n), dtype=np.float32)
-    s = s.maximum(s.T)
-    s = sp.csr_matrix(s - sp.diags(s.diagonal()) + sp.eye(n, dtype=np.float32, format="csr"))
+    s = _similarity_graph(nb)
     w = _blend_weights(nb, threshold)
     # |u_i|^2 = (W S W^T)_ii, a block of rows at a time.
     norm = np.concatenate([
@@ -200,10 +223,37 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
         counts = np.diff(p.indptr)
         row = np.repeat(np.arange(p.shape[0]), counts)
         rank = np.arange(p.nnz) - np.repeat(p.indptr[:-1], counts)
+        part = slice(start, start + p.shape[0])
         idx[start + row, rank] = p.indices
         sim[start + row, rank] = p.data / norm[start + row]
-    order = np.lexsort((idx, -sim), axis=1)  # equal cosines by index, as a search ranks them
-    return Neighbours(np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1))
+        order = np.lexsort((idx[part], -sim[part]), axis=1)  # equal cosines by index, as a search ranks them
+        idx[part], sim[part] = np.take_along_axis(idx[part], order, 1), np.take_along_axis(sim[part], order, 1)
+    return Neighbours(idx, sim)
+
+
+def _similarity_graph(nb: Neighbours) -> sp.csr_matrix:
+    """(N, N) S read from the top-k lists: symmetrised by the larger of s_ij and s_ji, 1 on the diagonal.
+
+    Built straight into CSR with 32-bit indices and its diagonal set in place: over a million
+    postings' lists of 50, every full copy of S costs about 0.8 GB.
+    """
+    n = len(nb)
+    have = nb.idx >= 0
+    index = np.int32 if 2 * have.sum() < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(n + 1, dtype=index)
+    np.cumsum(have.sum(axis=1), out=indptr[1:])
+    s = sp.csr_matrix((nb.sim[have], nb.idx[have].astype(index), indptr), shape=(n, n))
+    s.sort_indices()  # canonical, as the products' order of summation (and so their last bits) depends on it
+    s = s.maximum(s.T).tocsr()
+    row = np.repeat(np.arange(n, dtype=np.int32), np.diff(s.indptr))
+    diagonal = s.indices == row
+    s.data[diagonal] = 1.0
+    lacking = np.ones(n, dtype=bool)
+    lacking[row[diagonal]] = False
+    del row
+    if lacking.any():
+        s = sp.csr_matrix(s + sp.diags(lacking.astype(np.float32)))
+    return s
 
 
 def _blend_weights(nb: Neighbours, threshold: float) -> sp.csr_matrix:
@@ -217,16 +267,10 @@ def _blend_weights(nb: Neighbours, threshold: float) -> sp.csr_matrix:
 
 
 def gallery_neighbours(
-    gallery: Gallery,
-    settings: MatchSettings,
-    k: int = 50,
-    batch_size: int = 4096,
-    index: str = "flat",
-    cache: NeighbourCache | None = None,
-    timings: dict[str, float] | None = None,
-    blend_method: str = "graph",
-    search_settings: SearchSettings | None = None,
-    floors: Mapping[str, float] | None = None,
+    gallery: Gallery, settings: MatchSettings, k: int = 50, batch_size: int = 4096, index: str = "flat",
+    cache: NeighbourCache | None = None, timings: dict[str, float] | None = None, blend_method: str = "graph",
+    search_settings: SearchSettings | None = None, floors: Mapping[str, float] | None = None,
+    keep: Collection[str] | None = None, observe: Callable[[str, Neighbours], None] | None = None,
 ) -> dict[str, Neighbours]:
     """Neighbours of every signal in the gallery, plus ``concat`` and ``blend`` where they apply.
 
@@ -242,44 +286,72 @@ def gallery_neighbours(
             only the listed pairs above its floor. None keeps every top-k list whole, as tuning,
             blending and the pair model need. Cached entries do not record floors: give one
             cache one kind of call.
+        keep: the signals whose lists are returned (default: every one). Without a ``cache``, the
+            others are let go as soon as fusion and blending are done with them: over a million
+            postings each list of 50 holds 0.6 GB.
+        observe: called with each signal's name and lists as they are made (``pipeline bench``
+            keeps the rows whose recall it checks).
     """
+    owned = cache is None  # nobody else reads its entries: lists not kept can be let go
     cache = NeighbourCache() if cache is None else cache
+    observe = observe or (lambda name, nb: None)
     timings = {} if timings is None else timings
     search_settings = search_settings or SearchSettings(index=index, batch_size=batch_size)
     floors = dict(floors or {})
     vectors = dict(gallery.vectors)
     dense = [n for n in DENSE_SIGNALS if n in vectors]
     out: dict[str, Neighbours] = {}
-    for name in vectors:
-        entry = cache.entry(name)
-        if entry.neighbours is None:
-            with _timed(timings, f"search_{name}"):
-                entry.neighbours = search(name, vectors[name], k, search_settings)
-        out[name] = entry.neighbours
     keys: dict[str, Hashable] = {name: name for name in vectors}
+    target = settings.blend_signal
+    unkept = set() if not owned or keep is None else (set(vectors) | {"concat"}) - set(keep) - {target}
+
+    def let_go() -> None:  # lists nothing reads any more go before the next searches add theirs
+        for name in unkept & set(out):
+            del out[name]
+            cache.entries.pop(keys[name])
+
+    def search_each(names: list[str]) -> None:
+        for name in names:
+            entry = cache.entry(name)
+            if entry.neighbours is None:
+                with _timed(timings, f"search_{name}"):
+                    entry.neighbours = search(name, vectors[name], k, search_settings)
+            out[name] = entry.neighbours
+            observe(name, out[name])
+
+    search_each(dense)  # the dense signals first: once fused, their lists can go
     if len(dense) >= 2:
         weights = {n: float(settings.fusion_weights.get(n, 1.0)) for n in dense}
         keys["concat"] = ("concat", tuple(weights.items()))
-        entry = cache.entry(keys["concat"])
-        if entry.neighbours is None:
-            with _timed(timings, "fuse_concat"):
-                entry.neighbours = fused_neighbours(vectors, out, weights, k, floors.get("concat", -np.inf))
-        out["concat"] = entry.neighbours
+        out["concat"] = _fused(cache.entry(keys["concat"]), vectors, out, weights, k, floors.get("concat", -np.inf),
+                               timings, search_settings.n_threads)
+        observe("concat", out["concat"])
         vectors["concat"] = _LazyConcat(vectors, weights)
-    target = settings.blend_signal
+    let_go()
+    search_each([name for name in gallery.vectors if name not in dense])
+    let_go()
     if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
         if target not in keys:
             raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(keys)}")
         if blend_method not in BLEND_METHODS:
             raise ValueError(f"blend_method {blend_method!r} unknown; choose one of {BLEND_METHODS}")
-        entry = cache.entry(keys[target])
         key = (blend_method, settings.blend_rounds, settings.blend_threshold)
-        if key not in entry.blends:
+        blends = cache.entry(keys[target]).blends
+        if key not in blends:
             with _timed(timings, "blend"):
-                entry.blends[key] = _blended(vectors, target, out[target], settings, blend_method, k,
-                                             search_settings)
-        out["blend"] = entry.blends[key]
-    return out
+                blends[key] = _blended(vectors, target, out[target], settings, blend_method, k, search_settings)
+        out["blend"] = blends[key]
+        observe("blend", out["blend"])
+    return {name: v for name, v in out.items() if keep is None or name in keep}
+
+
+def _fused(entry: SignalNeighbours, vectors: Mapping[str, Any], lists: Mapping[str, Neighbours],
+           weights: Mapping[str, float], k: int, floor: float, timings: dict[str, float], threads: int) -> Neighbours:
+    """The ``concat`` lists, from ``entry`` when it has them (see :func:`fused_neighbours`)."""
+    if entry.neighbours is None:
+        with _timed(timings, "fuse_concat"), faiss_threads(threads):
+            entry.neighbours = fused_neighbours(vectors, lists, weights, k, floor)
+    return entry.neighbours
 
 
 class _LazyConcat:

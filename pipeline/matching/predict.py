@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from pipeline.matching.decide import MatchSettings, decide, match_lists, predict
 from pipeline.matching.ensemble import EncoderMember, embed_members
 from pipeline.matching.evidence import PairContext
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
-from pipeline.matching.neighbours import SearchSettings
+from pipeline.matching.neighbours import Neighbours, SearchSettings
 from pipeline.matching.pairs import DEFAULT_THREADS, PAIR_SIGNAL, PairModel, PairModelError
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.submission import build_submission
@@ -119,7 +119,8 @@ def search_floors(settings: MatchSettings) -> dict[str, float]:
 
 def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchSettings, match: MatchConfig,
                    pair_model: PairModel | None = None, timings: dict[str, float] | None = None,
-                   lists: dict[str, Any] | None = None, titles: Sequence[str] | None = None) -> pd.DataFrame:
+                   lists: Callable[[str, Neighbours], None] | None = None,
+                   titles: Sequence[str] | None = None) -> pd.DataFrame:
     """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
 
     Args:
@@ -128,8 +129,8 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
             ``blend_method``, ``search_floors``).
         pair_model: needed when the settings use the ``pair`` signal.
         timings: when given, seconds per step are added to it.
-        lists: when given, filled with every signal's neighbour lists (``pipeline bench`` checks
-            their recall).
+        lists: when given, called with each signal's name and neighbour lists as they are made
+            (``pipeline bench`` keeps the rows whose recall it checks).
         titles: the postings' titles, in ``ids`` order; read by a pair model with title features.
     """
     timings = {} if timings is None else timings
@@ -151,11 +152,11 @@ def match_postings(vectors: Mapping[str, Any], ids: np.ndarray, settings: MatchS
     # The pair model reads every signal's evidence (ranks among whole top-k lists included), so
     # no signal's pairs can be dropped early when it is used.
     floors = None if uses_pair_model(settings) or transductive else prediction_floors(settings)
+    # Lists that no threshold reads are let go once fusion and blending are done with them.
     nb = gallery_neighbours(gallery, settings, k=match.k, timings=timings, blend_method=match.blend_method,
                             search_settings=SearchSettings.from_config(match),
-                            floors=search_floors(settings) if floors is not None and match.search_floors else None)
-    if lists is not None:
-        lists.update(nb)
+                            floors=search_floors(settings) if floors is not None and match.search_floors else None,
+                            keep=None if floors is None else set(floors), observe=lists)
     t0 = time.perf_counter()
     c = build_candidates(gallery, nb, n, floors=floors)
     timings["candidates"] = time.perf_counter() - t0

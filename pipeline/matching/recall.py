@@ -25,7 +25,7 @@ TOLERANCE = 1e-5  # FAISS and numpy round inner products differently
 
 def search_recall(vectors: Mapping[str, Any], lists: Mapping[str, Neighbours], floors: Mapping[str, float],
                   fusion_weights: Mapping[str, float] | None = None, sample: int = 1000, seed: int = 0,
-                  chunk: int = 100) -> dict[str, dict[str, float]]:
+                  chunk: int = 100, queries: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Per listed signal (and ``candidates``, pooled over the signals with a floor), its recall.
 
     Args:
@@ -35,26 +35,34 @@ def search_recall(vectors: Mapping[str, Any], lists: Mapping[str, Neighbours], f
         floors: per signal, the lowest similarity the decision uses.
         fusion_weights: the weights of ``concat`` (default 1 each).
         sample: queries checked.
+        queries: the rows checked, when ``lists`` hold only theirs (row i of each list is query
+            ``queries[i]``'s; see :func:`recall_queries`); default: ``sample`` rows drawn here.
     """
-    n = len(next(iter(lists.values())))
-    rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    whole = queries is None
+    if whole:
+        queries = recall_queries(len(next(iter(lists.values()))), sample, seed)
     names = [s for s in lists if s in vectors or s == "concat"]
     dense = [m for m in DENSE_SIGNALS if m in vectors]
     w = {m: float((fusion_weights or {}).get(m, 1.0)) for m in dense}
     counts = {s: np.zeros(4) for s in names}  # found@k, total@k, found above floor, total above floor
     for start in range(0, len(queries), chunk):
         q = queries[start : start + chunk]
+        at = q if whole else np.arange(start, start + len(q))  # the rows of the lists
         exact = {s: exact_similarities(s, vectors[s], q) for s in names if s != "concat"}
         if "concat" in names:
             exact["concat"] = sum(w[m] * exact_similarities(m, vectors[m], q) if m not in exact else w[m] * exact[m]
                                   for m in dense) / sum(w.values())
         for s in names:
-            counts[s] += _counts(exact[s], lists[s].sim[q], lists[s].k, floors.get(s))
+            counts[s] += _counts(exact[s], lists[s].sim[at], lists[s].k, floors.get(s))
     out = {s: _ratios(c) for s, c in counts.items()}
     pooled = sum((counts[s] for s in names if s in floors), np.zeros(4))
     out["candidates"] = _ratios(pooled)
     return out
+
+
+def recall_queries(n: int, sample: int, seed: int = 0) -> np.ndarray:
+    """The sorted rows :func:`search_recall` checks by default: ``sample`` of ``n``, drawn with ``seed``."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
 
 
 def exact_similarities(name: str, x: Any, queries: np.ndarray) -> np.ndarray:

@@ -57,6 +57,15 @@ def test_graph_blend_on_a_complete_graph_equals_blending_and_searching_again(kin
         np.testing.assert_allclose([graph.get(p, 0.0) for p in pairs], [exact.get(p, 0.0) for p in pairs], atol=1e-5)
 
 
+def test_the_similarity_graph_is_symmetric_with_ones_on_its_diagonal():
+    from pipeline.matching.fusion import _similarity_graph
+
+    # Row 0 lists 1, row 1 lists 2 and itself, row 2 lists 0 weakly: neither 0 nor 2 lists itself.
+    nb = Neighbours(np.array([[1, -1], [2, 1], [0, -1]]), np.array([[0.9, -np.inf], [0.5, 0.97], [0.2, -np.inf]], np.float32))
+    want = [[1.0, 0.9, 0.2], [0.9, 1.0, 0.5], [0.2, 0.5, 1.0]]
+    np.testing.assert_allclose(_similarity_graph(nb).toarray(), want, atol=1e-6)
+
+
 def test_graph_blend_ranks_each_posting_first_and_keeps_k():
     x, _ = clustered_postings(300, 16, seed=2)
     nb = dense_knn(x["image"], k=10)
@@ -200,6 +209,22 @@ def test_fusing_in_blocks_of_rows_gives_the_whole_pass():
     blocked = fused_neighbours(dense, lists, {"image": 0.3, "text": 0.7}, k=12, floor=0.2, block=17)
     np.testing.assert_array_equal(blocked.idx, whole.idx)
     np.testing.assert_array_equal(blocked.sim, whole.sim)
+
+
+def test_lists_not_kept_are_let_go_and_each_list_is_observed_as_it_is_made():
+    x, _ = clustered_postings(200, 16, seed=6)
+    everything = np.arange(200)
+    g = Gallery(everything, everything, {m: x[m] for m in ("image", "text", "phash")})
+    settings = MatchSettings(fusion_weights={"image": 0.4, "text": 0.6}, blend_signal="concat", blend_rounds=1,
+                             blend_threshold=0.5)
+    every = gallery_neighbours(g, settings, k=12)
+    seen = {}
+    kept = gallery_neighbours(g, settings, k=12, keep={"blend", "phash"}, observe=seen.__setitem__)
+    assert set(kept) == {"blend", "phash"} and set(seen) == set(every)
+    for name, nb in every.items():
+        np.testing.assert_array_equal(seen[name].idx, nb.idx)
+        if name in kept:
+            np.testing.assert_array_equal(kept[name].sim, nb.sim)
 
 
 def test_search_floors_do_not_change_predictions():

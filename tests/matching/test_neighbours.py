@@ -76,11 +76,13 @@ def test_sparse_rows_sharing_no_term_are_not_neighbours():
     assert (nb.idx[3] == -1).all() and np.isneginf(nb.sim[3]).all()  # an empty title matches nothing
 
 
-def test_ivfpq_rescores_its_shortlist_exactly():
+@pytest.mark.parametrize("batch_size", [4096, 333])
+def test_ivfpq_rescores_its_shortlist_exactly(batch_size):
     from pipeline.data.synth.postings import clustered_postings
 
     x = clustered_postings(1500, 32, seed=2)[0]["text"]
-    nb = dense_knn(x, k=10, settings=SearchSettings(index="ivfpq", nprobe=16, pq_m=16, refine=4))
+    settings = SearchSettings(index="ivfpq", nprobe=16, pq_m=16, refine=4, batch_size=batch_size)
+    nb = dense_knn(x, k=10, settings=settings)  # each batch's shortlist rescored as it is searched
     got = np.einsum("nd,nkd->nk", x, x[nb.idx])
     np.testing.assert_allclose(nb.sim, got, atol=1e-5)  # exact cosines, not PQ estimates
     assert (np.diff(nb.sim, axis=1) <= 1e-6).all()

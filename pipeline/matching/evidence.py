@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from pipeline.config import PAIR_FEATURE_GROUPS
 from pipeline.data.titles import normalise_title
 from pipeline.matching.candidates import Candidates, Gallery, rank_within
-from pipeline.matching.neighbours import PHASH_BITS, Neighbours
+from pipeline.matching.neighbours import PHASH_BITS, Neighbours, faiss_threads
 
 FEATURE_GROUPS = PAIR_FEATURE_GROUPS
 STANDARD_FEATURES = ("zk_q", "zk_m", "best_q", "best_m", "csls", "pct")  # per signal, in the ``standard`` group
@@ -324,11 +324,12 @@ def _gallery_block(ctx: PairContext, g: int, pq: np.ndarray, pm: np.ndarray, sim
     raw: dict[str, np.ndarray] = {}
     for name, x in gallery.vectors.items():
         if name == "phash":
+            distance = hamming(x[pq], x[pm])
             if "phash:hamming" in wanted:
-                out["phash:hamming"] = hamming(x[pq], x[pm])
-            raw[name] = 1.0 - hamming(x[pq], x[pm]) / PHASH_BITS
+                out["phash:hamming"] = distance
+            raw[name] = 1.0 - distance / PHASH_BITS
         elif wanted & {f"{name}:raw", f"{name}:z_q", f"{name}:zk_q"}:
-            raw[name] = _raw_cosine(x, pq, pm)
+            raw[name] = _raw_cosine(x, pq, pm, ctx.threads)
             out[f"{name}:raw"] = raw[name]
     for name, nb in nbs.items():
         if f"{name}:zk_q" in wanted:
@@ -379,17 +380,29 @@ def _standard_block(ctx: PairContext, g: int, name: str, pq: np.ndarray, pm: np.
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(B,) Hamming distance of packed (B, 8) uint8 hashes."""
-    return np.unpackbits(np.bitwise_xor(a, b), axis=1).sum(axis=1).astype(np.float32)
+    """(B,) Hamming distance of packed (B, 8) uint8 hashes (one 64-bit popcount each)."""
+    words = lambda h: np.ascontiguousarray(h, dtype=np.uint8).view(np.uint64)  # noqa: E731
+    return np.bitwise_count(words(a) ^ words(b)).sum(axis=1).astype(np.float32)
 
 
-def _raw_cosine(x: Any, pq: np.ndarray, pm: np.ndarray) -> np.ndarray:
-    """(B,) inner product of rows ``pq`` and ``pm`` of L2-normalised dense or sparse vectors."""
+def _raw_cosine(x: Any, pq: np.ndarray, pm: np.ndarray, threads: int = 1) -> np.ndarray:
+    """(B,) inner product of rows ``pq`` and ``pm`` of L2-normalised dense or sparse vectors.
+
+    Dense rows go to FAISS's ``pairwise_indexed_inner_product``, which reads them in place (no
+    gathered (B, D) copies): 5 ms against 180 ms for 32,768 pairs of 512 dimensions.
+    """
     if sp.issparse(x):
         x = sp.csr_matrix(x)
         return _rowdot(x[pq], x[pm])
-    x = np.asarray(x)
-    return np.einsum("ij,ij->i", np.asarray(x[pq], np.float32), np.asarray(x[pm], np.float32))
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    pq, pm = np.ascontiguousarray(pq, dtype=np.int64), np.ascontiguousarray(pm, dtype=np.int64)
+    out = np.empty(len(pq), dtype=np.float32)
+    with faiss_threads(threads):
+        faiss.pairwise_indexed_inner_product(x.shape[1], len(pq), faiss.swig_ptr(x), faiss.swig_ptr(pq),
+                                             faiss.swig_ptr(x), faiss.swig_ptr(pm), faiss.swig_ptr(out))
+    return out
 
 
 def _title_block(tq: TitleQuantities, q: np.ndarray, m: np.ndarray, threads: int) -> dict[str, np.ndarray]:

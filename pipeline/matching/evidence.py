@@ -336,11 +336,10 @@ def _gallery_block(ctx: PairContext, g: int, pq: np.ndarray, pm: np.ndarray, sim
             out.update(_standard_block(ctx, g, name, pq, pm, _pair_similarity(raw, sims, name, len(pq))))
         if f"{name}:rev_rank" in wanted:
             hit = nb.idx[pm] == pq[:, None]  # (B, k)
-            out[f"{name}:rev_rank"] = np.where(hit.any(axis=1), hit.argmax(axis=1), np.nan)
+            first = hit.argmax(axis=1)
+            out[f"{name}:rev_rank"] = np.where(hit[np.arange(len(pq)), first], first, np.nan)
         if f"{name}:common" in wanted:
-            a, b = nb.idx[pq, :COMMON_K], nb.idx[pm, :COMMON_K]
-            same = (a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)
-            out[f"{name}:common"] = same.any(axis=2).sum(axis=1)
+            out[f"{name}:common"] = _common(nb.idx[pq, :COMMON_K], nb.idx[pm, :COMMON_K])
         if f"{name}:dens_q" in wanted:
             mean, std = ctx.density(g, name)
             s = _pair_similarity(raw, sims, name, len(pq))
@@ -349,6 +348,15 @@ def _gallery_block(ctx: PairContext, g: int, pq: np.ndarray, pm: np.ndarray, sim
                 out[f"{name}:z_q"] = (s - mean[pq]) / np.maximum(std[pq], 1e-3)
                 out[f"{name}:z_m"] = (s - mean[pm]) / np.maximum(std[pm], 1e-3)
     return out
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(B,) how many of row i of ``a`` (-1: none) are somewhere in row i of ``b``, one column of ``b``
+    at a time (a third of the time of one (B, K, K) comparison)."""
+    found = np.zeros(a.shape, dtype=bool)
+    for j in range(b.shape[1]):
+        found |= a == b[:, j : j + 1]
+    return (found & (a >= 0)).sum(axis=1)
 
 
 def _pair_similarity(raw: Mapping[str, np.ndarray], sims: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:

@@ -121,21 +121,26 @@ def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
 def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant,
                  seed: int, cv: bool) -> tuple[TuneResult, dict]:
     """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
-    m = cfg.match
-    kwargs = dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
-                  pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
-                  rule_signals=variant.rule)
+    kwargs = _tune_kwargs(cfg, galleries, variant, seed)
     result = tune(galleries.candidates, labels, folds=fold_of, **kwargs)
     figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
     if cv:
         figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
     if variant.calibrate:
-        result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=m.n_thresholds)
+        result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=cfg.match.n_thresholds)
         figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
     if variant.transductive:
         result.settings.match_rate = tuned_match_rate(result)
         figures["match_rate"] = round(result.settings.match_rate, 4)
     return result, figures
+
+
+def _tune_kwargs(cfg: Config, galleries: OofGalleries, variant: Variant, seed: int) -> dict[str, Any]:
+    """The arguments of :func:`tune` (and :func:`cross_validated`) for one variant on ``galleries``."""
+    m = cfg.match
+    return dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
+                pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
+                rule_signals=variant.rule)
 
 
 def match_part(cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarray | None) -> dict[str, float]:
@@ -176,12 +181,10 @@ def padded_tune(cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.D
     labels = both["label_group"].to_numpy()
     folds = np.r_[fold_of, np.full(n_pad, -1)]
     galleries = tuning_galleries(cfg, both, folds, None)
-    m = cfg.match
     tuned = np.arange(len(both)) < len(a)
-    return tune(galleries.candidates, labels, folds=folds, rows=tuned, learn_rows=None if not variant.learn_padding else
-                np.ones(len(both), bool), n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
-                pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
-                rule_signals=variant.rule)
+    learn = np.ones(len(both), bool) if variant.learn_padding else None
+    return tune(galleries.candidates, labels, folds=folds, rows=tuned, learn_rows=learn,
+                **_tune_kwargs(cfg, galleries, variant, seed))
 
 
 def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],

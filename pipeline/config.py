@@ -219,9 +219,9 @@ class MatchConfig:
     # Dense index: auto (flat up to 30,000 postings, hnsw above) | flat (exact) | hnsw | ivf |
     # ivfpq (millions of postings). ef_search and nprobe were set from the measured recall of
     # candidate pairs above the tuned floors against flat search (README, "Speed"): HNSW kept them
-    # all on the dev titles' text embeddings from ef_search 32, and of the bench's image pairs above 0.3
-    # at 70,000 postings 0.986 / 0.990 / 0.991 / 0.992 with 128 / 192 / 224 / 256 (float16 storage;
-    # search time grows with it about linearly); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev embeddings, under 0.91 on the bench's.
+    # all on the dev text embeddings from ef_search 32, and of the bench's image pairs above 0.3 at
+    # 70,000 postings 0.986 / 0.990 / 0.991 / 0.992 with 128 / 192 / 224 / 256 (float16, time about
+    # linear in it); IVF kept 0.97-0.999 at nprobe 16 of 38 lists on the dev ones, under 0.91 on the bench's.
     index: str = "auto"
     nprobe: int = 16  # inverted lists visited per query (ivf, ivfpq)
     ef_search: int = 224  # HNSW's candidate list per query: the smallest with recall >= 0.99 on both

@@ -112,7 +112,8 @@ def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neig
         for j, m in enumerate(names):
             need = valid & np.isnan(known[:, :, j])
             if m in x and need.any():
-                known[:, :, j] = np.where(need, _cosines(x[m], norms[m], start, np.where(need, cand, -1)), known[:, :, j])
+                cos = _cosines(x[m], norms[m], start, np.where(need, cand, -1))
+                known[:, :, j] = np.where(need, cos, known[:, :, j])
         fused = np.nan_to_num(known) @ w
         fused[~valid | (fused < floor)] = -np.inf
         idx[part], sim[part] = _best_k(cand, fused, k)

@@ -95,8 +95,8 @@ def run_bench(n: int, dim: int = 512, k: int = 50, index: str = "auto", seed: in
     if tfidf:
         vectors["tfidf"] = tfidf_vectors(titles, cfg.tfidf)
         timings["fit_tfidf"] = time.perf_counter() - t0
-    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings, lists=keep_checked_rows,
-                         titles=titles)
+    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings,
+                         lists=keep_checked_rows, titles=titles)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
         write_submission(sub, Path(tmp) / "submission.csv", ids)

@@ -1,0 +1,39 @@
+"""The benchmarks' own bookkeeping: how gallery_size splits the groups, how margin_table averages seeds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.gallery_size import split_groups
+from benchmarks.margin_table import rows_from_json
+
+
+@pytest.mark.parametrize("share", [1 / 3, 0.25])
+def test_rotated_parts_tune_on_every_group_once_and_never_split_one(share):
+    labels = np.random.default_rng(0).integers(0, 40, 300)
+    parts = [split_groups(labels, share, seed=5, part=r) for r in range(round(1 / share))]
+    assert np.array_equal(np.sum(parts, axis=0), np.ones(len(labels)))  # each posting in exactly one part
+    for part in parts:
+        assert not set(labels[part]) & set(labels[~part])  # a group lies wholly in its part
+    sizes = [len(set(labels[p])) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_the_random_split_draws_the_share_of_groups_asked():
+    labels = np.repeat(np.arange(50), 3)
+    part = split_groups(labels, 0.2, seed=1)
+    assert len(set(labels[part])) == 10 and not set(labels[part]) & set(labels[~part])
+
+
+def test_margin_rows_from_several_seeds_are_averaged_per_setting(tmp_path):
+    def row(seed, f1, folds):
+        return {"seed": seed, "f1": f1, "precision": f1, "recall": f1, "per_fold_f1": folds, "fold_rows": [3, 5]}
+
+    for seed, (a, b) in {42: (0.8, 0.6), 43: (0.9, 0.7)}.items():
+        rows = {"base": row(seed, a, [a, a]), "k3": row(seed, b, [b, 1.0])}
+        (tmp_path / f"m{seed}.json").write_text(json.dumps({"rows": rows}))
+    out = rows_from_json([tmp_path / "m42.json", tmp_path / "m43.json"])
+    assert list(out) == ["base", "k3"]
+    assert out["base"]["f1"] == pytest.approx(0.85) and out["base"]["seed_f1"] == [0.8, 0.9]
+    assert out["k3"]["per_fold_f1"] == pytest.approx([0.65, 1.0]) and out["k3"]["seeds"] == [42, 43]

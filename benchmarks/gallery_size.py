@@ -85,11 +85,17 @@ VARIANTS = {"before": Variant(["sims"], False), "pair": Variant(DEFAULT, False),
             "padded_learn": Variant(DEFAULT, False, padded=True, learn_padding=True)}
 
 
-def split_groups(labels: np.ndarray, tune_share: float, seed: int) -> np.ndarray:
-    """(N,) bool: the postings of the tuning part, a ``tune_share`` of the groups drawn at random."""
+def split_groups(labels: np.ndarray, tune_share: float, seed: int, part: int | None = None) -> np.ndarray:
+    """(N,) bool: the postings of the tuning part. ``part=None``: a ``tune_share`` of the groups drawn at
+    random. ``part=r``: the r-th of ``round(1 / tune_share)`` equal shares of the groups in a seeded order;
+    rotating r over them tunes on every group once and matches every group in the others' galleries, so
+    the groups' own difficulty weighs the same on both sides of the comparison."""
     groups = np.unique(labels)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(groups, size=max(2, round(tune_share * len(groups))), replace=False)
+    if part is None:
+        chosen = rng.choice(groups, size=max(2, round(tune_share * len(groups))), replace=False)
+    else:
+        chosen = np.array_split(rng.permutation(groups), round(1 / tune_share))[part]
     return np.isin(labels, chosen)
 
 
@@ -188,10 +194,11 @@ def padded_tune(cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.D
 
 
 def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],
-                 text: "TextVectors | None" = None, cv: bool = False, oracle: bool = False) -> dict[str, Any]:
+                 text: "TextVectors | None" = None, cv: bool = False, oracle: bool = False,
+                 part: int | None = None) -> dict[str, Any]:
     """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
     labels = df["label_group"].to_numpy()
-    part_a = split_groups(labels, tune_share, seed)
+    part_a = split_groups(labels, tune_share, seed, part)
     a, b = df[part_a].reset_index(drop=True), df[~part_a].reset_index(drop=True)
     a_labels = a["label_group"].to_numpy()
     fold_of = make_folds(a_labels, cfg.folds.n_splits, seed)
@@ -199,7 +206,7 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         text.check(a, b)
         fold_of = text.folds  # the folds its fold models were trained on: out-of-fold means those
     galleries = tuning_galleries(cfg, a, fold_of, text.oof if text is not None else None)
-    out: dict[str, Any] = {"seed": seed, "tune_rows": len(a), "test_rows": len(b), "variants": {}}
+    out: dict[str, Any] = {"seed": seed, "part": part, "tune_rows": len(a), "test_rows": len(b), "variants": {}}
     tuned = {}
     for name in variants:
         t0 = time.perf_counter()
@@ -374,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-share", type=float, default=0.2, help="share of the groups tuned on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one group split per seed")
     parser.add_argument("--repeats", type=int, default=3, help="sampled sub-galleries per size")
+    parser.add_argument("--rotate", action="store_true",
+                        help="per seed, tune on each of the round(1/tune-share) shares of the groups in turn")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cv", action="store_true", help="also the cross-validated figure of the tuning part")
     parser.add_argument("--oracle", action="store_true",
@@ -392,10 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     if text is not None and any(VARIANTS[v].padded for v in args.variants):
         parser.error("padded variants embed the gallery's postings with the tuning part's models: not with --text-run")
     results = []
+    if args.rotate and text is not None:
+        parser.error("--rotate trains nothing: the title encoder's run is trained on one split (see above)")
+    parts = range(round(1 / args.tune_share)) if args.rotate else [None]
     for seed in args.seeds:
-        results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,
-                                    args.oracle))
-        print(json.dumps(results[-1]), flush=True)
+        for part in parts:
+            results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,
+                                        args.oracle, part))
+            print(json.dumps(results[-1]), flush=True)
     print(table(results))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -220,6 +220,8 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
 
     for name, result in tuned.items():
         out["variants"][name]["whole"] = {"size": round(len(b) / len(a), 2), **match(name, result, np.arange(len(b)))}
+    if oracle and text is None:
+        out["oracle_whole"] = _oracle(cfg, b, seed)
     rng = np.random.default_rng(seed + 1)
     b_labels = b["label_group"].to_numpy()
     for mult in SIZES:
@@ -227,8 +229,8 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         if n_rows > len(b):
             continue
         draws = [sample_groups(b_labels, n_rows, rng) for _ in range(repeats)]
-        if oracle and text is None and mult == 2.0:
-            out["oracle_2x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
+        if oracle and text is None and mult in (1.0, 2.0):
+            out[f"oracle_{mult:g}x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
         for name, result in tuned.items():
             runs = [match(name, result, rows) for rows in draws]
             out["variants"][name].setdefault("sizes", []).append(
@@ -330,11 +332,23 @@ def table(results: list[dict]) -> str:
         for i, s in enumerate(rows[0].get("sizes", [])):
             if all(len(r.get("sizes", [])) > i for r in rows):
                 lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r: r['sizes'][i])}")
-    if all("oracle_2x" in r for r in results):
-        lines.append("ceiling  | 2.0x own | " + " | ".join(
-            f"{np.mean([r['oracle_2x'][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
-            + "  (tuned in-sample on one 2x draw)")
+    for key, label in (("oracle_1x", "1.0x own"), ("oracle_2x", "2.0x own"), ("oracle_whole", "whole own")):
+        if all(key in r for r in results):
+            lines.append(f"ceiling  | {label:8} | " + " | ".join(
+                f"{np.mean([r[key][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
+                + "  (tuned in-sample on that gallery: its first draw)")
     return "\n".join(lines)
+
+
+def _ceiling_points(results: list[dict], key: str) -> list[tuple[float, float]]:
+    """(size, figure) of each split's in-sample ceilings (``--oracle``)."""
+    points = []
+    for r in results:
+        whole = next(iter(r["variants"].values()))["whole"]["size"]
+        for name, size in (("oracle_1x", 1.0), ("oracle_2x", 2.0), ("oracle_whole", whole)):
+            if name in r:
+                points.append((size, r[name][key]))
+    return points
 
 
 def plot(results: list[dict], path: Path, title: str) -> Path:
@@ -348,11 +362,19 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
         for name in results[0]["variants"]:
             rows = [r["variants"][name] for r in results]
             n = min(len(r.get("sizes", [])) for r in rows)
-            x = [1.0] + [rows[0]["sizes"][i]["size"] for i in range(n)]
-            y = [np.mean([r["oof"][key] for r in rows])] + [np.mean([r["sizes"][i][key] for r in rows]) for i in range(n)]
-            line = ax.plot(x[1:], y[1:], marker="o", label=f"{name}: unseen groups")[0]
-            ax.plot([1.0], [y[0]], marker="*", markersize=12, color=line.get_color(), linestyle="none",
+            x = [rows[0]["sizes"][i]["size"] for i in range(n)]
+            y = [np.mean([r["sizes"][i][key] for r in rows]) for i in range(n)]
+            whole = float(np.mean([r["whole"]["size"] for r in rows]))
+            if not x or whole > max(x) + 0.05:  # the whole other part, larger than every draw
+                x, y = x + [whole], y + [np.mean([r["whole"][key] for r in rows])]
+            line = ax.plot(x, y, marker="o", label=f"{name}: unseen groups")[0]
+            ax.plot([1.0], [np.mean([r["oof"][key] for r in rows])], marker="*", markersize=12,
+                    color=line.get_color(), linestyle="none",
                     label=f"{name}: out-of-fold (tuning part)")
+        ceiling = _ceiling_points(results, key)
+        if ceiling:
+            ax.plot(*zip(*ceiling), marker="x", color="black", linestyle="none",
+                    label="ceiling: tuned in-sample on that gallery (each split)")
         ax.set_xscale("log", base=2)
         ax.set_xticks([0.5, 1, 2, 3, 4], ["0.5x", "1x", "2x", "3x", "4x"])
         ax.set_xlabel("gallery size / tuning gallery size")
@@ -386,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cv", action="store_true", help="also the cross-validated figure of the tuning part")
     parser.add_argument("--oracle", action="store_true",
-                        help="also tune on the first 2x draw itself (in-sample: the ceiling at that size)")
+                        help="also tune on the first 1x and 2x draws and the whole other part themselves "
+                             "(in-sample: the ceiling at each size)")
     parser.add_argument("--text-run", type=Path, default=None, help="run trained on the tuning part (see above)")
     parser.add_argument("--test-embed", default="full", choices=["full", "folds"])
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.txt and the plot")

@@ -316,7 +316,7 @@ def write_split(data: Path, tune_share: float, seed: int, out: Path) -> None:
 
 def table(results: list[dict]) -> str:
     """Mean over split seeds: per variant, OOF, CV, the whole other part and each size."""
-    lines = ["variant  | gallery  | F1     | precision | recall | (mean over seeds)"]
+    lines = ["variant  | gallery  | F1     | precision | recall | (mean over splits)"]
     for name in results[0]["variants"]:
         rows = [r["variants"][name] for r in results]
 
@@ -332,6 +332,9 @@ def table(results: list[dict]) -> str:
         for i, s in enumerate(rows[0].get("sizes", [])):
             if all(len(r.get("sizes", [])) > i for r in rows):
                 lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r: r['sizes'][i])}")
+        loss = 100 * np.array([r["oof"]["f1"] - r["whole"]["f1"] for r in rows])
+        spread = f" ± {loss.std(ddof=1) / np.sqrt(len(loss)):.2f} (standard error)" if len(loss) > 1 else ""
+        lines.append(f"{name:8} | loss     | OOF - whole: {loss.mean():.2f} points{spread} over {len(loss)} splits")
     for key, label in (("oracle_1x", "1.0x own"), ("oracle_2x", "2.0x own"), ("oracle_whole", "whole own")):
         if all(key in r for r in results):
             lines.append(f"ceiling  | {label:8} | " + " | ".join(
@@ -397,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv[1:])
         write_split(a.data, a.tune_share, a.seed, a.out)
         return 0
+    if argv[:1] == ["merge"]:  # the results of several runs (seeds run in parallel, say): one table and plot
+        p = argparse.ArgumentParser(prog="python -m benchmarks.gallery_size merge")
+        p.add_argument("results", type=Path, nargs="+", help="results.json files")
+        p.add_argument("--title", default="")
+        p.add_argument("--out", type=Path, required=True)
+        a = p.parse_args(argv[1:])
+        write_results([r for path in a.results for r in json.loads(path.read_text())], a.out, a.title)
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEV_CSV, help="labelled postings CSV")
     parser.add_argument("--modalities", default="tfidf,phash")
@@ -434,13 +445,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results[-1]), flush=True)
     print(table(results))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        (args.out / "table.txt").write_text(table(results) + "\n")
-        title = (f"{args.modalities}: tuned on {args.tune_share:.0%} of the dev groups, matched on the others "
-                 f"(seeds {args.seeds}, {args.repeats} draws per size)")
-        print(f"plot: {plot(results, args.out / 'gallery_size.png', title)}", file=sys.stderr)
+        write_results(results, args.out, f"{args.modalities}: tuned on {args.tune_share:.0%} of the dev groups, "
+                      f"matched on the others (seeds {args.seeds}, {args.repeats} draws per size)")
     return 0
+
+
+def write_results(results: list[dict], out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.txt").write_text(table(results) + "\n")
+    print(f"plot: {plot(results, out / 'gallery_size.png', title)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

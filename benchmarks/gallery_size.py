@@ -344,14 +344,14 @@ def table(results: list[dict]) -> str:
 
 
 def _ceiling_points(results: list[dict], key: str) -> list[tuple[float, float]]:
-    """(size, figure) of each split's in-sample ceilings (``--oracle``)."""
+    """(size, figure) of the in-sample ceilings (``--oracle``), each the mean over the splits."""
     points = []
-    for r in results:
-        whole = next(iter(r["variants"].values()))["whole"]["size"]
-        for name, size in (("oracle_1x", 1.0), ("oracle_2x", 2.0), ("oracle_whole", whole)):
-            if name in r:
-                points.append((size, r[name][key]))
-    return points
+    for name in ("oracle_1x", "oracle_2x", "oracle_whole"):
+        if all(name in r for r in results):
+            sizes = [{"oracle_1x": 1.0, "oracle_2x": 2.0}.get(name) or next(iter(r["variants"].values()))["whole"]["size"]
+                     for r in results]
+            points.append((float(np.mean(sizes)), float(np.mean([r[name][key] for r in results]))))
+    return sorted(points)
 
 
 def plot(results: list[dict], path: Path, title: str) -> Path:
@@ -359,7 +359,7 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
 
     from pipeline.io import save_figure
 
-    fig = Figure(figsize=(12, 3.8))
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     for ax, key in zip(axes, ("f1", "precision", "recall")):
         for name in results[0]["variants"]:
@@ -376,14 +376,14 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
                     label=f"{name}: out-of-fold (tuning part)")
         ceiling = _ceiling_points(results, key)
         if ceiling:
-            ax.plot(*zip(*ceiling), marker="x", color="black", linestyle="none",
-                    label="ceiling: tuned in-sample on that gallery (each split)")
+            ax.plot(*zip(*ceiling), marker="x", markersize=9, color="black", linestyle="--",
+                    label="ceiling: tuned in-sample on that gallery itself")
         ax.set_xscale("log", base=2)
         ax.set_xticks([0.5, 1, 2, 3, 4], ["0.5x", "1x", "2x", "3x", "4x"])
         ax.set_xlabel("gallery size / tuning gallery size")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
     return path

@@ -348,8 +348,8 @@ def _ceiling_points(results: list[dict], key: str) -> list[tuple[float, float]]:
     points = []
     for name in ("oracle_1x", "oracle_2x", "oracle_whole"):
         if all(name in r for r in results):
-            sizes = [{"oracle_1x": 1.0, "oracle_2x": 2.0}.get(name) or next(iter(r["variants"].values()))["whole"]["size"]
-                     for r in results]
+            fixed = {"oracle_1x": 1.0, "oracle_2x": 2.0}.get(name)
+            sizes = [fixed or next(iter(r["variants"].values()))["whole"]["size"] for r in results]
             points.append((float(np.mean(sizes)), float(np.mean([r[name][key] for r in results]))))
     return sorted(points)
 

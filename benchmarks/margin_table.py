@@ -47,7 +47,7 @@ def text_alone_cv(run_dir: Path) -> dict:
 def mean_over_seeds(rows: list[dict]) -> dict:
     """One setting's runs with different seeds (same folds): F1, precision, recall and per-fold F1 averaged;
     ``seed_f1`` keeps each seed's CV F1."""
-    out = dict(rows[0], seeds=[r["seed"] for r in rows], seed_f1=[r["f1"] for r in rows])
+    out = dict(rows[0], seeds=[r.get("seed") for r in rows], seed_f1=[r["f1"] for r in rows])
     for key in ("f1", "precision", "recall"):
         out[key] = round(float(np.mean([r[key] for r in rows])), 4)
     out["per_fold_f1"] = np.mean([r["per_fold_f1"] for r in rows], axis=0).tolist()
@@ -77,8 +77,9 @@ def print_table(rows: dict[str, dict], choose_folds: list[int]) -> str:
     for name, r in rows.items():
         seeds = " / ".join(f"{f:.4f}" for f in r.get("seed_f1", [r["f1"]]))
         print(f"{name:8} | {r['margin_start_rad']:.1f}->{r['margin_rad']:.1f} rad, {r['warmup_epochs']:.0f} ep | "
-              f"{r['subcenters']} | {r['size_power']:g} | {r['weight_power']:g} | {r['f1']:.4f} | {r['precision']:.4f} | "
-              f"{r['recall']:.4f} | {mean(r, pick):.4f} | {mean(r, ~pick):.4f} | "
+              f"{r['subcenters']} | {r.get('size_power', 0.0):g} | {r.get('weight_power', 0.0):g} | "
+              f"{r['f1']:.4f} | {r['precision']:.4f} | {r['recall']:.4f} | "
+              f"{mean(r, pick):.4f} | {mean(r, ~pick):.4f} | "
               f"{mean(r, ~pick) - mean(rows[base], ~pick):+.4f} | {seeds}")
     chosen = max(rows, key=lambda k: mean(rows[k], pick))
     print(f"chosen on folds {choose_folds}: {chosen}; on the other folds it gains "
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if bool(args.runs) == bool(args.from_json):
-        parser.error("give run folders or --from-json, not both")
+        parser.error("give either run folders or --from-json")
 
     if args.from_json:
         rows = rows_from_json(args.from_json)

@@ -66,6 +66,8 @@ SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT = list(DEFAULT_PAIR_FEATURES)
 # The size-invariant evidence: similarities read against their neighbourhood, and the titles.
 INVARIANT = ["standard", "text", "numbers"]
+# The in-sample ceilings of --oracle: result key -> (table label, gallery size; None: the whole other part's).
+CEILINGS = {"oracle_1x": ("1.0x own", 1.0), "oracle_2x": ("2.0x own", 2.0), "oracle_whole": ("whole own", None)}
 
 
 class Variant(NamedTuple):
@@ -315,7 +317,7 @@ def write_split(data: Path, tune_share: float, seed: int, out: Path) -> None:
 
 
 def table(results: list[dict]) -> str:
-    """Mean over split seeds: per variant, OOF, CV, the whole other part and each size."""
+    """Mean over splits: per variant, OOF, CV, the whole other part, each size and the loss; the ceilings."""
     lines = ["variant  | gallery  | F1     | precision | recall | (mean over splits)"]
     for name in results[0]["variants"]:
         rows = [r["variants"][name] for r in results]
@@ -335,7 +337,7 @@ def table(results: list[dict]) -> str:
         loss = 100 * np.array([r["oof"]["f1"] - r["whole"]["f1"] for r in rows])
         spread = f" ± {loss.std(ddof=1) / np.sqrt(len(loss)):.2f} (standard error)" if len(loss) > 1 else ""
         lines.append(f"{name:8} | loss     | OOF - whole: {loss.mean():.2f} points{spread} over {len(loss)} splits")
-    for key, label in (("oracle_1x", "1.0x own"), ("oracle_2x", "2.0x own"), ("oracle_whole", "whole own")):
+    for key, (label, _) in CEILINGS.items():
         if all(key in r for r in results):
             lines.append(f"ceiling  | {label:8} | " + " | ".join(
                 f"{np.mean([r[key][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
@@ -346,10 +348,9 @@ def table(results: list[dict]) -> str:
 def _ceiling_points(results: list[dict], key: str) -> list[tuple[float, float]]:
     """(size, figure) of the in-sample ceilings (``--oracle``), each the mean over the splits."""
     points = []
-    for name in ("oracle_1x", "oracle_2x", "oracle_whole"):
+    for name, (_, size) in CEILINGS.items():
         if all(name in r for r in results):
-            fixed = {"oracle_1x": 1.0, "oracle_2x": 2.0}.get(name)
-            sizes = [fixed or next(iter(r["variants"].values()))["whole"]["size"] for r in results]
+            sizes = [size or next(iter(r["variants"].values()))["whole"]["size"] for r in results]
             points.append((float(np.mean(sizes)), float(np.mean([r[name][key] for r in results]))))
     return sorted(points)
 
@@ -434,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     text = load_text(args.text_run, args.test_embed) if args.text_run is not None else None
     if text is not None and any(VARIANTS[v].padded for v in args.variants):
         parser.error("padded variants embed the gallery's postings with the tuning part's models: not with --text-run")
-    results = []
     if args.rotate and text is not None:
         parser.error("--rotate trains nothing: the title encoder's run is trained on one split (see above)")
+    results = []
     parts = range(round(1 / args.tune_share)) if args.rotate else [None]
     for seed in args.seeds:
         for part in parts:

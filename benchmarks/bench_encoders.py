@@ -25,8 +25,30 @@ import time
 from typing import Any
 
 WARMUP_STEPS = 2
-_WORDS = ("kaos", "polos", "botol", "minum", "500ml", "stainless", "hp", "android", "64gb", "baru", "murah",
-          "original", "premium", "import", "cod", "gratis", "ongkir", "tas", "ransel", "wanita", "pria", "xl")
+_WORDS = (
+    "kaos",
+    "polos",
+    "botol",
+    "minum",
+    "500ml",
+    "stainless",
+    "hp",
+    "android",
+    "64gb",
+    "baru",
+    "murah",
+    "original",
+    "premium",
+    "import",
+    "cod",
+    "gratis",
+    "ongkir",
+    "tas",
+    "ransel",
+    "wanita",
+    "pria",
+    "xl",
+)
 
 
 def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +57,9 @@ def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline.config import ImageConfig, TextConfig, TrainConfig
     from pipeline.device import autocast_dtype, pick_device
+    from pipeline.inference.embedding import autocast, forward, to_device
     from pipeline.models.encoders import build_encoder
     from pipeline.models.heads import ArcFace
-    from pipeline.training.embedding import autocast, forward, to_device
     from pipeline.training.loop import build_optimizer, train_step
 
     torch.manual_seed(0)
@@ -45,8 +67,9 @@ def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
     bs = args["batch_size"]
     train = TrainConfig(batch_size=bs, amp=args["amp"], lr=1e-4, head_lr=1e-2)
     if modality == "image":
-        cfg = ImageConfig(backbone=args["image_backbone"], pretrained=args["pretrained"],
-                          image_size=args["image_size"], train=train)
+        cfg = ImageConfig(
+            backbone=args["image_backbone"], pretrained=args["pretrained"], image_size=args["image_size"], train=train
+        )
     else:
         cfg = TextConfig(model=args["text_model"], train=train)
     model = build_encoder(modality, cfg).to(device)
@@ -74,8 +97,7 @@ def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    train_ips = timed(lambda: train_step(model, head, inputs, labels, optimizer, scaler, amp_dtype, 1.0),
-                      args["steps"])
+    train_ips = timed(lambda: train_step(model, head, inputs, labels, optimizer, scaler, amp_dtype, 1.0), args["steps"])
     model.eval()
 
     def infer() -> None:
@@ -111,8 +133,10 @@ def _inputs(model, bs: int):
         size = model.cfg.image_size
         return torch.randn(bs, 3, size, size, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
-    titles = [" ".join(_WORDS[int(i)] for i in torch.randint(len(_WORDS), (int(n),), generator=g))
-              for n in torch.randint(6, 20, (bs,), generator=g)]
+    titles = [
+        " ".join(_WORDS[int(i)] for i in torch.randint(len(_WORDS), (int(n),), generator=g))
+        for n in torch.randint(6, 20, (bs,), generator=g)
+    ]
     return model.tokenize(titles)
 
 

@@ -77,8 +77,12 @@ def bench_head(n_classes: int, rate: float, dim: int, batch_size: int, steps: in
 
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
     return {
-        "classes": n_classes, "sample_rate": rate, "classes_per_step": scored[-1], "dim": dim,
-        "batch_size": batch_size, "threads": threads,
+        "classes": n_classes,
+        "sample_rate": rate,
+        "classes_per_step": scored[-1],
+        "dim": dim,
+        "batch_size": batch_size,
+        "threads": threads,
         "params_mib": mib(head.parameters()),
         "grads_mib": mib(p.grad for p in head.parameters() if p.grad is not None),
         "adam_state_mib": mib(state),
@@ -106,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for n_classes in args.classes:
         for rate in args.rates:
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                result = pool.submit(bench_head, n_classes, rate, args.dim, args.batch_size, args.steps,
-                                     args.threads).result()
+                result = pool.submit(
+                    bench_head, n_classes, rate, args.dim, args.batch_size, args.steps, args.threads
+                ).result()
             print(json.dumps(result), flush=True)
     return 0
 

@@ -36,9 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.plot_only:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for n in args.sizes:
-            cmd = [sys.executable, "-m", "pipeline", "bench", "--n", str(n), "--dim", str(args.dim), "--k",
-                   str(args.k), "--index", args.index, "--recall-sample", str(args.recall_sample),
-                   *(["--tfidf"] if args.tfidf else []), *args.overrides]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "bench",
+                "--n",
+                str(n),
+                "--dim",
+                str(args.dim),
+                "--k",
+                str(args.k),
+                "--index",
+                args.index,
+                "--recall-sample",
+                str(args.recall_sample),
+                *(["--tfidf"] if args.tfidf else []),
+                *args.overrides,
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             line = done.stdout.strip().splitlines()[-1]
             print(line, flush=True)
@@ -65,18 +80,31 @@ def plot(rows: list[dict], path: Path) -> Path:
     for step in steps:
         ax_t.plot(n, [max(r["seconds"].get(step, 0.0), 1e-3) for r in rows], marker=".", label=step)
     ax_t.plot(n, [r["predict_seconds"] for r in rows], marker="o", c="k", lw=2, label="total")
-    ax_t.set(xlabel="postings N", ylabel="seconds", xscale="log", yscale="log",
-             title=f"predict path, dim {rows[0]['dim']}, k {rows[0]['k']}, index {rows[0]['index']}")
+    ax_t.set(
+        xlabel="postings N",
+        ylabel="seconds",
+        xscale="log",
+        yscale="log",
+        title=f"predict path, dim {rows[0]['dim']}, k {rows[0]['k']}, index {rows[0]['index']}",
+    )
     ax_t.legend(fontsize=6)
     ax_m.plot(n, [r["peak_rss_mb"] for r in rows], marker="o", label="peak RSS")
     ax_m.plot(n, [r["input_mb"] for r in rows], marker=".", label="input embeddings")
     ax_m.set(xlabel="postings N", ylabel="MiB", xscale="log", yscale="log", title="memory")
     ax_m.legend(fontsize=7)
     for key, style in (("recall_above_floor", "o-"), ("recall_at_k", ".--")):
-        ax_r.plot(n, [r.get("recall", {}).get("candidates", {}).get(key, float("nan")) for r in rows], style,
-                  label=f"candidates, {key}")
-    ax_r.set(xlabel="postings N", ylabel="recall against exact search", xscale="log",
-             title="recall of the lists (sampled queries)")
+        ax_r.plot(
+            n,
+            [r.get("recall", {}).get("candidates", {}).get(key, float("nan")) for r in rows],
+            style,
+            label=f"candidates, {key}",
+        )
+    ax_r.set(
+        xlabel="postings N",
+        ylabel="recall against exact search",
+        xscale="log",
+        title="recall of the lists (sampled queries)",
+    )
     ax_r.legend(fontsize=7)
     for ax in (ax_t, ax_m, ax_r):
         ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
-"""Neighbourhood blending as the 1st place did it: several rounds, and more than one signal (issue 11).
+"""Neighbourhood blending as the 1st place did it: several rounds, and more than one signal.
 
 Cross-validated F1 (tuned on K-1 folds, scored on the held-out one) of the whole rule with
-``match.blend_rounds`` = 1 (today: tuning tries one round) against 2 and 3 (tuning tries 1..N
+``fusion.blend_rounds`` = 1 (today: tuning tries one round) against 2 and 3 (tuning tries 1..N
 rounds and keeps the best on the tuning folds), and with a second blended signal: besides the
 signal tuning blends, each other blendable signal is blended too (``blend_<signal>``), its rounds
 and threshold chosen on the tuning folds by its own F1.
@@ -13,6 +13,7 @@ and threshold chosen on the tuning folds by its own F1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,11 +26,14 @@ from pipeline.matching.candidates import Candidates, build_candidates
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.fusion import BLENDABLE_SIGNALS, gallery_neighbours
 from pipeline.matching.oof import OofGalleries
-from pipeline.matching.tuning import Scorer, cross_validated, held_out_score, threshold_grid
+from pipeline.matching.pair_model import PairModelConfig
+from pipeline.matching.scoring import Scorer, threshold_grid
+from pipeline.matching.tuning import TuneSetup, cross_validated, held_out_score
 
 
-def second_blends(galleries: OofGalleries, labels: np.ndarray, rows: np.ndarray, first: str,
-                  max_rounds: int, n_thresholds: int = 41) -> dict[str, MatchSettings]:
+def second_blends(
+    galleries: OofGalleries, labels: np.ndarray, rows: np.ndarray, first: str, max_rounds: int, n_thresholds: int = 41
+) -> dict[str, MatchSettings]:
     """Per other blendable signal, the blending (rounds, threshold) with the best F1 of its blend
     alone on ``rows``' queries, tried around the signal's own best threshold."""
     base = galleries.candidates(MatchSettings()).subset(rows)
@@ -53,6 +57,7 @@ def second_blends(galleries: OofGalleries, labels: np.ndarray, rows: np.ndarray,
 
 def with_second_blends(galleries: OofGalleries, extra: dict[str, MatchSettings]):
     """A build function whose candidates also carry ``blend_<signal>`` for each extra blending."""
+
     def build(settings: MatchSettings) -> Candidates:
         parts = []
         for g, cache in zip(galleries.galleries, galleries.caches):
@@ -61,19 +66,20 @@ def with_second_blends(galleries: OofGalleries, extra: dict[str, MatchSettings])
                 nb[f"blend_{name}"] = gallery_neighbours(g, s, cache=cache, **galleries.search)["blend"]
             parts.append(build_candidates(g, nb, galleries.n))
         return Candidates.concat(parts)
+
     return build
 
 
-def cv_second_blend(galleries: OofGalleries, labels: np.ndarray, folds: np.ndarray, kwargs: dict) -> dict:
+def cv_second_blend(galleries: OofGalleries, labels: np.ndarray, folds: np.ndarray, setup: TuneSetup) -> dict:
     """Cross-validated F1 with second blends chosen inside each tuning split."""
     totals = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     per_fold, chosen = [], []
-    first = _first_blend(galleries, labels, kwargs)
+    first = _first_blend(galleries, labels, setup.decision.n_thresholds)
     for fold in np.unique(folds):
         held = folds == fold
-        extra = second_blends(galleries, labels, ~held, first, kwargs["blend_rounds"])
+        extra = second_blends(galleries, labels, ~held, first, setup.fusion.blend_rounds)
         chosen.append({k: (v.blend_rounds, round(v.blend_threshold, 3)) for k, v in extra.items()})
-        one = held_out_score(with_second_blends(galleries, extra), labels, folds, int(fold), **kwargs)
+        one = held_out_score(with_second_blends(galleries, extra), labels, folds, int(fold), setup, galleries.context)
         per_fold.append(round(one["f1"], 4))
         for key in totals:
             totals[key] += one[key] * one["rows"]
@@ -81,11 +87,15 @@ def cv_second_blend(galleries: OofGalleries, labels: np.ndarray, folds: np.ndarr
     return {**{k: v / n for k, v in totals.items()}, "per_fold_f1": per_fold, "second_blends": chosen}
 
 
-def _first_blend(galleries: OofGalleries, labels: np.ndarray, kwargs: dict) -> str:
+def _first_blend(galleries: OofGalleries, labels: np.ndarray, n_thresholds: int) -> str:
     c = galleries.candidates(MatchSettings())
     scorer = Scorer(c, labels)
     names = [s for s in BLENDABLE_SIGNALS if s in c.sims]
-    return max(names, key=lambda s: scorer.curve(s, threshold_grid(c.sims[s], kwargs["n_thresholds"])).best[1])
+    return max(names, key=lambda s: scorer.curve(s, threshold_grid(c.sims[s], n_thresholds)).best[1])
+
+
+def with_rounds(setup: TuneSetup, rounds: int) -> TuneSetup:
+    return dataclasses.replace(setup, fusion=dataclasses.replace(setup.fusion, blend_rounds=rounds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,22 +111,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.run is not None:
-        galleries, labels, folds, kwargs = galleries_from_run(args.run)
+        galleries, labels, folds, setup = galleries_from_run(args.run)
     else:
-        galleries, labels, folds, kwargs = galleries_from_csv(args.data, args.modalities, [])
-    kwargs = {**kwargs, "pair_model": args.pair_model, "pair_groups": ["sims"], "context": galleries.context}
+        galleries, labels, folds, setup = galleries_from_csv(args.data, args.modalities, [])
+    setup = dataclasses.replace(setup, pair=PairModelConfig(enabled=args.pair_model, features=["sims"]))
     for rounds in args.rounds:
         t0 = time.perf_counter()
-        cv = cross_validated(galleries.candidates, labels, folds, **{**kwargs, "blend_rounds": rounds})
-        print(json.dumps({"blend_rounds": rounds, "f1": round(cv["f1"], 4), "precision": round(cv["precision"], 4),
-                          "recall": round(cv["recall"], 4), "per_fold_f1": cv["per_fold_f1"],
-                          "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+        cv = cross_validated(galleries.candidates, labels, folds, with_rounds(setup, rounds), galleries.context)
+        print(
+            json.dumps(
+                {
+                    "blend_rounds": rounds,
+                    "f1": round(cv["f1"], 4),
+                    "precision": round(cv["precision"], 4),
+                    "recall": round(cv["recall"], 4),
+                    "per_fold_f1": cv["per_fold_f1"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            ),
+            flush=True,
+        )
     if args.second:
         t0 = time.perf_counter()
-        cv = cv_second_blend(galleries, labels, folds, {**kwargs, "blend_rounds": max(args.rounds)})
-        print(json.dumps({"blend_rounds": max(args.rounds), "second_blend": True, "f1": round(cv["f1"], 4),
-                          "per_fold_f1": cv["per_fold_f1"], "chosen": cv["second_blends"],
-                          "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+        cv = cv_second_blend(galleries, labels, folds, with_rounds(setup, max(args.rounds)))
+        print(
+            json.dumps(
+                {
+                    "blend_rounds": max(args.rounds),
+                    "second_blend": True,
+                    "f1": round(cv["f1"], 4),
+                    "per_fold_f1": cv["per_fold_f1"],
+                    "chosen": cv["second_blends"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -36,8 +36,12 @@ def cosine_stats(x: np.ndarray, labels: np.ndarray, queries: np.ndarray, thresho
         if len(negs):
             neg_top.append(negs[0])
             neg_above.append(float((negs >= threshold).sum()))
-    return {"true_pair_cos": round(float(np.mean(pos)), 4), "nearest_other_group_cos": round(float(np.mean(neg_top)), 4),
-            "other_group_above_threshold": round(float(np.mean(neg_above)), 3), "rows": int(len(x))}
+    return {
+        "true_pair_cos": round(float(np.mean(pos)), 4),
+        "nearest_other_group_cos": round(float(np.mean(neg_top)), 4),
+        "other_group_above_threshold": round(float(np.mean(neg_above)), 3),
+        "rows": int(len(x)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.gallery_size import _fold_embeddings
     from pipeline import io
-    from pipeline.stages.context import open_run
+    from pipeline.runs.folder import open_run
 
     run = open_run(args.run)
     train, test = run.train_df(), run.test_df()
@@ -58,15 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     truth = pd.read_csv(args.truth, dtype={"posting_id": str}).set_index("posting_id")["label_group"]
     test_labels = truth.loc[test["posting_id"]].to_numpy()
     rows = {}
-    oof = [cosine_stats(np.asarray(run.embeddings("text", f"oof_fold{f}", train["posting_id"].to_numpy())),
-                        train_labels, np.flatnonzero(fold_of == f), threshold) for f in np.unique(fold_of)]
+    oof = [
+        cosine_stats(
+            np.asarray(run.embeddings("text", f"oof_fold{f}", train["posting_id"].to_numpy())),
+            train_labels,
+            np.flatnonzero(fold_of == f),
+            threshold,
+        )
+        for f in np.unique(fold_of)
+    ]
     rows["tuning: out-of-fold (fold models)"] = {k: round(float(np.mean([o[k] for o in oof])), 4) for k in oof[0]}
     full = np.asarray(run.embeddings("text", "test", test["posting_id"].to_numpy()))
     everything = np.arange(len(test))
     rows["test: full model"] = cosine_stats(full, test_labels, everything, threshold)
     per_fold = _fold_embeddings(run, test, np.unique(fold_of), args.run / "fold_test")
     fold_stats = [cosine_stats(x, test_labels, everything, threshold) for x in per_fold]
-    rows["test: each fold model (mean)"] = {k: round(float(np.mean([o[k] for o in fold_stats])), 4) for k in fold_stats[0]}
+    rows["test: each fold model (mean)"] = {
+        k: round(float(np.mean([o[k] for o in fold_stats])), 4) for k in fold_stats[0]
+    }
     mean = sum(per_fold)
     mean = mean / np.linalg.norm(mean, axis=1, keepdims=True)
     rows["test: mean of fold models"] = cosine_stats(mean, test_labels, everything, threshold)

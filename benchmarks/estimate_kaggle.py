@@ -74,8 +74,15 @@ def _encoder(modality: str, cfg):
     from pipeline.models.encoders import resolve_text_model
 
     folder = Path(tempfile.mkdtemp(prefix="xlmr_arch_"))
-    XLMRobertaConfig(vocab_size=250_002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1).save_pretrained(folder)
+    XLMRobertaConfig(
+        vocab_size=250_002,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+    ).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_text_model(None), local_files_only=True).save_pretrained(folder)
     return build_encoder("text", dataclasses.replace(cfg, model=str(folder)), load_weights=False)
 
@@ -91,8 +98,12 @@ def decode_rate(image_size: int, photo_size: int, n: int = 40) -> float:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
-    config = {"input_size": (3, image_size, image_size), "mean": (0.5,) * 3, "std": (0.5,) * 3,
-              "interpolation": "bicubic"}
+    config = {
+        "input_size": (3, image_size, image_size),
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "interpolation": "bicubic",
+    }
     transform = train_transform(config)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -130,12 +141,20 @@ def estimate(config: str, utilisation: float, photo_size: int) -> dict:
             epoch_s = rows / rate
             # Each model trains, then embeds its fold's gallery: every train posting.
             seconds = trainings * (mcfg.train.epochs * epoch_s + SHOPEE_TRAIN / embed_rate)
-            per_model[gpu] = {"items_per_s": round(rate, 1), "gpu_bound_items_per_s": round(gpu_rate, 1),
-                              "epoch_min": round(epoch_s / 60, 1), "all_trainings_h": round(seconds / 3600, 2)}
+            per_model[gpu] = {
+                "items_per_s": round(rate, 1),
+                "gpu_bound_items_per_s": round(gpu_rate, 1),
+                "epoch_min": round(epoch_s / 60, 1),
+                "all_trainings_h": round(seconds / 3600, 2),
+            }
             total[gpu] += seconds
-        out["encoders"][m] = {"gflop_per_training_item": round(flops / 1e9, 2),
-                              "decode_items_per_s_4_cores": round(decode, 1) if decode else None,
-                              "trainings": trainings, "epochs": mcfg.train.epochs, **per_model}
+        out["encoders"][m] = {
+            "gflop_per_training_item": round(flops / 1e9, 2),
+            "decode_items_per_s_4_cores": round(decode, 1) if decode else None,
+            "trainings": trainings,
+            "epochs": mcfg.train.epochs,
+            **per_model,
+        }
     out["total_h"] = {gpu: round(s / 3600, 2) for gpu, s in total.items()}
     return out
 
@@ -143,8 +162,13 @@ def estimate(config: str, utilisation: float, photo_size: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="kaggle", help="preset name or YAML file (default kaggle)")
-    p.add_argument("--utilisation", type=float, nargs="+", default=[0.03, 0.10, 0.25],
-                   help="assumed shares of the GPU's peak fp16 throughput (default 0.03 0.10 0.25)")
+    p.add_argument(
+        "--utilisation",
+        type=float,
+        nargs="+",
+        default=[0.03, 0.10, 0.25],
+        help="assumed shares of the GPU's peak fp16 throughput (default 0.03 0.10 0.25)",
+    )
     p.add_argument("--photo-size", type=int, default=1024, help="side of the JPEGs decoded (default 1024)")
     args = p.parse_args(argv)
     for u in args.utilisation:

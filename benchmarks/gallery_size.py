@@ -1,4 +1,4 @@
-"""Match quality against gallery size, on groups the tuning never saw (issue 11).
+"""Match quality against gallery size, on groups the tuning never saw.
 
 The protocol: split the labelled postings' groups in two parts (``--tune-share`` of the groups,
 the rest). Tune on the first part's out-of-fold candidates (GroupKFold, as the tune stage does),
@@ -11,14 +11,6 @@ Variants (``--variants``), each tuned on the same galleries:
   before    today's rule: the pair model on the similarity features only, no size calibration;
   pair      the pair model on every feature group, no size calibration;
   after     every feature group, thresholds moved with the gallery's size (``calibrate_size``);
-  std       as after, plus the neighbourhood-standardised similarities (the ``standard`` group);
-  inv       the size-invariant evidence only (``standard``, ``text``, ``numbers``: no raw similarity),
-            size-calibrated; inv_nocal the same without calibration;
-  inv_pair, after_pair   inv and after deciding on the pair score alone (its threshold and min-2 floor:
-            no raw-similarity threshold in the union);
-  trans     as after, but at predict time the thresholds move along the fitted slopes as far as gives
-            the tuning galleries' matches per posting on the gallery's own candidates (no label read;
-            ``match.transductive``); inv_trans the same on inv's evidence;
   padded    pair, but tuned again for each gallery matched: the tuning part's out-of-fold queries are
             searched among the tuning part and as many of that gallery's postings, unlabelled, as make
             the tuning gallery as large as it (distractors: its groups are not the tuning part's), so
@@ -35,7 +27,7 @@ out-of-fold vectors come from the run's fold models, the other part's from its `
 
     python -m benchmarks.gallery_size split --tune-share 0.333 --seed 0 --out runs/gs/split_s0
     python -m pipeline run --data runs/gs/split_s0 --out runs/gs/text_s0 --modalities text \\
-        baseline_untrained=false match.cv_estimate=false
+        baseline_untrained=false decision.cv_estimate=false
     python -m benchmarks.gallery_size --modalities text --text-run runs/gs/text_s0 --tune-share 0.333 --seeds 0
 """
 
@@ -46,26 +38,27 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from benchmarks import DEV_CSV
-from pipeline.config import DEFAULT_PAIR_FEATURES, Config, load_config
+from pipeline.config import Config, load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.oof import OofGalleries, oof_galleries
+from pipeline.matching.pair_model import DEFAULT_GROUPS, PairModelConfig
 from pipeline.matching.predict import match_postings
 from pipeline.matching.signals import unsupervised_vectors
-from pipeline.matching.tuning import TuneResult, calibrate_size, cross_validated, tune, tuned_match_rate
+from pipeline.matching.size_calibration import calibrate_size
+from pipeline.matching.tuning import TuneResult, TuneSetup, cross_validated, tune
 from pipeline.metric import f1_from_sets, true_sets_from_labels
 
 SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-DEFAULT = list(DEFAULT_PAIR_FEATURES)
-# The size-invariant evidence: similarities read against their neighbourhood, and the titles.
-INVARIANT = ["standard", "text", "numbers"]
+DEFAULT = list(DEFAULT_GROUPS)
 # The in-sample ceilings of --oracle: result key -> (table label, gallery size; None: the whole other part's).
 CEILINGS = {"oracle_1x": ("1.0x own", 1.0), "oracle_2x": ("2.0x own", 2.0), "oracle_whole": ("whole own", None)}
 
@@ -73,18 +66,17 @@ CEILINGS = {"oracle_1x": ("1.0x own", 1.0), "oracle_2x": ("2.0x own", 2.0), "ora
 class Variant(NamedTuple):
     groups: list[str]  # the pair model's feature groups
     calibrate: bool  # thresholds moved with the gallery's size (calibrate_size)
-    rule: list[str] | None = None  # the signals the decision may use (None: every one)
-    transductive: bool = False  # moved as far as gives the tuned matches per posting (match_rate)
     padded: bool = False  # tuned again per gallery, among the gallery's own postings as distractors
     learn_padding: bool = False  # the pair model also learns from the pairs with those distractors
 
 
-VARIANTS = {"before": Variant(["sims"], False), "pair": Variant(DEFAULT, False), "after": Variant(DEFAULT, True),
-            "std": Variant([*DEFAULT, "standard"], True), "inv": Variant(INVARIANT, True),
-            "inv_nocal": Variant(INVARIANT, False), "inv_pair": Variant(INVARIANT, True, ["pair"]),
-            "after_pair": Variant(DEFAULT, True, ["pair"]), "trans": Variant(DEFAULT, True, None, True),
-            "inv_trans": Variant(INVARIANT, True, None, True), "padded": Variant(DEFAULT, False, padded=True),
-            "padded_learn": Variant(DEFAULT, False, padded=True, learn_padding=True)}
+VARIANTS = {
+    "before": Variant(["sims"], False),
+    "pair": Variant(DEFAULT, False),
+    "after": Variant(DEFAULT, True),
+    "padded": Variant(DEFAULT, False, padded=True),
+    "padded_learn": Variant(DEFAULT, False, padded=True, learn_padding=True),
+}
 
 
 def split_groups(labels: np.ndarray, tune_share: float, seed: int, part: int | None = None) -> np.ndarray:
@@ -109,12 +101,12 @@ def sample_groups(labels: np.ndarray, n_rows: int, rng: np.random.Generator) -> 
     return np.flatnonzero(np.isin(labels, groups[:stop]))
 
 
-def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
-                     oof_text: Mapping[int, np.ndarray] | None) -> OofGalleries:
+def tuning_galleries(
+    cfg: Config, df: pd.DataFrame, fold_of: np.ndarray, oof_text: Mapping[int, np.ndarray] | None
+) -> OofGalleries:
     """The out-of-fold galleries of ``df``, as ``folds.gallery`` says (``all``: every fold searched among
     all of ``df``; ``fold``: among its own postings only, none of which its model saw)."""
-    m = cfg.match
-    search = {"k": m.k, "batch_size": m.batch_size, "index": m.index, "blend_method": m.blend_method}
+    search = {"search": cfg.search, "blend_method": cfg.fusion.blend_method}
 
     def unsupervised(rows: np.ndarray) -> dict[str, Any]:
         return unsupervised_vectors(cfg, df.iloc[rows])
@@ -122,33 +114,40 @@ def tuning_galleries(cfg: Config, df: pd.DataFrame, fold_of: np.ndarray,
     def learned(fold: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {"text": np.asarray(oof_text[fold])[rows]}
 
-    return oof_galleries(fold_of, cfg.folds.gallery, unsupervised, learned if oof_text is not None else None, search,
-                         titles=df["title"].to_numpy())
+    return oof_galleries(
+        fold_of,
+        cfg.folds.gallery,
+        unsupervised,
+        learned if oof_text is not None else None,
+        search,
+        titles=df["title"].to_numpy(),
+    )
 
 
-def tune_variant(cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant,
-                 seed: int, cv: bool) -> tuple[TuneResult, dict]:
+def tune_variant(
+    cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant, seed: int, cv: bool
+) -> tuple[TuneResult, dict]:
     """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
-    kwargs = _tune_kwargs(cfg, galleries, variant, seed)
-    result = tune(galleries.candidates, labels, folds=fold_of, **kwargs)
+    setup = variant_setup(cfg, variant, seed)
+    result = tune(galleries.candidates, labels, fold_of, setup, context=galleries.context)
     figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
     if cv:
-        figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, **kwargs))
+        figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, setup, galleries.context))
     if variant.calibrate:
-        result.settings, fit = calibrate_size(result, labels, galleries.gallery_size, n_thresholds=cfg.match.n_thresholds)
-        figures["size_fit"] = {"tuned_size": fit["tuned_size"], "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()}}
-    if variant.transductive:
-        result.settings.match_rate = tuned_match_rate(result)
-        figures["match_rate"] = round(result.settings.match_rate, 4)
+        result.settings, fit = calibrate_size(
+            result, labels, galleries.gallery_size, n_thresholds=cfg.decision.n_thresholds
+        )
+        figures["size_fit"] = {
+            "tuned_size": fit["tuned_size"],
+            "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()},
+        }
     return result, figures
 
 
-def _tune_kwargs(cfg: Config, galleries: OofGalleries, variant: Variant, seed: int) -> dict[str, Any]:
-    """The arguments of :func:`tune` (and :func:`cross_validated`) for one variant on ``galleries``."""
-    m = cfg.match
-    return dict(n_thresholds=m.n_thresholds, blend_rounds=m.blend_rounds, union=m.union, min2=m.min2,
-                pair_model=m.pair_model, seed=seed, context=galleries.context, pair_groups=variant.groups, threads=1,
-                rule_signals=variant.rule)
+def variant_setup(cfg: Config, variant: Variant, seed: int) -> TuneSetup:
+    """The run's tuning setup with the variant's pair-model features, on one thread."""
+    pair = PairModelConfig(enabled=cfg.pair.enabled, features=list(variant.groups))
+    return dataclasses.replace(TuneSetup.from_config(cfg), pair=pair, seed=seed, threads=1)
 
 
 def match_part(cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarray | None) -> dict[str, float]:
@@ -157,8 +156,15 @@ def match_part(cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarr
     if text is not None:
         vectors["text"] = text
     ids = df["posting_id"].to_numpy()
-    sub = match_postings(vectors, ids, result.settings, cfg.match, pair_model=result.pair_model,
-                         titles=df["title"].to_numpy())
+    sub = match_postings(
+        vectors,
+        ids,
+        result.settings,
+        cfg.search,
+        result.pair_model,
+        blend_method=cfg.fusion.blend_method,
+        titles=df["title"].to_numpy(),
+    )
     pred = [set(s.split()) for s in sub["matches"]]
     truth = true_sets_from_labels(ids, df["label_group"].to_numpy())
     return _prf(f1_from_sets(pred, [truth[i] for i in sub["posting_id"]]))
@@ -178,8 +184,9 @@ def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
     return figures["oof"]
 
 
-def padded_tune(cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.DataFrame, variant: Variant,
-                seed: int) -> TuneResult:
+def padded_tune(
+    cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.DataFrame, variant: Variant, seed: int
+) -> TuneResult:
     """Tune on ``a``'s out-of-fold queries searched among ``a`` and ``len(gallery) - len(a)`` of
     ``gallery``'s postings (none when it is not larger), whose labels are never read: each is its own
     group, a distractor, as the tuning part's groups are not the gallery's."""
@@ -191,13 +198,29 @@ def padded_tune(cfg: Config, a: pd.DataFrame, fold_of: np.ndarray, gallery: pd.D
     galleries = tuning_galleries(cfg, both, folds, None)
     tuned = np.arange(len(both)) < len(a)
     learn = np.ones(len(both), bool) if variant.learn_padding else None
-    return tune(galleries.candidates, labels, folds=folds, rows=tuned, learn_rows=learn,
-                **_tune_kwargs(cfg, galleries, variant, seed))
+    return tune(
+        galleries.candidates,
+        labels,
+        folds,
+        variant_setup(cfg, variant, seed),
+        rows=tuned,
+        context=galleries.context,
+        learn_rows=learn,
+    )
 
 
-def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, repeats: int, variants: list[str],
-                 text: "TextVectors | None" = None, cv: bool = False, oracle: bool = False,
-                 part: int | None = None) -> dict[str, Any]:
+def run_protocol(
+    cfg: Config,
+    df: pd.DataFrame,
+    tune_share: float,
+    seed: int,
+    repeats: int,
+    variants: list[str],
+    text: TextVectors | None = None,
+    cv: bool = False,
+    oracle: bool = False,
+    part: int | None = None,
+) -> dict[str, Any]:
     """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
     labels = df["label_group"].to_numpy()
     part_a = split_groups(labels, tune_share, seed, part)
@@ -215,6 +238,7 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, VARIANTS[name], seed, cv)
         out["variants"][name] = {**figures, "tune_seconds": round(time.perf_counter() - t0, 1)}
     b_text = text.test if text is not None else None
+
     def match(name: str, result: TuneResult, rows: np.ndarray) -> dict[str, float]:
         if VARIANTS[name].padded and len(rows) > len(a):  # not larger: the plain tuning is the padded one
             result = padded_tune(cfg, a, fold_of, b.iloc[rows], VARIANTS[name], seed)
@@ -236,8 +260,12 @@ def run_protocol(cfg: Config, df: pd.DataFrame, tune_share: float, seed: int, re
         for name, result in tuned.items():
             runs = [match(name, result, rows) for rows in draws]
             out["variants"][name].setdefault("sizes", []).append(
-                {"size": mult, **{k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]},
-                 "f1_std": round(float(np.std([r["f1"] for r in runs])), 4)})
+                {
+                    "size": mult,
+                    **{k: round(float(np.mean([r[k] for r in runs])), 4) for k in runs[0]},
+                    "f1_std": round(float(np.std([r["f1"] for r in runs])), 4),
+                }
+            )
     return out
 
 
@@ -258,14 +286,16 @@ class TextVectors:
     folds: np.ndarray  # (A,) the run's fold of each tuning-part posting
 
     def check(self, a: pd.DataFrame, b: pd.DataFrame) -> None:
-        if not (np.array_equal(a["posting_id"].to_numpy(), self.train_ids)
-                and np.array_equal(b["posting_id"].to_numpy(), self.test_ids)):
+        if not (
+            np.array_equal(a["posting_id"].to_numpy(), self.train_ids)
+            and np.array_equal(b["posting_id"].to_numpy(), self.test_ids)
+        ):
             raise SystemExit("--text-run was trained on another split: use the same --tune-share and seed as `split`")
 
 
 def load_text(run_dir: Path, test_embed: str) -> TextVectors:
     """The run's OOF text vectors and the test vectors by ``full`` or by the mean of the fold models."""
-    from pipeline.stages.context import open_run
+    from pipeline.runs.folder import open_run
 
     run = open_run(run_dir)
     train, test = run.train_df(), run.test_df()
@@ -289,8 +319,8 @@ def _fold_mean(run, test: pd.DataFrame, folds: np.ndarray, cache: Path) -> np.nd
 def _fold_embeddings(run, test: pd.DataFrame, folds: np.ndarray, cache_dir: Path) -> list[np.ndarray]:
     """The test titles embedded by each fold model (cached in ``cache_dir``)."""
     from pipeline.data.contract import encoder_inputs
+    from pipeline.inference.embedding import embed_items
     from pipeline.models.encoders import load_encoder
-    from pipeline.training.embedding import embed_items
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []
@@ -298,8 +328,9 @@ def _fold_embeddings(run, test: pd.DataFrame, folds: np.ndarray, cache_dir: Path
         path = cache_dir / f"fold{int(f)}.npy"
         if not path.exists():
             enc = load_encoder(run.model_file("text", int(f)))
-            x = embed_items(enc, encoder_inputs("text", test, run.data.images_dir("test")), batch_size=64,
-                            progress=False)
+            x = embed_items(
+                enc, encoder_inputs("text", test, run.data.images_dir("test")), batch_size=64, progress=False
+            )
             np.save(path, np.asarray(x, np.float32))
         out.append(np.load(path))
     return out
@@ -322,26 +353,29 @@ def table(results: list[dict]) -> str:
     for name in results[0]["variants"]:
         rows = [r["variants"][name] for r in results]
 
-        def mean(get) -> str:
+        def mean(get, rows=rows) -> str:
             vals = [get(r) for r in rows]
             return " | ".join(f"{np.mean([v[k] for v in vals]):.4f}" for k in ("f1", "precision", "recall"))
 
         lines.append(f"{name:8} | OOF 1x   | {mean(lambda r: r['oof'])}")
         if "cv" in rows[0]:
             lines.append(f"{name:8} | CV 1x    | {mean(lambda r: r['cv'])}")
-        lines.append(f"{name:8} | whole {np.mean([r['whole']['size'] for r in rows]):.1f}x | "
-                     f"{mean(lambda r: r['whole'])}")
+        lines.append(
+            f"{name:8} | whole {np.mean([r['whole']['size'] for r in rows]):.1f}x | {mean(lambda r: r['whole'])}"
+        )
         for i, s in enumerate(rows[0].get("sizes", [])):
             if all(len(r.get("sizes", [])) > i for r in rows):
-                lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r: r['sizes'][i])}")
+                lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r, i=i: r['sizes'][i])}")
         loss = 100 * np.array([r["oof"]["f1"] - r["whole"]["f1"] for r in rows])
         spread = f" ± {loss.std(ddof=1) / np.sqrt(len(loss)):.2f} (standard error)" if len(loss) > 1 else ""
         lines.append(f"{name:8} | loss     | OOF - whole: {loss.mean():.2f} points{spread} over {len(loss)} splits")
     for key, (label, _) in CEILINGS.items():
         if all(key in r for r in results):
-            lines.append(f"ceiling  | {label:8} | " + " | ".join(
-                f"{np.mean([r[key][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
-                + "  (tuned in-sample on that gallery: its first draw)")
+            lines.append(
+                f"ceiling  | {label:8} | "
+                + " | ".join(f"{np.mean([r[key][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
+                + "  (tuned in-sample on that gallery: its first draw)"
+            )
     return "\n".join(lines)
 
 
@@ -372,13 +406,25 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
             if not x or whole > max(x) + 0.05:  # the whole other part, larger than every draw
                 x, y = x + [whole], y + [np.mean([r["whole"][key] for r in rows])]
             line = ax.plot(x, y, marker="o", label=f"{name}: unseen groups")[0]
-            ax.plot([1.0], [np.mean([r["oof"][key] for r in rows])], marker="*", markersize=12,
-                    color=line.get_color(), linestyle="none",
-                    label=f"{name}: out-of-fold (tuning part)")
+            ax.plot(
+                [1.0],
+                [np.mean([r["oof"][key] for r in rows])],
+                marker="*",
+                markersize=12,
+                color=line.get_color(),
+                linestyle="none",
+                label=f"{name}: out-of-fold (tuning part)",
+            )
         ceiling = _ceiling_points(results, key)
         if ceiling:
-            ax.plot(*zip(*ceiling), marker="x", markersize=9, color="black", linestyle="--",
-                    label="ceiling: tuned in-sample on that gallery itself")
+            ax.plot(
+                *zip(*ceiling),
+                marker="x",
+                markersize=9,
+                color="black",
+                linestyle="--",
+                label="ceiling: tuned in-sample on that gallery itself",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks([0.5, 1, 2, 3, 4], ["0.5x", "1x", "2x", "3x", "4x"])
         ax.set_xlabel("gallery size / tuning gallery size")
@@ -415,13 +461,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-share", type=float, default=0.2, help="share of the groups tuned on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one group split per seed")
     parser.add_argument("--repeats", type=int, default=3, help="sampled sub-galleries per size")
-    parser.add_argument("--rotate", action="store_true",
-                        help="per seed, tune on each of the round(1/tune-share) shares of the groups in turn")
+    parser.add_argument(
+        "--rotate",
+        action="store_true",
+        help="per seed, tune on each of the round(1/tune-share) shares of the groups in turn",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cv", action="store_true", help="also the cross-validated figure of the tuning part")
-    parser.add_argument("--oracle", action="store_true",
-                        help="also tune on the first 1x and 2x draws and the whole other part themselves "
-                             "(in-sample: the ceiling at each size)")
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also tune on the first 1x and 2x draws and the whole other part themselves "
+        "(in-sample: the ceiling at each size)",
+    )
     parser.add_argument("--text-run", type=Path, default=None, help="run trained on the tuning part (see above)")
     parser.add_argument("--test-embed", default="full", choices=["full", "folds"])
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.txt and the plot")
@@ -441,13 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     parts = range(round(1 / args.tune_share)) if args.rotate else [None]
     for seed in args.seeds:
         for part in parts:
-            results.append(run_protocol(cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv,
-                                        args.oracle, part))
+            results.append(
+                run_protocol(
+                    cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv, args.oracle, part
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
     print(table(results))
     if args.out is not None:
-        write_results(results, args.out, f"{args.modalities}: tuned on {args.tune_share:.0%} of the dev groups, "
-                      f"matched on the others (seeds {args.seeds}, {args.repeats} draws per size)")
+        write_results(
+            results,
+            args.out,
+            f"{args.modalities}: tuned on {args.tune_share:.0%} of the dev groups, "
+            f"matched on the others (seeds {args.seeds}, {args.repeats} draws per size)",
+        )
     return 0
 
 

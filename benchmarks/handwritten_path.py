@@ -1,6 +1,6 @@
 """A competent hand-written matching path, timed beside ``pipeline bench`` on the same postings.
 
-The hand-written path (issue 12's yardstick): exact FAISS flat search for the image, the text and
+The hand-written path (the yardstick of the predict path's speed): exact FAISS flat search for the image, the text and
 their weighted concatenation, FAISS binary search for phash, sparse_dot_topn's top-n product for
 TF-IDF, then a union of per-signal thresholds. It does no blending and no min-2, so its F1 is
 printed for reference only; the comparison that counts is time at equal F1 between ``bench``
@@ -37,7 +37,7 @@ def handwritten(n: int, dim: int, k: int, tfidf: bool, seed: int, threads: int) 
     from pipeline.matching.fusion import concat_embeddings
     from pipeline.matching.signals import tfidf_vectors
     from pipeline.metric import score_matches, true_sets_from_labels
-    from pipeline.stages.bench import bench_settings
+    from pipeline.tools.bench import bench_settings
 
     faiss.omp_set_num_threads(threads)
     vectors, labels = clustered_postings(n, dim, seed)
@@ -57,7 +57,11 @@ def handwritten(n: int, dim: int, k: int, tfidf: bool, seed: int, threads: int) 
     dense = {"image": vectors["image"], "text": vectors["text"]}
     for name in ("image", "text", "concat"):
         done_step = timed(f"search_{name}")
-        x = concat_embeddings(dense, {"image": 0.5, "text": 0.5}) if name == "concat" else np.ascontiguousarray(dense[name])
+        x = (
+            concat_embeddings(dense, {"image": 0.5, "text": 0.5})
+            if name == "concat"
+            else np.ascontiguousarray(dense[name])
+        )
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         sim, idx = index.search(x, k)
@@ -89,9 +93,18 @@ def handwritten(n: int, dim: int, k: int, tfidf: bool, seed: int, threads: int) 
     done(step)
     total = time.perf_counter() - t0
     f1 = score_matches(pred, true_sets_from_labels(ids.tolist(), labels.tolist()))["f1"]
-    return {"path": "handwritten", "n": n, "dim": dim, "k": k, "tfidf": tfidf, "threads": threads,
-            "seconds": seconds, "predict_seconds": round(total, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1), "f1": round(f1, 4)}
+    return {
+        "path": "handwritten",
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "tfidf": tfidf,
+        "threads": threads,
+        "seconds": seconds,
+        "predict_seconds": round(total, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "f1": round(f1, 4),
+    }
 
 
 def _pairs(idx: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--n", str(args.n), "--dim", str(args.dim), "--k", str(args.k), "--seed", str(args.seed)]
     common += ["--tfidf"] if args.tfidf else []
     runs = {
-        "handwritten": [sys.executable, "-m", "benchmarks.handwritten_path", *common, "--threads", str(args.threads),
-                        "--only-handwritten"],
-        "bench_flat": [sys.executable, "-m", "pipeline", "bench", *common, "--index", "flat", "--recall-sample", "0",
-                       f"threads={args.threads}"],
+        "handwritten": [
+            sys.executable,
+            "-m",
+            "benchmarks.handwritten_path",
+            *common,
+            "--threads",
+            str(args.threads),
+            "--only-handwritten",
+        ],
+        "bench_flat": [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "bench",
+            *common,
+            "--index",
+            "flat",
+            "--recall-sample",
+            "0",
+            f"threads={args.threads}",
+        ],
         "bench": [sys.executable, "-m", "pipeline", "bench", *common, *bench_args, f"threads={args.threads}"],
     }
     rows = {}
@@ -130,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps({"run": name, **rows[name]}), flush=True)
-    summary = {name: {"seconds": r["predict_seconds"], "f1": r["f1"], "peak_rss_mb": r["peak_rss_mb"]}
-               for name, r in rows.items()}
-    summary["bench_over_handwritten"] = round(rows["bench"]["predict_seconds"] / rows["handwritten"]["predict_seconds"], 3)
+    summary = {
+        name: {"seconds": r["predict_seconds"], "f1": r["f1"], "peak_rss_mb": r["peak_rss_mb"]}
+        for name, r in rows.items()
+    }
+    summary["bench_over_handwritten"] = round(
+        rows["bench"]["predict_seconds"] / rows["handwritten"]["predict_seconds"], 3
+    )
     summary["bench_f1_equals_flat"] = rows["bench"]["f1"] == rows["bench_flat"]["f1"]
     print(json.dumps({"summary": summary}), flush=True)
     return 0

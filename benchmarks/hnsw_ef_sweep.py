@@ -2,7 +2,7 @@
 
 The share of each sampled query's exact top-k pairs above a floor that HNSW's list holds, with
 the index the predict path builds (``pipeline.matching.neighbours.build_index``: float16 storage
-unless ``--fp32``). ``match.ef_search`` is the smallest value that keeps 0.99 above 0.3 on both
+unless ``--fp32``). ``search.ef_search`` is the smallest value that keeps 0.99 above 0.3 on both
 modalities at 70,000 postings:
 
     python -m benchmarks.hnsw_ef_sweep --n 70000 --ef 128 160 192 224 256
@@ -16,12 +16,13 @@ import json
 import numpy as np
 
 
-def sweep(n: int, dim: int, k: int, queries: int, efs: list[int], floors: list[float], fp16: bool,
-          threads: int, seed: int = 0) -> list[dict]:
+def sweep(
+    n: int, dim: int, k: int, queries: int, efs: list[int], floors: list[float], fp16: bool, threads: int, seed: int = 0
+) -> list[dict]:
     import faiss
 
     from pipeline.data.synth.postings import clustered_postings
-    from pipeline.matching.neighbours import SearchSettings, build_index, faiss_threads
+    from pipeline.matching.neighbours import SearchConfig, build_index, faiss_threads
 
     vectors, _ = clustered_postings(n, dim, seed)
     q = np.random.default_rng(seed + 7).choice(n, size=min(queries, n), replace=False)
@@ -33,15 +34,22 @@ def sweep(n: int, dim: int, k: int, queries: int, efs: list[int], floors: list[f
             exact.add(x)
             sim, idx = exact.search(x[q], k)
             del exact
-            index = build_index(x, SearchSettings(index="hnsw", hnsw_fp16=fp16, gpu=False))
+            index = build_index(x, SearchConfig(index="hnsw", hnsw_fp16=fp16, gpu=False))
             for ef in efs:
                 index.hnsw.efSearch = ef
                 _, got = index.search(x[q], k)
                 held = np.array([np.isin(a, b) for a, b in zip(idx, got)])
                 for floor in floors:
                     above = sim >= floor
-                    rows.append({"modality": name, "ef_search": ef, "floor": floor, "pairs": int(above.sum()),
-                                 "recall_above_floor": round(float(held[above].mean()), 4)})
+                    rows.append(
+                        {
+                            "modality": name,
+                            "ef_search": ef,
+                            "floor": floor,
+                            "pairs": int(above.sum()),
+                            "recall_above_floor": round(float(held[above].mean()), 4),
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -1,4 +1,4 @@
-"""Every hostile case of issue 13 through the command line, as a new user would meet it; prints a table.
+"""Every hostile case through the command line, as a new user would meet it; prints a table.
 
 Each case runs ``python -m pipeline ...`` in a fresh process on tiny synthetic data (TF-IDF and
 phash unless the case needs more) and is judged on three things: the exit code (2 for bad input,
@@ -22,14 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-TP = ["--modalities", "tfidf,phash", "folds.n_splits=2", "match.cv_estimate=false"]
+TP = ["--modalities", "tfidf,phash", "folds.n_splits=2", "decision.cv_estimate=false"]
 
 
 @dataclass
@@ -67,8 +67,15 @@ def cli(*args: str, fsize: int | None = None, timeout: float = 600) -> subproces
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, preexec_fn=limit, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=limit,
+        cwd=ROOT,
+    )
 
 
 def outcome(p: subprocess.CompletedProcess, extra_ok: bool = True, note: str = "") -> Outcome:
@@ -94,7 +101,9 @@ def edit_csv(path: Path, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary files an interrupted atomic write would leave (``.name.XXXX``)."""
-    return [str(p) for p in folder.rglob(".*") if p.is_file() and not p.name.endswith(".lock")] if folder.exists() else []
+    return (
+        [str(p) for p in folder.rglob(".*") if p.is_file() and not p.name.endswith(".lock")] if folder.exists() else []
+    )
 
 
 def jpeg_bytes(size: int = 48) -> bytes:
@@ -111,7 +120,7 @@ def bomb_jpeg(side: int = 30000) -> bytes:
     """A small JPEG whose frame header claims ``side`` x ``side`` pixels (a decompression bomb)."""
     raw = bytearray(jpeg_bytes(16))
     i = raw.index(b"\xff\xc0")  # SOF0: length(2) precision(1) height(2) width(2)
-    raw[i + 5:i + 9] = struct.pack(">HH", side, side)
+    raw[i + 5 : i + 9] = struct.pack(">HH", side, side)
     return bytes(raw)
 
 
@@ -123,9 +132,27 @@ def two_writers(w: Path) -> Outcome:
     out = w / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # A: a run whose tuning lasts a while (a fine threshold grid), so that B starts while A writes.
-    a = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--data", data, "--out", out,
-                          "--modalities", "tfidf,phash", "folds.n_splits=2", "match.n_thresholds=400"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    a = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--modalities",
+            "tfidf,phash",
+            "folds.n_splits=2",
+            "decision.n_thresholds=400",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     for line in a.stderr:  # start B once A has prepared the folder and is tuning
         if line.startswith("[tune] started"):
             break
@@ -135,7 +162,9 @@ def two_writers(w: Path) -> Outcome:
 
     mixed = "phash" in (out / "config.yaml").read_text() and "tfidf" not in (out / "config.yaml").read_text()
     note = "A still running when B ended" if a_running else "A had finished before B ended: inconclusive"
-    return outcome(b, extra_ok=a.returncode == 0 and a_running and not mixed, note=note + ("; A's folder mixed" if mixed else ""))
+    return outcome(
+        b, extra_ok=a.returncode == 0 and a_running and not mixed, note=note + ("; A's folder mixed" if mixed else "")
+    )
 
 
 def failed_rerun(w: Path) -> Outcome:
@@ -148,8 +177,9 @@ def failed_rerun(w: Path) -> Outcome:
     stale = [n for n in ("thresholds.json", "report.json", "submission.csv") if (out / n).exists()]
     first = (Outcome(second.returncode, second.stderr).error_lines or ["(no error)"])[0]
     note = f"the re-run: {first[:90]}; left: {stale or 'nothing stale'}"
-    return Outcome(pred.returncode, pred.stderr, extra_ok=second.returncode == 2 and not stale and not leftovers(out),
-                   note=note)
+    return Outcome(
+        pred.returncode, pred.stderr, extra_ok=second.returncode == 2 and not stale and not leftovers(out), note=note
+    )
 
 
 def outside_image(absolute: bool):
@@ -160,8 +190,10 @@ def outside_image(absolute: bool):
         value = str(target) if absolute else "../../outside.jpg"
         edit_csv(data / "train.csv", lambda df: df.assign(image=[value] + df["image"].tolist()[1:]))
         out = w / "run"
-        return outcome(cli("prepare", "--data", data, "--out", out, *TP, "match.phash_source=image"),
-                       extra_ok=not out.exists())
+        return outcome(
+            cli("prepare", "--data", data, "--out", out, *TP, "phash.source=image"), extra_ok=not out.exists()
+        )
+
     return case
 
 
@@ -177,9 +209,21 @@ def run_with(*overrides: str, stage: str = "run", modalities: str = "tfidf,phash
         data = synth(w / "d0")
         out = w / "run"
         cfg = ["--config", config] if config else []
-        p = cli(stage, "--data", data, "--out", out, "--modalities", modalities, *cfg, "folds.n_splits=2",
-                "match.cv_estimate=false", *overrides)
+        p = cli(
+            stage,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--modalities",
+            modalities,
+            *cfg,
+            "folds.n_splits=2",
+            "decision.cv_estimate=false",
+            *overrides,
+        )
         return outcome(p, extra_ok=not out.exists())
+
     return case
 
 
@@ -192,10 +236,22 @@ def bad_image(kind: str, modalities: str, stage: str):
         img.write_bytes(bomb_jpeg() if kind == "bomb" else img.read_bytes()[: len(img.read_bytes()) * 4 // 5])
         out = w / "run"
         cfg = [] if "phash" in modalities else ["--config", "demo"]
-        extra = ["match.phash_source=image"] if "phash" in modalities else ["image.train.epochs=1"]
-        p = cli(stage, "--data", data, "--out", out, "--modalities", modalities, *cfg, "folds.n_splits=2",
-                "match.cv_estimate=false", *extra)
+        extra = ["phash.source=image"] if "phash" in modalities else ["image.train.epochs=1"]
+        p = cli(
+            stage,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--modalities",
+            modalities,
+            *cfg,
+            "folds.n_splits=2",
+            "decision.cv_estimate=false",
+            *extra,
+        )
         return outcome(p, extra_ok=not out.exists())
+
     return case
 
 
@@ -227,14 +283,28 @@ def score_case(kind: str):
         else:
             sub.to_csv(path, index=False)
         return outcome(cli("score", "--submission", path, "--truth", truth_path))
+
     return case
 
 
 def fold_out_of_range(w: Path) -> Outcome:
     data = synth(w / "d0")
     out = w / "run"
-    assert cli("prepare", "--data", data, "--out", out, "--config", "demo", "--modalities", "image,tfidf",
-               "image.train.epochs=1").returncode == 0
+    assert (
+        cli(
+            "prepare",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--config",
+            "demo",
+            "--modalities",
+            "image,tfidf",
+            "image.train.epochs=1",
+        ).returncode
+        == 0
+    )
     p = cli("train-image", "--run", out, "--fold", "7")
     return outcome(p, extra_ok=not (out / "models" / "image" / "fold7").exists())
 
@@ -267,41 +337,66 @@ def missing_local_file(key: str):
         mod = "image,tfidf" if key.startswith("image") else "text,tfidf"
         p = cli("prepare", "--data", data, "--out", out, "--modalities", mod, f"{key}={w / 'nowhere' / 'w.pth'}")
         return outcome(p, extra_ok=not out.exists())
+
     return case
 
 
 CASES = [
-    Case("1", "two runs into one --out at once (second)", two_writers, expect='pid'),
-    Case("2", "re-run on other data dies part-way (disk full), then predict", failed_rerun, expect='tune'),
-    Case("3/6", "image ../../outside.jpg", outside_image(False), expect='inside the images folder'),
-    Case("3/6", "image absolute path", outside_image(True), expect='inside the images folder'),
-    Case("4", "every train title empty (TF-IDF)", empty_titles, expect='title'),
-    Case("4", "tfidf.min_df above the rows", run_with("tfidf.min_df=1000"), expect='tfidf.min_df'),
-    Case("4", "image.train.epochs=0", run_with("image.train.epochs=0", stage="prepare", modalities="image,tfidf",
-                                               config="demo"), expect='image.train.epochs'),
-    Case("4", "text.train.batch_size=0", run_with("text.train.batch_size=0", stage="prepare", modalities="text,tfidf"), expect='text.train.batch_size'),
-    Case("4", "match.batch_size=0", run_with("match.batch_size=0"), expect='match.batch_size'),
-    Case("4", "match.n_thresholds=0", run_with("match.n_thresholds=0"), expect='match.n_thresholds'),
-    Case("4", "--resume --overwrite together", run_with("--resume", "--overwrite"), expect='--resume'),
-    Case("4", "YAML typo in an override (match.k=[3)", run_with("match.k=[3"), expect='match.k'),
-    Case("4", "decompression-bomb image (phash from images)", bad_image("bomb", "tfidf,phash", "run"), expect='pixels'),
-    Case("4", "truncated image, match.phash_source=image", bad_image("truncated", "tfidf,phash", "run"), expect='truncated'),
-    Case("4", "full disk during a run", full_disk, expect='disk full'),
-    Case("4", "score: submission missing ids", score_case("missing ids"), expect='no row'),
-    Case("4", "score: empty submission file", score_case("empty file"), expect='empty file'),
-    Case("4", "score: truth file missing", score_case("missing truth"), expect='file not found'),
-    Case("5", "truncated JPEG at prepare (image modality)", bad_image("truncated", "image,tfidf", "prepare"), expect='truncated'),
-    Case("5", "fusion_weights naming a modality that is off", run_with("match.fusion_weights={image: 1.0}"), expect='fusion_weights'),
-    Case("5", "inverted tfidf n-gram range", run_with("tfidf.ngram_min=3", "tfidf.ngram_max=1"), expect='ngram'),
-    Case("5", "negative learning rate", run_with("text.train.lr=-0.001", stage="prepare", modalities="text,tfidf"), expect='lr'),
-    Case("5", "train-image --fold 7 on a 2-fold run", fold_out_of_range, expect='--fold 7'),
+    Case("1", "two runs into one --out at once (second)", two_writers, expect="pid"),
+    Case("2", "re-run on other data dies part-way (disk full), then predict", failed_rerun, expect="tune"),
+    Case("3/6", "image ../../outside.jpg", outside_image(False), expect="inside the images folder"),
+    Case("3/6", "image absolute path", outside_image(True), expect="inside the images folder"),
+    Case("4", "every train title empty (TF-IDF)", empty_titles, expect="title"),
+    Case("4", "tfidf.min_df above the rows", run_with("tfidf.min_df=1000"), expect="tfidf.min_df"),
+    Case(
+        "4",
+        "image.train.epochs=0",
+        run_with("image.train.epochs=0", stage="prepare", modalities="image,tfidf", config="demo"),
+        expect="image.train.epochs",
+    ),
+    Case(
+        "4",
+        "text.train.batch_size=0",
+        run_with("text.train.batch_size=0", stage="prepare", modalities="text,tfidf"),
+        expect="text.train.batch_size",
+    ),
+    Case("4", "search.batch_size=0", run_with("search.batch_size=0"), expect="search.batch_size"),
+    Case("4", "decision.n_thresholds=0", run_with("decision.n_thresholds=0"), expect="decision.n_thresholds"),
+    Case("4", "--resume --overwrite together", run_with("--resume", "--overwrite"), expect="--resume"),
+    Case("4", "YAML typo in an override (search.k=[3)", run_with("search.k=[3"), expect="search.k"),
+    Case("4", "decompression-bomb image (phash from images)", bad_image("bomb", "tfidf,phash", "run"), expect="pixels"),
+    Case("4", "truncated image, phash.source=image", bad_image("truncated", "tfidf,phash", "run"), expect="truncated"),
+    Case("4", "full disk during a run", full_disk, expect="disk full"),
+    Case("4", "score: submission missing ids", score_case("missing ids"), expect="no row"),
+    Case("4", "score: empty submission file", score_case("empty file"), expect="empty file"),
+    Case("4", "score: truth file missing", score_case("missing truth"), expect="file not found"),
+    Case(
+        "5",
+        "truncated JPEG at prepare (image modality)",
+        bad_image("truncated", "image,tfidf", "prepare"),
+        expect="truncated",
+    ),
+    Case(
+        "5",
+        "fusion_weights naming a modality that is off",
+        run_with("fusion.weights={image: 1.0}"),
+        expect="fusion_weights",
+    ),
+    Case("5", "inverted tfidf n-gram range", run_with("tfidf.ngram_min=3", "tfidf.ngram_max=1"), expect="ngram"),
+    Case(
+        "5",
+        "negative learning rate",
+        run_with("text.train.lr=-0.001", stage="prepare", modalities="text,tfidf"),
+        expect="lr",
+    ),
+    Case("5", "train-image --fold 7 on a 2-fold run", fold_out_of_range, expect="--fold 7"),
     Case("5", "train data of all singleton groups", singletons, want=0, warn="single posting"),
-    Case("5", "score: extra posting id", score_case("extra id"), expect='not a posting of'),
-    Case("5", "score: duplicate posting id", score_case("duplicate id"), expect='twice'),
-    Case("5", "row after a quoted 3-line title", multiline_title, expect='line 8'),
-    Case("7", "threads=0", run_with("threads=0", stage="prepare"), expect='threads must'),
-    Case("10", "image.weights names a missing file", missing_local_file("image.weights"), expect='image.weights'),
-    Case("10", "text.model names a missing local folder", missing_local_file("text.model"), expect='text.model'),
+    Case("5", "score: extra posting id", score_case("extra id"), expect="not a posting of"),
+    Case("5", "score: duplicate posting id", score_case("duplicate id"), expect="twice"),
+    Case("5", "row after a quoted 3-line title", multiline_title, expect="line 8"),
+    Case("7", "threads=0", run_with("threads=0", stage="prepare"), expect="threads must"),
+    Case("10", "image.weights names a missing file", missing_local_file("image.weights"), expect="image.weights"),
+    Case("10", "text.model names a missing local folder", missing_local_file("text.model"), expect="text.model"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The margin table (issue 11): what each ArcFace margin setting adds to the title encoder alone.
+"""The margin table: what each ArcFace margin setting adds to the title encoder alone.
 
 Each run folder holds the title encoder's fold models trained with one head setting (ramped margin,
 sub-centres, ...) on the same folds, and their out-of-fold embeddings. For each, the text signal
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.matching.tuning import cross_validated
+from pipeline.matching.pair_model import PairModelConfig
+from pipeline.matching.tuning import TuneSetup, cross_validated
 
 
 def text_alone_cv(run_dir: Path) -> dict:
-    from pipeline.stages.context import open_run
+    from pipeline.runs.folder import open_run
 
     run = open_run(run_dir)
     cfg = dataclasses.replace(run.cfg, modalities=["text"])
@@ -33,15 +34,24 @@ def text_alone_cv(run_dir: Path) -> dict:
     df = text_run.train_df()
     fold_of = text_run.folds(df)
     galleries = text_run.oof_galleries(df, fold_of)
-    m = cfg.match
-    cv = cross_validated(galleries.candidates, df["label_group"].to_numpy(), fold_of, n_thresholds=m.n_thresholds,
-                         blend_rounds=m.blend_rounds, union=m.union, min2=m.min2, pair_model=False)
+    setup = dataclasses.replace(TuneSetup.from_config(cfg), pair=PairModelConfig(enabled=False))
+    cv = cross_validated(galleries.candidates, df["label_group"].to_numpy(), fold_of, setup)
     head = cfg.text.head
-    return {"margin_rad": head.margin_rad, "margin_start_rad": head.margin_start_rad,
-            "warmup_epochs": head.margin_warmup_epochs, "subcenters": head.subcenters, "head_lr": cfg.text.train.head_lr,
-            "size_power": head.margin_size_power, "weight_power": cfg.text.train.sample_weight_power, "seed": cfg.seed,
-            "f1": round(cv["f1"], 4), "precision": round(cv["precision"], 4), "recall": round(cv["recall"], 4),
-            "per_fold_f1": cv["per_fold_f1"], "fold_rows": [int((fold_of == f).sum()) for f in np.unique(fold_of)]}
+    return {
+        "margin_rad": head.margin_rad,
+        "margin_start_rad": head.margin_start_rad,
+        "warmup_epochs": head.margin_warmup_epochs,
+        "subcenters": head.subcenters,
+        "head_lr": cfg.text.train.head_lr,
+        "size_power": head.margin_size_power,
+        "weight_power": cfg.text.train.sample_weight_power,
+        "seed": cfg.seed,
+        "f1": round(cv["f1"], 4),
+        "precision": round(cv["precision"], 4),
+        "recall": round(cv["recall"], 4),
+        "per_fold_f1": cv["per_fold_f1"],
+        "fold_rows": [int((fold_of == f).sum()) for f in np.unique(fold_of)],
+    }
 
 
 def mean_over_seeds(rows: list[dict]) -> dict:
@@ -72,27 +82,42 @@ def print_table(rows: dict[str, dict], choose_folds: list[int]) -> str:
         f1, w = np.array(row["per_fold_f1"]), np.array(row["fold_rows"], float)
         return float((f1[mask] * w[mask]).sum() / w[mask].sum())
 
-    print("run      | margin (start->end, warm-up) | K | size margin λ | weights 1/n^p | CV F1  | P      | R      | "
-          f"F1 folds {choose_folds} (choose) | F1 other folds | gain other folds | CV F1 per seed")
+    print(
+        "run      | margin (start->end, warm-up) | K | size margin λ | weights 1/n^p | CV F1  | P      | R      | "
+        f"F1 folds {choose_folds} (choose) | F1 other folds | gain other folds | CV F1 per seed"
+    )
     for name, r in rows.items():
         seeds = " / ".join(f"{f:.4f}" for f in r.get("seed_f1", [r["f1"]]))
-        print(f"{name:8} | {r['margin_start_rad']:.1f}->{r['margin_rad']:.1f} rad, {r['warmup_epochs']:.0f} ep | "
-              f"{r['subcenters']} | {r.get('size_power', 0.0):g} | {r.get('weight_power', 0.0):g} | "
-              f"{r['f1']:.4f} | {r['precision']:.4f} | {r['recall']:.4f} | "
-              f"{mean(r, pick):.4f} | {mean(r, ~pick):.4f} | "
-              f"{mean(r, ~pick) - mean(rows[base], ~pick):+.4f} | {seeds}")
+        print(
+            f"{name:8} | {r['margin_start_rad']:.1f}->{r['margin_rad']:.1f} rad, {r['warmup_epochs']:.0f} ep | "
+            f"{r['subcenters']} | {r.get('size_power', 0.0):g} | {r.get('weight_power', 0.0):g} | "
+            f"{r['f1']:.4f} | {r['precision']:.4f} | {r['recall']:.4f} | "
+            f"{mean(r, pick):.4f} | {mean(r, ~pick):.4f} | "
+            f"{mean(r, ~pick) - mean(rows[base], ~pick):+.4f} | {seeds}"
+        )
     chosen = max(rows, key=lambda k: mean(rows[k], pick))
-    print(f"chosen on folds {choose_folds}: {chosen}; on the other folds it gains "
-          f"{mean(rows[chosen], ~pick) - mean(rows[base], ~pick):+.4f} F1 over {base}")
+    print(
+        f"chosen on folds {choose_folds}: {chosen}; on the other folds it gains "
+        f"{mean(rows[chosen], ~pick) - mean(rows[base], ~pick):+.4f} F1 over {base}"
+    )
     return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="name=RUN_DIR[,RUN_DIR...]",
-                        help="the first one is the baseline; several folders (seeds of one setting) are averaged")
-    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
-                        help="instead of run folders: earlier --out files, averaged per setting (e.g. one per seed)")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        metavar="name=RUN_DIR[,RUN_DIR...]",
+        help="the first one is the baseline; several folders (seeds of one setting) are averaged",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of run folders: earlier --out files, averaged per setting (e.g. one per seed)",
+    )
     parser.add_argument("--choose-folds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -43,8 +43,23 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations would look for a newer version online
 site = tempfile.mkdtemp(prefix="pipeline_site_")
 wheels = sorted(glob.glob(os.path.join(PACKAGE_DIR, "wheels", "*.whl")))
-subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--upgrade",
-                "--disable-pip-version-check", "--target", site, *wheels], check=True)
+subprocess.run(
+    [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--quiet",
+        "--upgrade",
+        "--disable-pip-version-check",
+        "--target",
+        site,
+        *wheels,
+    ],
+    check=True,
+)
 sys.path.insert(0, site)
 
 import pipeline  # noqa: E402

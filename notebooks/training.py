@@ -50,10 +50,24 @@ import sys
 if importlib.util.find_spec("pipeline") is None:
     wheels = sorted(glob.glob(f"{CODE_DIR}/**/*.whl", recursive=True))
     if not wheels:
-        raise FileNotFoundError(f"`pipeline` is not installed and {CODE_DIR} holds no wheels: add the dataset "
-                                "with the project's wheels as an input (see the README's Kaggle section)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                    "--disable-pip-version-check", *wheels], check=True)
+        raise FileNotFoundError(
+            f"`pipeline` is not installed and {CODE_DIR} holds no wheels: add the dataset "
+            "with the project's wheels as an input (see the README's Kaggle section)"
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            *wheels,
+        ],
+        check=True,
+    )
 import pipeline  # noqa: E402
 
 print("pipeline", pipeline.__version__, "from", pipeline.__file__)
@@ -68,11 +82,13 @@ import pandas as pd  # noqa: E402
 import transformers  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
-from pipeline import plots, stages  # noqa: E402
+from pipeline import stages  # noqa: E402
 from pipeline.data import Dataset  # noqa: E402
 from pipeline.device import pick_device  # noqa: E402
 from pipeline.kaggle.presets import notebook_config  # noqa: E402
 from pipeline.paths import PROJECT_ROOT, RunPaths, working_dir  # noqa: E402
+from pipeline.reporting import plots  # noqa: E402
+from pipeline.reporting.report import training_logs, write_report  # noqa: E402
 
 # The stages' progress lines (one per epoch while training) show below each cell.
 handler = logging.StreamHandler(sys.stdout)
@@ -90,8 +106,15 @@ DATA_DIR = Path(DATA_DIR)
 RUN_DIR = Path(RUN_DIR) if RUN_DIR is not None else working_dir() / "runs" / "notebook"
 cfg, preset, notes = notebook_config(CONFIG, OVERRIDES)
 print("device:", pick_device(), "| data:", DATA_DIR.resolve(), "| run:", RUN_DIR.resolve())
-print("modalities:", cfg.modalities, "| image:", cfg.image.backbone, cfg.image.image_size, "px | title model:",
-      cfg.text.model or "bundled all-MiniLM-L6-v2")
+print(
+    "modalities:",
+    cfg.modalities,
+    "| image:",
+    cfg.image.backbone,
+    cfg.image.image_size,
+    "px | title model:",
+    cfg.text.model or "bundled all-MiniLM-L6-v2",
+)
 
 # %% [markdown]
 # ## 1. Explore
@@ -134,7 +157,7 @@ if cfg.learned:
     stages.embed(RUN_DIR, progress=False)
 
 # %%
-logs = stages.training_logs(RUN_DIR)
+logs = training_logs(RUN_DIR)
 if logs:
     display(plots.plot_training_logs(logs))
 else:
@@ -176,7 +199,9 @@ for name in ("false_positives", "false_negatives"):
 
 # %%
 submission = stages.predict(RUN_DIR, progress=False)
-report = stages.write_report(RUN_DIR)
-print(f"cross-validated F1 {report['f1_cross_validated'] or float('nan'):.4f} "
-      f"(tuned on the same rows: {report['oof_f1']:.4f}); submission at {submission}")
+report = write_report(RUN_DIR)
+print(
+    f"cross-validated F1 {report['f1_cross_validated'] or float('nan'):.4f} "
+    f"(tuned on the same rows: {report['oof_f1']:.4f}); submission at {submission}"
+)
 display(Markdown(RunPaths(RUN_DIR).report_md.read_text()))

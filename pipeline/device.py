@@ -20,6 +20,14 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def default_threads() -> int:
+    """A few threads: enough for BLAS and OpenMP to help, few enough that a shared machine stays
+    usable; an ``OMP_NUM_THREADS`` set by the user lowers it."""
+    n = min(4, os.cpu_count() or 1)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(n, int(env)) if env.isdigit() and int(env) > 0 else n)
+
+
 def bound_threads(n: int) -> int:
     """Cap every CPU thread pool of this process at ``n``: torch, FAISS, OpenCV and, through
     threadpoolctl, the BLAS and OpenMP libraries NumPy, SciPy and scikit-learn loaded.

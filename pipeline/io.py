@@ -14,14 +14,14 @@ import os
 import resource
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import pipeline
-
 
 # Errors that mean "this file cannot be written here": the user's disk or permissions, not a bug.
 # EFBIG is what a process over its file-size limit (RLIMIT_FSIZE) gets; it reads like a full disk.
@@ -161,7 +161,11 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=root, capture_output=True, text=True, timeout=5, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return f"{pipeline.__version__}+{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):

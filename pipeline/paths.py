@@ -76,7 +76,7 @@ class RunPaths(_Folder):
 
     @property
     def lock(self) -> Path:
-        """Held by the one process writing the folder; names it (see :mod:`pipeline.stages.lock`)."""
+        """Held by the one process writing the folder; names it (see :mod:`pipeline.runs.lock`)."""
         return self.root / "run.lock"
 
     @property
@@ -169,8 +169,11 @@ class RunPaths(_Folder):
             return sorted(p for p in self.embeddings_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         # tune: what predict reads (not tune.json, which names the overrides, nor plots), so a re-tune
         # to the same settings keeps the submission built on them.
-        files = {"tune": [self.thresholds, self.pair_model],
-                 "predict": [self.submission], "report": [self.report, self.report_md]}[stage]
+        files = {
+            "tune": [self.thresholds, self.pair_model],
+            "predict": [self.submission],
+            "report": [self.report, self.report_md],
+        }[stage]
         return [p for p in files if p.exists()]
 
     def stage_outputs(self, stage: str) -> list[Path]:

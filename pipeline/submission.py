@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -107,8 +107,10 @@ def _check_ids(df: pd.DataFrame, loc: Locator) -> None:
     if i is not None:
         pid = df["posting_id"].iat[i]
         first = int((df["posting_id"] == pid).to_numpy().argmax())
-        raise DataError(f"{loc(i, 'posting_id')}: {pid!r} appears twice (first at row {first + 1}), so the "
-                        "row that counts would be a guess")
+        raise DataError(
+            f"{loc(i, 'posting_id')}: {pid!r} appears twice (first at row {first + 1}), so the "
+            "row that counts would be a guess"
+        )
 
 
 def _first_true(mask: pd.Series) -> int | None:

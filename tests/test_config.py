@@ -4,9 +4,11 @@ from pipeline.config import Config, ConfigError, dump_config, from_dict, load_co
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["text.train.epochs=3", "match.k=30", "modalities=[text,tfidf]", "image.head.margin_rad=0.8"])
+    cfg = load_config(
+        None, ["text.train.epochs=3", "search.k=30", "modalities=[text,tfidf]", "image.head.margin_rad=0.8"]
+    )
     assert cfg.text.train.epochs == 3
-    assert cfg.match.k == 30
+    assert cfg.search.k == 30
     assert cfg.modalities == ["text", "tfidf"]
     assert cfg.image.head.margin_rad == 0.8
     assert load_config(None, ["text.train.lr=3e-5"]).text.train.lr == 3e-5  # YAML 1.1 reads this as a string
@@ -20,7 +22,7 @@ def test_yaml_file_and_roundtrip(tmp_path):
     path.write_text("text:\n  max_length: 32\nmatch:\n  fusion_weights: {image: 0.3, text: 0.7}\n")
     cfg = load_config(path, ["seed=7"])
     assert cfg.text.max_length == 32 and cfg.seed == 7
-    assert cfg.match.fusion_weights == {"image": 0.3, "text": 0.7}
+    assert cfg.fusion.weights == {"image": 0.3, "text": 0.7}
     # The dumped resolved config loads back to the same object.
     again = tmp_path / "resolved.yaml"
     again.write_text(dump_config(cfg))
@@ -37,7 +39,7 @@ def test_demo_preset_loads():
     "overrides, message",
     [
         (["text.train.epoch=3"], "unknown key.*epoch.*valid keys"),
-        (["match.k=many"], "match.k must be an integer"),
+        (["search.k=many"], "search.k must be an integer"),
         (["modalities=[text,smell]"], "modalities"),
         (["min2"], "key=value"),
         (["folds.gallery=some"], "folds.gallery"),
@@ -59,24 +61,51 @@ def test_section_must_be_mapping():
         from_dict({"text": 3})
 
 
-def test_the_size_invariant_pair_settings_load():
-    cfg = load_config(None, ["match.pair_features=[standard,text,numbers]", "match.rule_signals=[pair]"])
-    assert cfg.match.pair_features == ["standard", "text", "numbers"] and cfg.match.rule_signals == ["pair"]
-    assert "standard" not in load_config(None).match.pair_features  # measured first, off by default
+def test_keys_of_the_former_match_section_are_read_in_their_new_sections(caplog):
+    with caplog.at_level("WARNING", logger="pipeline"):
+        cfg = load_config(
+            None,
+            [
+                "match.k=30",
+                "match.pair_model=false",
+                "match.fusion_weights={image: 1}",
+                "match.phash_source=image",
+                "match.cv_estimate=false",
+            ],
+        )
+    assert (cfg.search.k, cfg.pair.enabled, cfg.fusion.weights, cfg.phash.source, cfg.decision.cv_estimate) == (
+        30,
+        False,
+        {"image": 1.0},
+        "image",
+        False,
+    )
+    assert "match.k is now search.k" in caplog.text and "match.pair_model is now pair.enabled" in caplog.text
+    for removed in ("match.transductive=true", "match.rule_signals=[pair]"):
+        with pytest.raises(ConfigError, match=r"was removed"):
+            load_config(None, [removed])
+    with pytest.raises(ConfigError, match=r"match\.knn.*moved to search, fusion, decision, pair and phash"):
+        load_config(None, ["match.knn=3"])
 
 
 def test_images_are_needed_by_the_image_encoder_or_a_recomputed_phash():
     assert load_config(None, ["modalities=[image]"]).needs_images
     assert not load_config(None, ["modalities=[text,tfidf,phash]"]).needs_images
-    assert load_config(None, ["modalities=[tfidf,phash]", "match.phash_source=image"]).needs_images
-    assert not load_config(None, ["modalities=[tfidf]", "match.phash_source=image"]).needs_images
+    assert load_config(None, ["modalities=[tfidf,phash]", "phash.source=image"]).needs_images
+    assert not load_config(None, ["modalities=[tfidf]", "phash.source=image"]).needs_images
 
 
-@pytest.mark.parametrize("override, key", [("match.blend_method=second", "blend_method"), ("match.index=lsh", "index"),
-                                           ("match.k=1", "k"), ("tfidf.max_df=1.5", "max_df"),
-                                           ("match.rule_signals=[pair,smell]", "rule_signals"),
-                                           ("match.pair_features=[]", "pair_features"),
-                                           ("match.pair_features=[sims,gossip]", "pair_features")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("fusion.blend_method=second", "blend_method"),
+        ("search.index=lsh", "index"),
+        ("search.k=1", "k"),
+        ("tfidf.max_df=1.5", "max_df"),
+        ("pair.features=[]", r"pair\.features"),
+        ("pair.features=[sims,standard]", r"pair\.features"),
+    ],
+)
 def test_bad_matching_settings_are_refused_by_name(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])
@@ -89,8 +118,8 @@ def test_bad_matching_settings_are_refused_by_name(override, key):
         ("text.train.epochs=-2", r"text\.train\.epochs must be >= 1"),
         ("image.train.batch_size=0", r"image\.train\.batch_size must be >= 2"),
         ("text.embed_batch_size=0", r"text\.embed_batch_size must be >= 1"),
-        ("match.batch_size=0", r"match\.batch_size must be >= 1"),
-        ("match.n_thresholds=0", r"match\.n_thresholds must be >= 2"),
+        ("search.batch_size=0", r"search\.batch_size must be >= 1"),
+        ("decision.n_thresholds=0", r"decision\.n_thresholds must be >= 2"),
         ("text.train.lr=-1e-4", r"text\.train\.lr must be > 0"),
         ("image.train.head_lr=0", r"image\.train\.head_lr must be > 0"),
         ("image.train.warmup_frac=1.5", r"image\.train\.warmup_frac must be in \[0, 1\)"),
@@ -99,17 +128,17 @@ def test_bad_matching_settings_are_refused_by_name(override, key):
         ("tfidf.ngram_min=3", r"tfidf\.ngram_max must be >= ngram_min"),
         ("tfidf.char_ngram_max=1", r"tfidf\.char_ngram_max must be >= char_ngram_min"),
         ("tfidf.min_df=0", r"tfidf\.min_df must be >= 1"),
-        ("match.blend_rounds=-1", r"match\.blend_rounds must be >= 0"),
+        ("fusion.blend_rounds=-1", r"fusion\.blend_rounds must be >= 0"),
         ("threads=0", r"threads must be in \[1, 1024\]"),
-        ("match.k=null", r"match\.k must be an integer, got None"),
-        ("match.k=true", r"match\.k must be an integer, got True"),
+        ("search.k=null", r"search\.k must be an integer, got None"),
+        ("search.k=true", r"search\.k must be an integer, got True"),
         ("seed=1.5", r"seed must be an integer"),
         ("text.train.lr=.inf", r"text\.train\.lr must be a finite number"),
         ("tfidf.max_features=many", r"tfidf\.max_features must be an integer"),
         ("modalities=", r"modalities must be a list of names"),
-        ("match.fusion_weights={image: -1}", r"match\.fusion_weights\.image must be >= 0"),
-        ("match.k=[3", r"override match\.k: '\[3' is not a YAML value"),
-        ("match.index={a: [}", r"override match\.index: .* is not a YAML value"),
+        ("fusion.weights={image: -1}", r"fusion\.weights\.image must be >= 0"),
+        ("search.k=[3", r"override search\.k: '\[3' is not a YAML value"),
+        ("search.index={a: [}", r"override search\.index: .* is not a YAML value"),
     ],
 )
 def test_values_that_cannot_train_are_refused_when_the_config_is_read(override, message):
@@ -119,9 +148,9 @@ def test_values_that_cannot_train_are_refused_when_the_config_is_read(override, 
 
 
 def test_fusion_weights_must_name_a_learned_modality_that_is_on():
-    with pytest.raises(ConfigError, match=r"match\.fusion_weights names \['image'\]"):
-        load_config(None, ["modalities=[text,tfidf]", "match.fusion_weights={image: 0.4, text: 0.6}"])
-    assert load_config(None, ["modalities=[image,text]", "match.fusion_weights={image: 0.4}"]).match.fusion_weights
+    with pytest.raises(ConfigError, match=r"fusion\.weights names \['image'\]"):
+        load_config(None, ["modalities=[text,tfidf]", "fusion.weights={image: 0.4, text: 0.6}"])
+    assert load_config(None, ["modalities=[image,text]", "fusion.weights={image: 0.4}"]).fusion.weights
 
 
 def test_optional_values_take_null_and_their_type():

@@ -1,4 +1,4 @@
-"""Issue 13, finding 7: one function bounds every CPU thread pool, from the config's ``threads``."""
+"""One function bounds every CPU thread pool, from the config's ``threads``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,22 @@ def test_every_stage_applies_the_configs_threads(tiny_synth, tmp_path, restore_t
 
     torch.set_num_threads(2)
     run = tmp_path / "run"
-    assert main(["run", "--data", str(tiny_synth["root"]), "--out", str(run), "--modalities", "tfidf,phash",
-                 "folds.n_splits=2", "match.cv_estimate=false", "threads=1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(tiny_synth["root"]),
+                "--out",
+                str(run),
+                "--modalities",
+                "tfidf,phash",
+                "folds.n_splits=2",
+                "decision.cv_estimate=false",
+                "threads=1",
+            ]
+        )
+        == 0
+    )
     assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
     assert "threads: 1" in (run / "config.yaml").read_text()

@@ -1,4 +1,4 @@
-"""Property-based tests (issue 13): the CSV reader, the config parser and ``score`` on random input.
+"""Property-based tests: the CSV reader, the config parser and ``score`` on random input.
 
 Whatever the bytes, quoting or overrides, either the input is accepted or the command line exits
 with code 2 and one ``error:`` line; never a traceback.
@@ -23,8 +23,11 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import DataError, read_postings
 
 # capsys is function-scoped; each example reads (and so clears) it before and after its command.
-FAST = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 HEADER = "posting_id,image,image_phash,title,label_group"
 pytestmark = pytest.mark.filterwarnings("ignore:.*empty title")
 
@@ -70,14 +73,19 @@ def test_random_bytes_alone_are_read_or_refused_on_one_line(raw):
 
 
 # Quotes, commas and line breaks are what CSV quoting exists for, so they come often.
-titles = st.text(st.one_of(st.sampled_from('\n",; '), st.characters(codec="utf-8", exclude_characters="\r\x00")),
-                 max_size=30)
+titles = st.text(
+    st.one_of(st.sampled_from('\n",; '), st.characters(codec="utf-8", exclude_characters="\r\x00")), max_size=30
+)
 rows = st.lists(st.tuples(titles, st.integers(0, 3)), min_size=1, max_size=8)
 
 
 @FAST
-@given(rows=rows, quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
-       newline=st.sampled_from(["\n", "\r\n"]), bad=st.integers(0, 8))
+@given(
+    rows=rows,
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    bad=st.integers(0, 8),
+)
 @example(rows=[("two\nlines", 1), ("one", 2)], quoting=csv.QUOTE_MINIMAL, newline="\n", bad=1)
 def test_any_quoting_round_trips_and_rows_are_named_by_their_first_line(rows, quoting, newline, bad):
     """Written by any CSV writer's quoting, valid rows come back as written; a bad label is named
@@ -115,11 +123,16 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
 
 KEYS = _keys(Config)
 values = st.one_of(
-    st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).map(str), st.sampled_from(
-        ["true", "no", "null", "~", "[a, b", "{x: 1}", "[text, tfidf]", "image", "", "'", "1e-3", ".inf", "- a"]),
-    st.text(max_size=12))
-overrides = st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), values),
-                               st.text(max_size=20)), max_size=4)
+    st.integers(-5, 10**6).map(str),
+    st.floats(allow_nan=True).map(str),
+    st.sampled_from(
+        ["true", "no", "null", "~", "[a, b", "{x: 1}", "[text, tfidf]", "image", "", "'", "1e-3", ".inf", "- a"]
+    ),
+    st.text(max_size=12),
+)
+overrides = st.lists(
+    st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), values), st.text(max_size=20)), max_size=4
+)
 
 
 @FAST
@@ -149,7 +162,8 @@ ids = st.sampled_from(["a", "b", "c", "d", "e", "", "a b", '"a"'])
 submissions = st.one_of(
     st.binary(max_size=200).map(lambda b: b.decode("utf-8", "replace")),
     st.lists(st.tuples(ids, st.lists(ids, max_size=4)), max_size=6).map(
-        lambda rs: "posting_id,matches\n" + "".join(f"{p},{' '.join(m)}\n" for p, m in rs)),
+        lambda rs: "posting_id,matches\n" + "".join(f"{p},{' '.join(m)}\n" for p, m in rs)
+    ),
 )
 
 

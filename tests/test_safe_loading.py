@@ -1,9 +1,10 @@
-"""Issue 13, finding 3: no code is loaded from files. Every ``torch.load`` in the project passes
+"""No code is loaded from files. Every ``torch.load`` in the project passes
 ``weights_only=True``, so a crafted checkpoint is refused instead of run."""
 
 from __future__ import annotations
 
 import ast
+import pickle
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,15 @@ SOURCES = sorted(p for d in ("pipeline", "benchmarks", "notebooks", "tests") for
 
 
 def torch_loads(tree: ast.AST) -> list[ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and n.func.attr == "load" and isinstance(n.func.value, ast.Name) and n.func.value.id == "torch"]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "load"
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "torch"
+    ]
 
 
 def test_every_torch_load_keeps_weights_only():
@@ -39,12 +47,12 @@ class _Payload:
 
 def test_a_crafted_checkpoint_is_refused_not_run(tmp_path, capsys):
     from pipeline.models.encoders import read_state_dict
-    from pipeline.training.checkpoint import existing_run
     from pipeline.paths import ModelPaths
+    from pipeline.training.checkpoint import existing_run
 
     path = tmp_path / "last.pt"
     torch.save({"run": {}, "x": _Payload()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         existing_run(ModelPaths(tmp_path), {}, resume=True, overwrite=False)
     with pytest.raises(ValueError, match="could not be read as a plain state dict"):
         read_state_dict(path)

@@ -41,7 +41,9 @@ def test_invalid_submission_is_not_written(tmp_path):
 
 
 def test_roundtrip_and_truth_formats(tmp_path):
-    path = write_submission(build_submission(["a", "b"], [np.array([1]), np.array([0])]), tmp_path / "s.csv", ["a", "b"])
+    path = write_submission(
+        build_submission(["a", "b"], [np.array([1]), np.array([0])]), tmp_path / "s.csv", ["a", "b"]
+    )
     assert read_matches(path) == {"a": {"a", "b"}, "b": {"a", "b"}}
     pd.DataFrame({"posting_id": ["a", "b", "c"], "label_group": [1, 1, 2]}).to_csv(tmp_path / "t.csv", index=False)
     assert read_truth(tmp_path / "t.csv")["c"] == {"c"}
@@ -66,7 +68,10 @@ def score_cli(capsys, sub_path, truth_path) -> tuple[int, list[str]]:
     "text, message",
     [
         ("posting_id,matches\na,a b\nb,a b\n", r"1 posting\(s\) of .*truth\.csv have no row, e\.g\. \['c'\]"),
-        ("posting_id,matches\na,a b\nb,a b\nc,c\nz,z\n", r"row 4 \(line 5\), column 'posting_id': 'z' is not a posting of"),
+        (
+            "posting_id,matches\na,a b\nb,a b\nc,c\nz,z\n",
+            r"row 4 \(line 5\), column 'posting_id': 'z' is not a posting of",
+        ),
         ("posting_id,matches\na,a b\nb,a b\nc,c\na,a\n", r"row 4 \(line 5\), column 'posting_id': 'a' appears twice"),
         ("", r"sub\.csv: empty file \(no header\)"),
         ("posting_id,matches\n", r"sub\.csv: no rows"),

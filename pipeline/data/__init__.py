@@ -6,6 +6,8 @@ tooling that the Kaggle wheel leaves out) are imported from their modules.
 """
 
 from pipeline.data.contract import (
+    LEARNED_MODALITIES,
+    MODALITIES,
     TEST_COLUMNS,
     TRAIN_COLUMNS,
     DataError,
@@ -17,6 +19,14 @@ from pipeline.data.contract import (
 )
 
 __all__ = [
-    "TEST_COLUMNS", "TRAIN_COLUMNS", "DataError", "Dataset", "check_images", "encoder_inputs", "read_postings",
+    "LEARNED_MODALITIES",
+    "MODALITIES",
+    "TEST_COLUMNS",
+    "TRAIN_COLUMNS",
+    "DataError",
+    "Dataset",
+    "check_images",
+    "encoder_inputs",
+    "read_postings",
     "where",
 ]

@@ -13,16 +13,16 @@ import csv
 import io
 import re
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Sequence
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from pipeline.config import default_threads
+from pipeline.device import default_threads
 
 TRAIN_COLUMNS = ("posting_id", "image", "image_phash", "title", "label_group")
 TEST_COLUMNS = ("posting_id", "image", "image_phash", "title")
@@ -113,8 +113,10 @@ def read_table(path: str | Path, columns: Sequence[str] | None) -> tuple[pd.Data
     width = len(header)
     for i, rec in enumerate(rows):
         if len(rec) != width:
-            raise DataError(f"{loc(i)}: {len(rec)} field(s) where the header has {width}; a comma or quote "
-                            "in a value must be inside double quotes")
+            raise DataError(
+                f"{loc(i)}: {len(rec)} field(s) where the header has {width}; a comma or quote "
+                "in a value must be inside double quotes"
+            )
     if not rows:
         raise DataError(f"{path}: no rows")
     keep = [header.index(c) for c in columns]
@@ -141,15 +143,17 @@ def _parse_csv(text: str, path: Path) -> tuple[list[str], list[list[str]], list[
             start = reader.line_num + 1
     except csv.Error as e:
         what = "header" if header is None else f"row {len(rows) + 1}"
-        raise DataError(f"{path}, {what} (line {start}): not a readable CSV ({e}); "
-                        "a quote opened there may never be closed") from None
+        raise DataError(
+            f"{path}, {what} (line {start}): not a readable CSV ({e}); a quote opened there may never be closed"
+        ) from None
     if header is None:
         raise DataError(f"{path}: empty file (no header)")
     return header, rows, lines
 
 
-def read_postings(path: str | Path, labelled: bool, images_dir: str | Path | None = None,
-                  workers: int | None = None) -> pd.DataFrame:
+def read_postings(
+    path: str | Path, labelled: bool, images_dir: str | Path | None = None, workers: int | None = None
+) -> pd.DataFrame:
     """Read and validate a postings CSV.
 
     Args:
@@ -157,7 +161,7 @@ def read_postings(path: str | Path, labelled: bool, images_dir: str | Path | Non
         labelled: whether ``label_group`` is required (train) or ignored when present (test).
         images_dir: when given, every ``image`` must exist there and decode fully (see
             :func:`check_images`).
-        workers: threads that decode images (default :func:`pipeline.config.default_threads`).
+        workers: threads that decode images (default :func:`pipeline.device.default_threads`).
 
     Returns:
         A frame with ``posting_id, image, image_phash, title`` (strings) and, when labelled,
@@ -180,6 +184,11 @@ def read_postings(path: str | Path, labelled: bool, images_dir: str | Path | Non
     if images_dir is not None:
         check_images(df, Path(images_dir), loc, workers)
     return df.reset_index(drop=True)
+
+
+# The signals a posting gives: two learned by an encoder, two computed from the title and the image.
+MODALITIES = ("image", "text", "tfidf", "phash")
+LEARNED_MODALITIES = ("image", "text")
 
 
 def encoder_inputs(modality: str, df: pd.DataFrame, images_dir: Path) -> list[str]:
@@ -208,8 +217,9 @@ def check_images(df: pd.DataFrame, images_dir: Path, csv_path: Path | Locator, w
         # Pillow warns between its limit and twice it; the check below refuses those images anyway.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         problems = pool.map(lambda name: _image_problem(images_dir / name, root), names)
-        for i, problem in enumerate(tqdm(problems, total=len(names), desc=f"decoding {images_dir.name}",
-                                         leave=False, mininterval=1.0)):
+        for i, problem in enumerate(
+            tqdm(problems, total=len(names), desc=f"decoding {images_dir.name}", leave=False, mininterval=1.0)
+        ):
             if problem:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise DataError(f"{loc(i, 'image')}: image file {_shown(str(images_dir / names[i]))} {problem}")
@@ -225,8 +235,10 @@ def _image_problem(path: Path, root: Path) -> str | None:
         with Image.open(path) as im:
             width, height = im.size
             if width * height > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                return (f"is {width}x{height} = {width * height:,} pixels, above the limit of "
-                        f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)")
+                return (
+                    f"is {width}x{height} = {width * height:,} pixels, above the limit of "
+                    f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
+                )
             im.draft("RGB", (64, 64))
             im.load()
     except Image.DecompressionBombError as e:
@@ -249,8 +261,9 @@ def _decode_utf8(path: Path) -> str:
             at = f"row {i + 1} (line {lines[i]}), column {header[k]!r}" if k < len(header) else f"row {i + 1}"
         except (DataError, StopIteration):
             pass
-        raise DataError(f"{path}, {at}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        "re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}, {at}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None
 
 
 def _has_bad_byte(value: str) -> bool:
@@ -295,15 +308,17 @@ def _check_image_names(df: pd.DataFrame, loc: Locator) -> None:
     for i, name in enumerate(df["image"]):
         p = PurePosixPath(name.replace("\\", "/"))
         if p.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in p.parts or "\0" in name:
-            raise DataError(f"{loc(i, 'image')}: image {name!r} must be a path inside the images folder "
-                            "(no absolute path, no '..')")
+            raise DataError(
+                f"{loc(i, 'image')}: image {name!r} must be a path inside the images folder (no absolute path, no '..')"
+            )
 
 
 def _check_phash(df: pd.DataFrame, loc: Locator) -> None:
     i = _first(~df["image_phash"].str.fullmatch(_PHASH))
     if i is not None:
-        raise DataError(f"{loc(i, 'image_phash')}: malformed phash {df['image_phash'].iat[i]!r} "
-                        "(expected 16 hexadecimal digits)")
+        raise DataError(
+            f"{loc(i, 'image_phash')}: malformed phash {df['image_phash'].iat[i]!r} (expected 16 hexadecimal digits)"
+        )
 
 
 def _parse_labels(df: pd.DataFrame, loc: Locator) -> pd.Series:

@@ -9,7 +9,8 @@ workers and whether the run was resumed.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -33,26 +34,32 @@ def _size_and_interpolation(data_config: dict[str, Any]) -> tuple[tuple[int, int
 def train_transform(data_config: dict[str, Any]) -> A.Compose:
     """Random crop (60-100 % of the area), flip, brightness/contrast, cut-out holes, normalise."""
     (height, width), interpolation = _size_and_interpolation(data_config)
-    return A.Compose([
-        A.RandomResizedCrop(size=(height, width), scale=(0.6, 1.0), interpolation=interpolation,
-                            area_for_downscale="image"),
-        A.HorizontalFlip(p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2),
-                        fill=0, p=0.5),
-        A.Normalize(mean=data_config["mean"], std=data_config["std"]),
-        ToTensorV2(),
-    ])
+    return A.Compose(
+        [
+            A.RandomResizedCrop(
+                size=(height, width), scale=(0.6, 1.0), interpolation=interpolation, area_for_downscale="image"
+            ),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.CoarseDropout(
+                num_holes_range=(1, 4), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2), fill=0, p=0.5
+            ),
+            A.Normalize(mean=data_config["mean"], std=data_config["std"]),
+            ToTensorV2(),
+        ]
+    )
 
 
 def eval_transform(data_config: dict[str, Any]) -> A.Compose:
     """Resize to the model's input size (no crop: a product may fill the frame) and normalise."""
     (height, width), interpolation = _size_and_interpolation(data_config)
-    return A.Compose([
-        A.Resize(height, width, interpolation=interpolation, area_for_downscale="image"),
-        A.Normalize(mean=data_config["mean"], std=data_config["std"]),
-        ToTensorV2(),
-    ])
+    return A.Compose(
+        [
+            A.Resize(height, width, interpolation=interpolation, area_for_downscale="image"),
+            A.Normalize(mean=data_config["mean"], std=data_config["std"]),
+            ToTensorV2(),
+        ]
+    )
 
 
 def read_image(path: str | os.PathLike, min_size: int | None = None) -> np.ndarray:
@@ -85,8 +92,13 @@ class ImageDataset(Dataset):
         min_size: passed to :func:`read_image`; the model's input side is a safe value.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | np.ndarray | None = None,
-                 transform: A.Compose | None = None, min_size: int | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        labels: Sequence[int] | np.ndarray | None = None,
+        transform: A.Compose | None = None,
+        min_size: int | None = None,
+    ):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} images but {len(labels)} labels")
         if transform is None:
@@ -165,8 +177,9 @@ def label_index(label_groups: Sequence | np.ndarray) -> tuple[np.ndarray, np.nda
     return ids.astype(np.int64).reshape(-1), classes
 
 
-def make_dataset(model, items: Sequence, labels: Sequence[int] | np.ndarray | None = None, *,
-                 train: bool = False) -> tuple[Dataset, Callable | None]:
+def make_dataset(
+    model, items: Sequence, labels: Sequence[int] | np.ndarray | None = None, *, train: bool = False
+) -> tuple[Dataset, Callable | None]:
     """The dataset and collate function that feed ``model`` (an encoder from :mod:`pipeline.models.encoders`).
 
     Args:
@@ -182,4 +195,3 @@ def make_dataset(model, items: Sequence, labels: Sequence[int] | np.ndarray | No
     if model.modality == "text":
         return TitleDataset(items, labels), TitleCollate(model.tokenizer, model.cfg.max_length)
     raise ValueError(f"no dataset for modality {model.modality!r}")
-

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from pipeline.config import ConfigError
+from pipeline.settings import ConfigError, require
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    seed: int = 42
+    # Out-of-fold search space. "all": each held-out fold's postings are searched among every train
+    # posting (embedded by that fold's model), close to the test set's size. "fold": only among the
+    # held-out fold itself, the usual Kaggle CV, smaller and so more optimistic.
+    gallery: str = "all"
+
+    def __post_init__(self) -> None:
+        require(self.gallery in ("all", "fold"), "gallery", "'all' or 'fold'", self.gallery)
+        require(self.n_splits >= 2, "n_splits", "at least 2", self.n_splits)
 
 
 def make_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:

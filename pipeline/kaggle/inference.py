@@ -35,8 +35,9 @@ def check_dependencies(package_dir: str | Path) -> list[dict]:
     return requires
 
 
-def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv: str | Path,
-                         progress: bool = True) -> dict:
+def predict_from_package(
+    package_dir: str | Path, data_dir: str | Path, out_csv: str | Path, progress: bool = True
+) -> dict:
     """Embed test.csv with the packaged encoders, match it with the packaged settings, write the CSV.
 
     Returns:
@@ -60,22 +61,30 @@ def predict_from_package(package_dir: str | Path, data_dir: str | Path, out_csv:
     pair_model = load_pair_model(package.pair_model, settings, cfg.threads)
     encoders = {}
     if cfg.learned:
-        from pipeline.models.tta import load_members  # torch and transformers: only for learned modalities
+        from pipeline.ensemble.members import load_members
 
         for m, members in read_recipe(package).items():
             encoders[m] = load_members([member for member, _ in members], [backbone for _, backbone in members])
     if set(cfg.learned) - set(encoders):
-        raise ValueError(f"{package.encoders} has no encoder for {sorted(set(cfg.learned) - set(encoders))}; "
-                         "package the run again")
+        raise ValueError(
+            f"{package.encoders} has no encoder for {sorted(set(cfg.learned) - set(encoders))}; package the run again"
+        )
     timings["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     test = data.read("test", check_images=cfg.needs_images)
     timings["read"] = time.perf_counter() - t0
     ids = test["posting_id"].to_numpy()
-    vectors = posting_vectors(cfg, test, data.images_dir("test"), encoders=encoders, progress=progress,
-                              timings=timings)
-    sub = match_postings(vectors, ids, settings, cfg.match, pair_model=pair_model, timings=timings,
-                         titles=test["title"].to_numpy())
+    vectors = posting_vectors(cfg, test, data.images_dir("test"), encoders=encoders, progress=progress, timings=timings)
+    sub = match_postings(
+        vectors,
+        ids,
+        settings,
+        cfg.search,
+        pair_model,
+        blend_method=cfg.fusion.blend_method,
+        timings=timings,
+        titles=test["title"].to_numpy(),
+    )
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),

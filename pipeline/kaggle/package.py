@@ -27,14 +27,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import io
 from pipeline.config import Config, load_config
+from pipeline.ensemble.members import EnsembleError, Member, test_members
 from pipeline.kaggle.requirements import missing_message, requirements
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.ensemble import EnsembleError, Member, test_members
 from pipeline.matching.predict import uses_pair_model
 from pipeline.paths import PROJECT_ROOT, PackagePaths, RunPaths
 
@@ -46,9 +46,14 @@ class PackageError(RuntimeError):
     """A run that cannot be packaged, or a package folder that cannot be written."""
 
 
-def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | None = None,
-                title: str = "shopee-pipeline-package", fp16: bool = False,
-                assume_installed: Sequence[str] = ()) -> Path:
+def package_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    wheels: str | Path | None = None,
+    title: str = "shopee-pipeline-package",
+    fp16: bool = False,
+    assume_installed: Sequence[str] = (),
+) -> Path:
     """Write the package folder for a trained and tuned run; the folder appears complete or not at all.
 
     Args:
@@ -88,12 +93,18 @@ def package_run(run_dir: str | Path, out_dir: str | Path, wheels: str | Path | N
             build_wheel(package.wheels)  # else the project's own wheel came with --wheels (an installed copy)
         for whl in extra:
             shutil.copy2(whl, package.wheels / whl.name)
-        recipe = {m: [_copy_member(package, m, i, member, fp16) for i, member in enumerate(ms)]
-                  for m, ms in members.items()}
+        recipe = {
+            m: [_copy_member(package, m, i, member, fp16) for i, member in enumerate(ms)] for m, ms in members.items()
+        }
         io.write_json(recipe, package.encoders)
         _copy_run_files(run, package)
-        _write_metadata(run, cfg, package, title, {"requires": [r.to_dict() for r in found], "fp16": fp16,
-                                                   "python": sys.version.split()[0]})
+        _write_metadata(
+            run,
+            cfg,
+            package,
+            title,
+            {"requires": [r.to_dict() for r in found], "fp16": fp16, "python": sys.version.split()[0]},
+        )
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
@@ -121,8 +132,13 @@ def _copy_member(package: PackagePaths, modality: str, index: int, member: Membe
     if modality == "text":
         load_encoder(member.models[0]).save_pretrained_files(package.text_backbone(index))
         backbone = package.text_backbone(index).relative_to(package.root).as_posix()
-    return {"weight": member.weight, "models": files, "tta_flip": member.tta_flip, "text_backbone": backbone,
-            "source_run": str(member.run.resolve()) if member.run else None}
+    return {
+        "weight": member.weight,
+        "models": files,
+        "tta_flip": member.tta_flip,
+        "text_backbone": backbone,
+        "source_run": str(member.run.resolve()) if member.run else None,
+    }
 
 
 def read_recipe(package: PackagePaths) -> dict[str, list[tuple[Member, Path | None]]]:
@@ -131,8 +147,10 @@ def read_recipe(package: PackagePaths) -> dict[str, list[tuple[Member, Path | No
     out = {}
     for modality, members in recipe.items():
         out[modality] = [
-            (Member(m["weight"], [package.root / f for f in m["models"]], m["tta_flip"]),
-             package.root / m["text_backbone"] if m.get("text_backbone") else None)
+            (
+                Member(m["weight"], [package.root / f for f in m["models"]], m["tta_flip"]),
+                package.root / m["text_backbone"] if m.get("text_backbone") else None,
+            )
             for m in members
         ]
     return out
@@ -157,34 +175,56 @@ def _copy_run_files(run: RunPaths, package: PackagePaths) -> None:
 
 def _write_metadata(run: RunPaths, cfg: Config, package: PackagePaths, title: str, extra: dict) -> None:
     report = io.read_json(run.report) if run.report.exists() else {}
-    io.write_json({
-        "code_version": io.code_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source_run": str(run.root.resolve()),
-        "modalities": cfg.modalities,
-        "f1_cross_validated": report.get("f1_cross_validated"),
-        "oof_f1": io.read_json(run.thresholds).get("oof_f1"),
-        **extra,
-    }, package.manifest)
+    io.write_json(
+        {
+            "code_version": io.code_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_run": str(run.root.resolve()),
+            "modalities": cfg.modalities,
+            "f1_cross_validated": report.get("f1_cross_validated"),
+            "oof_f1": io.read_json(run.thresholds).get("oof_f1"),
+            **extra,
+        },
+        package.manifest,
+    )
     slug = re.sub(r"[^a-z0-9-]+", "-", title.lower()).strip("-") or "shopee-pipeline-package"
-    io.write_json({"title": title, "id": f"YOUR_KAGGLE_USERNAME/{slug}", "licenses": [{"name": "CC0-1.0"}]},
-                  package.kaggle_metadata)
+    io.write_json(
+        {"title": title, "id": f"YOUR_KAGGLE_USERNAME/{slug}", "licenses": [{"name": "CC0-1.0"}]},
+        package.kaggle_metadata,
+    )
 
 
 def build_wheel(out_dir: Path) -> Path:
     """Build this project's wheel offline, from a copy of the source so the checkout stays clean."""
     if not (PROJECT_ROOT / "pyproject.toml").exists():
-        raise PackageError(f"{PROJECT_ROOT} is not a source checkout, so the project's wheel cannot be built here: "
-                           "pass --wheels DIR with the shopee_pipeline wheel it was installed from")
+        raise PackageError(
+            f"{PROJECT_ROOT} is not a source checkout, so the project's wheel cannot be built here: "
+            "pass --wheels DIR with the shopee_pipeline wheel it was installed from"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        shutil.copytree(PROJECT_ROOT / "pipeline", src / "pipeline",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *DEV_ONLY))
+        shutil.copytree(
+            PROJECT_ROOT / "pipeline",
+            src / "pipeline",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *DEV_ONLY),
+        )
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(PROJECT_ROOT / name, src / name)
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-               "--disable-pip-version-check", "--quiet", "--wheel-dir", str(out_dir), str(src)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--wheel-dir",
+            str(out_dir),
+            str(src),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise PackageError(
@@ -195,4 +235,3 @@ def build_wheel(out_dir: Path) -> Path:
     if not wheels:
         raise RuntimeError(f"pip wheel reported success but wrote no wheel into {out_dir}")
     return wheels[-1]
-

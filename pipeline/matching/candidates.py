@@ -9,8 +9,9 @@ list the pair. Memory stays O(N·k·S) for N postings, k neighbours and S signal
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -57,23 +58,22 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.query)
 
-    def take(self, rows: np.ndarray) -> "Candidates":
+    def take(self, rows: np.ndarray) -> Candidates:
         """The pairs at ``rows`` (an index or a (P,) bool mask)."""
         return Candidates(self.query[rows], self.match[rows], {k: v[rows] for k, v in self.sims.items()}, self.n)
 
-    def subset(self, query_mask: np.ndarray) -> "Candidates":
+    def subset(self, query_mask: np.ndarray) -> Candidates:
         """The pairs whose query is in ``query_mask`` ((n,) bool over global postings)."""
         return self.take(query_mask[self.query])
 
     @staticmethod
-    def concat(parts: list["Candidates"]) -> "Candidates":
+    def concat(parts: list[Candidates]) -> Candidates:
         names = sorted(set().union(*(p.sims for p in parts)))
         return Candidates(
             query=np.concatenate([p.query for p in parts]),
             match=np.concatenate([p.match for p in parts]),
             sims={
-                s: np.concatenate([p.sims.get(s, np.full(len(p), -np.inf, np.float32)) for p in parts])
-                for s in names
+                s: np.concatenate([p.sims.get(s, np.full(len(p), -np.inf, np.float32)) for p in parts]) for s in names
             },
             n=max(p.n for p in parts),
         )

@@ -8,21 +8,16 @@
 The thresholds were tuned on galleries of ``tuned_size`` postings. A larger gallery puts more
 distractors above them, so :meth:`MatchSettings.at_size` moves each threshold (and the min-2 floor)
 by its ``size_slopes`` entry per doubling of the gallery (fitted by
-:func:`pipeline.matching.tuning.calibrate_size`).
-
-Transductive calibration (``match_rate`` > 0) moves them along the same slopes, but by the amount
-at which the gallery's own candidates get as many matches per posting as the tuned rule gave on the
-tuning galleries (:func:`transductive_doublings`). It reads no label, and assumes the gallery is made
-of whole groups of the same size distribution as the tuning ones, so that it should have as many
-matches per posting whatever its size (issue 11: the size's log alone undershoots the move).
+:func:`pipeline.matching.size_calibration.calibrate_size`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +40,6 @@ class MatchSettings:
     # Per threshold (signal name, or "min2_floor"): its move per doubling of the gallery.
     size_slopes: dict[str, float] = field(default_factory=dict)
     tuned_size: int = 0  # postings per gallery the thresholds were tuned on; 0 = no size calibration
-    # Mean predicted matches per posting (itself excluded) on the tuning galleries; 0 = no
-    # transductive calibration (see :func:`transductive_doublings`).
-    match_rate: float = 0.0
 
     @property
     def min2_on(self) -> bool:
@@ -61,19 +53,21 @@ class MatchSettings:
         # in log2(size) is a guess, so the move stops there.
         return float(np.clip(np.log2(n / self.tuned_size), -MAX_DOUBLINGS, MAX_DOUBLINGS))
 
-    def at_size(self, n: int) -> "MatchSettings":
+    def at_size(self, n: int) -> MatchSettings:
         """The settings for a gallery of ``n`` postings: each threshold and the min-2 floor moved by
         its slope times :meth:`doublings`."""
         d = self.doublings(n)
         return self if d == 0.0 else self.moved(d)
 
-    def moved(self, d: float) -> "MatchSettings":
+    def moved(self, d: float) -> MatchSettings:
         """The settings with each threshold and the min-2 floor moved by its slope times ``d`` doublings."""
         slopes = self.size_slopes
         return dataclasses.replace(
-            self, thresholds={k: v + slopes.get(k, 0.0) * d for k, v in self.thresholds.items()},
-            min2_floor=self.min2_floor + slopes.get("min2_floor", 0.0) * d, size_slopes={}, tuned_size=0,
-            match_rate=0.0,
+            self,
+            thresholds={k: v + slopes.get(k, 0.0) * d for k, v in self.thresholds.items()},
+            min2_floor=self.min2_floor + slopes.get("min2_floor", 0.0) * d,
+            size_slopes={},
+            tuned_size=0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,10 +78,15 @@ class MatchSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MatchSettings":
+    def from_dict(cls, d: Mapping[str, Any]) -> MatchSettings:
         d = dict(d)
         for key in ("min2_floor", "blend_threshold"):
             d[key] = math.inf if d.get(key) is None else float(d[key])
+        # Files tuned before transductive calibration was removed hold its rate, 0 when it was off.
+        if d.pop("match_rate", 0.0):
+            raise ValueError(
+                "these settings were tuned with transductive calibration, which no longer exists: tune again"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -138,40 +137,6 @@ def decide(c: Candidates, settings: MatchSettings, min2: Min2 | None = None) -> 
             min2 = Min2(c, settings.min2_signal)
         mask |= min2.pairs(mask, settings.min2_floor)
     return mask
-
-
-def transductive_doublings(c: Candidates, settings: MatchSettings, n_queries: int, steps: int = 30) -> float:
-    """The move (in doublings, within +-:data:`MAX_DOUBLINGS`) at which ``settings`` predict
-    ``settings.match_rate`` matches per posting on ``c`` (bisection: the slopes raise thresholds with
-    the gallery, so more doublings give fewer matches); :meth:`MatchSettings.doublings` without a rate.
-
-    Args:
-        n_queries: the postings whose matches ``c`` holds.
-    """
-    if settings.match_rate <= 0 or not settings.size_slopes or n_queries <= 0:
-        return settings.doublings(n_queries)
-    min2 = Min2(c, settings.min2_signal) if settings.min2_on and settings.min2_signal in c.sims else None
-
-    def rate(d: float) -> float:
-        return float(decide(c, settings.moved(d), min2).sum()) / n_queries
-
-    target = settings.match_rate
-    # The rate is a step function of the move: the middle of the moves that give the target (or of
-    # the step that jumps over it), found from both sides.
-    return 0.5 * (_bisect(lambda d: rate(d) <= target, steps) + _bisect(lambda d: rate(d) < target, steps))
-
-
-def _bisect(past: Callable[[float], bool], steps: int) -> float:
-    """The smallest move in +-:data:`MAX_DOUBLINGS` for which ``past`` (monotone: False, then True) holds."""
-    lo, hi = -MAX_DOUBLINGS, MAX_DOUBLINGS
-    if past(lo):
-        return lo
-    if not past(hi):
-        return hi
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if past(mid) else (mid, hi)
-    return 0.5 * (lo + hi)
 
 
 def union_mask(c: Candidates, thresholds: Mapping[str, float]) -> np.ndarray:

@@ -14,21 +14,43 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from pipeline.matching.candidates import Gallery
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.neighbours import Neighbours, SearchSettings, faiss_threads, pair_dots, search
+from pipeline.matching.neighbours import EXACT, Neighbours, SearchConfig, faiss_threads, pair_dots, search
 from pipeline.matching.signals import l2_rows
+from pipeline.settings import require
 
 DENSE_SIGNALS = ("image", "text")
 FUSED_SIGNALS = ("concat", "blend")
 BLENDABLE_SIGNALS = ("concat", "image", "text", "tfidf")
 BLEND_METHODS = ("graph", "exact")
+
+
+@dataclass
+class FusionConfig:
+    """How signals combine before the decision: the dense fusion's weights and blending."""
+
+    # Per dense modality (image, text), its weight in ``concat``; empty: tuning picks the image share.
+    weights: dict[str, float] = field(default_factory=dict)
+    blend_rounds: int = 1  # largest number of blending rounds tuning tries (0 = off)
+    # graph: blended similarities from the top-k lists, no second search; exact: blend the vectors
+    # and search again (many times slower, and it grows as N squared for TF-IDF: docs/speed.md)
+    blend_method: str = "graph"
+
+    def __post_init__(self) -> None:
+        require(self.blend_method in BLEND_METHODS, "blend_method", f"one of {list(BLEND_METHODS)}", self.blend_method)
+        require(self.blend_rounds >= 0, "blend_rounds", ">= 0", self.blend_rounds)
+        for name, w in self.weights.items():
+            require(w >= 0, f"weights.{name}", ">= 0", w)
+        if self.weights:
+            require(sum(self.weights.values()) > 0, "weights", "not all zero", self.weights)
 
 
 @dataclass
@@ -70,8 +92,14 @@ def concat_embeddings(vectors: Mapping[str, np.ndarray], weights: Mapping[str, f
     return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
 
 
-def fused_neighbours(vectors: Mapping[str, np.ndarray], lists: Mapping[str, Neighbours], weights: Mapping[str, float],
-                     k: int, floor: float = -np.inf, block: int = 8192) -> Neighbours:
+def fused_neighbours(
+    vectors: Mapping[str, np.ndarray],
+    lists: Mapping[str, Neighbours],
+    weights: Mapping[str, float],
+    k: int,
+    floor: float = -np.inf,
+    block: int = 8192,
+) -> Neighbours:
     """Top-k by the fused cosine sum_m w_m cos_m / sum_m w_m, from the union of the per-modality lists.
 
     The fused cosine of a pair is what the concatenation's inner product gives
@@ -158,8 +186,9 @@ def _cosines(x: np.ndarray, norms: np.ndarray, start: int, ids: np.ndarray) -> n
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     b, c = ids.shape
     ip = np.empty((b, c), dtype=np.float32)
-    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(ip), faiss.swig_ptr(x[start:]), faiss.swig_ptr(x),
-                                     faiss.swig_ptr(ids), x.shape[1], b, c)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(ip), faiss.swig_ptr(x[start:]), faiss.swig_ptr(x), faiss.swig_ptr(ids), x.shape[1], b, c
+    )
     scale = norms[start : start + b, None] * norms[np.maximum(ids, 0)]
     return np.where(ids >= 0, ip / np.maximum(scale, 1e-12), np.nan)
 
@@ -208,9 +237,9 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
     s = _similarity_graph(nb)
     w = _blend_weights(nb, threshold)
     # |u_i|^2 = (W S W^T)_ii, a block of rows at a time.
-    norm = np.concatenate([
-        np.asarray((w[i : i + block] @ s).multiply(w[i : i + block]).sum(axis=1)).ravel() for i in range(0, n, block)
-    ])
+    norm = np.concatenate(
+        [np.asarray((w[i : i + block] @ s).multiply(w[i : i + block]).sum(axis=1)).ravel() for i in range(0, n, block)]
+    )
     norm = np.sqrt(np.maximum(norm, 1e-12)).astype(np.float32)
     # Dividing column j of W^T by |u_j| makes each row of the product P_ij / |u_j|, whose order
     # within the row is the cosine's: the top-n product can then pick the candidates.
@@ -219,8 +248,9 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, block):
         # threshold -inf: with sort=True and no threshold, sparse_dot_topn 1.2 drops negative entries.
-        p = sp_matmul_topn(w[start : start + block] @ s, wt, top_n=min(n, k), threshold=-np.inf, sort=True,
-                           n_threads=threads)
+        p = sp_matmul_topn(
+            w[start : start + block] @ s, wt, top_n=min(n, k), threshold=-np.inf, sort=True, n_threads=threads
+        )
         counts = np.diff(p.indptr)
         row = np.repeat(np.arange(p.shape[0]), counts)
         rank = np.arange(p.nnz) - np.repeat(p.indptr[:-1], counts)
@@ -268,21 +298,26 @@ def _blend_weights(nb: Neighbours, threshold: float) -> sp.csr_matrix:
 
 
 def gallery_neighbours(
-    gallery: Gallery, settings: MatchSettings, k: int = 50, batch_size: int = 4096, index: str = "flat",
-    cache: NeighbourCache | None = None, timings: dict[str, float] | None = None, blend_method: str = "graph",
-    search_settings: SearchSettings | None = None, floors: Mapping[str, float] | None = None,
-    keep: Collection[str] | None = None, observe: Callable[[str, Neighbours], None] | None = None,
+    gallery: Gallery,
+    settings: MatchSettings,
+    search: SearchConfig = EXACT,
+    blend_method: str = "graph",
+    cache: NeighbourCache | None = None,
+    timings: dict[str, float] | None = None,
+    floors: Mapping[str, float] | None = None,
+    keep: Collection[str] | None = None,
+    observe: Callable[[str, Neighbours], None] | None = None,
 ) -> dict[str, Neighbours]:
     """Neighbours of every signal in the gallery, plus ``concat`` and ``blend`` where they apply.
 
     Args:
+        search: the index, its parameters and ``k``.
+        blend_method: ``graph`` (:func:`graph_blend`: no second search) or ``exact`` (blend the
+            vectors with :func:`blend` and search again).
         cache: kept across calls with the same gallery: base signals and ``concat`` are searched
             once, so trying several blending settings only re-runs the blend.
         timings: when given, seconds per step are added to it (``search_<signal>``, ``fuse_concat``,
             ``blend``).
-        blend_method: ``graph`` (:func:`graph_blend`: no second search) or ``exact`` (blend the
-            vectors with :func:`blend` and search again).
-        search_settings: the index and its parameters; default: ``index`` and ``batch_size``.
         floors: per signal, the lowest similarity the decision can use: ``concat`` then scores
             only the listed pairs above its floor. None keeps every top-k list whole, as tuning,
             blending and the pair model need. Cached entries do not record floors: give one
@@ -293,66 +328,79 @@ def gallery_neighbours(
         observe: called with each signal's name and lists as they are made (``pipeline bench``
             keeps the rows whose recall it checks).
     """
-    owned = cache is None  # nobody else reads its entries: lists not kept can be let go
-    cache = NeighbourCache() if cache is None else cache
-    observe = observe or (lambda name, nb: None)
-    timings = {} if timings is None else timings
-    search_settings = search_settings or SearchSettings(index=index, batch_size=batch_size)
-    floors = dict(floors or {})
-    vectors = dict(gallery.vectors)
-    dense = [n for n in DENSE_SIGNALS if n in vectors]
-    out: dict[str, Neighbours] = {}
-    keys: dict[str, Hashable] = {name: name for name in vectors}
-    target = settings.blend_signal
-    unkept = set() if not owned or keep is None else (set(vectors) | {"concat"}) - set(keep) - {target}
+    if blend_method not in BLEND_METHODS:
+        raise ValueError(f"blend_method {blend_method!r} unknown; choose one of {BLEND_METHODS}")
+    lists = _GalleryLists(gallery, search, cache, {} if timings is None else timings, observe)
+    if cache is None and keep is not None:  # nobody else reads the entries: lists not kept can go
+        lists.unkept = (set(gallery.vectors) | {"concat"}) - set(keep) - {settings.blend_signal}
+    lists.search_each(lists.dense)  # the dense signals first: once fused, their lists can go
+    if len(lists.dense) >= 2:
+        lists.fuse(settings.fusion_weights, dict(floors or {}).get("concat", -np.inf))
+    lists.let_go()
+    lists.search_each([name for name in gallery.vectors if name not in lists.dense])
+    lists.let_go()
+    if settings.blend_rounds > 0 and settings.blend_signal is not None and not math.isinf(settings.blend_threshold):
+        lists.blend(settings, blend_method)
+    return {name: v for name, v in lists.out.items() if keep is None or name in keep}
 
-    def let_go() -> None:  # lists nothing reads any more go before the next searches add theirs
-        for name in unkept & set(out):
-            del out[name]
-            cache.entries.pop(keys[name])
 
-    def search_each(names: list[str]) -> None:
+class _GalleryLists:
+    """The lists :func:`gallery_neighbours` builds for one gallery, through its cache."""
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        search: SearchConfig,
+        cache: NeighbourCache | None,
+        timings: dict[str, float],
+        observe: Callable[[str, Neighbours], None] | None,
+    ):
+        self.search, self.timings = search, timings
+        self.cache = NeighbourCache() if cache is None else cache
+        self.observe = observe or (lambda name, nb: None)
+        self.vectors = dict(gallery.vectors)
+        self.dense = [n for n in DENSE_SIGNALS if n in self.vectors]
+        self.out: dict[str, Neighbours] = {}
+        self.keys: dict[str, Hashable] = {name: name for name in self.vectors}
+        self.unkept: set[str] = set()
+
+    def let_go(self) -> None:
+        """Lists nothing reads any more go before the next searches add theirs."""
+        for name in self.unkept & set(self.out):
+            del self.out[name]
+            self.cache.entries.pop(self.keys[name])
+
+    def search_each(self, names: list[str]) -> None:
         for name in names:
-            entry = cache.entry(name)
+            entry = self.cache.entry(name)
             if entry.neighbours is None:
-                with _timed(timings, f"search_{name}"):
-                    entry.neighbours = search(name, vectors[name], k, search_settings)
-            out[name] = entry.neighbours
-            observe(name, out[name])
+                with _timed(self.timings, f"search_{name}"):
+                    entry.neighbours = search(name, self.vectors[name], self.search.k, self.search)
+            self.out[name] = entry.neighbours
+            self.observe(name, self.out[name])
 
-    search_each(dense)  # the dense signals first: once fused, their lists can go
-    if len(dense) >= 2:
-        weights = {n: float(settings.fusion_weights.get(n, 1.0)) for n in dense}
-        keys["concat"] = ("concat", tuple(weights.items()))
-        out["concat"] = _fused(cache.entry(keys["concat"]), vectors, out, weights, k, floors.get("concat", -np.inf),
-                               timings, search_settings.n_threads)
-        observe("concat", out["concat"])
-        vectors["concat"] = _LazyConcat(vectors, weights)
-    let_go()
-    search_each([name for name in gallery.vectors if name not in dense])
-    let_go()
-    if settings.blend_rounds > 0 and target is not None and not math.isinf(settings.blend_threshold):
-        if target not in keys:
-            raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(keys)}")
-        if blend_method not in BLEND_METHODS:
-            raise ValueError(f"blend_method {blend_method!r} unknown; choose one of {BLEND_METHODS}")
-        key = (blend_method, settings.blend_rounds, settings.blend_threshold)
-        blends = cache.entry(keys[target]).blends
+    def fuse(self, fusion_weights: Mapping[str, float], floor: float) -> None:
+        weights = {n: float(fusion_weights.get(n, 1.0)) for n in self.dense}
+        self.keys["concat"] = ("concat", tuple(weights.items()))
+        entry = self.cache.entry(self.keys["concat"])
+        if entry.neighbours is None:
+            with _timed(self.timings, "fuse_concat"), faiss_threads(self.search.n_threads):
+                entry.neighbours = fused_neighbours(self.vectors, self.out, weights, self.search.k, floor)
+        self.out["concat"] = entry.neighbours
+        self.observe("concat", self.out["concat"])
+        self.vectors["concat"] = _LazyConcat(self.vectors, weights)
+
+    def blend(self, settings: MatchSettings, method: str) -> None:
+        target = settings.blend_signal
+        if target not in self.keys:
+            raise ValueError(f"blend_signal {target!r} is not among the gallery's signals {sorted(self.keys)}")
+        key = (method, settings.blend_rounds, settings.blend_threshold)
+        blends = self.cache.entry(self.keys[target]).blends
         if key not in blends:
-            with _timed(timings, "blend"):
-                blends[key] = _blended(vectors, target, out[target], settings, blend_method, k, search_settings)
-        out["blend"] = blends[key]
-        observe("blend", out["blend"])
-    return {name: v for name, v in out.items() if keep is None or name in keep}
-
-
-def _fused(entry: SignalNeighbours, vectors: Mapping[str, Any], lists: Mapping[str, Neighbours],
-           weights: Mapping[str, float], k: int, floor: float, timings: dict[str, float], threads: int) -> Neighbours:
-    """The ``concat`` lists, from ``entry`` when it has them (see :func:`fused_neighbours`)."""
-    if entry.neighbours is None:
-        with _timed(timings, "fuse_concat"), faiss_threads(threads):
-            entry.neighbours = fused_neighbours(vectors, lists, weights, k, floor)
-    return entry.neighbours
+            with _timed(self.timings, "blend"):
+                blends[key] = _blended(self.vectors, target, self.out[target], settings, method, self.search)
+        self.out["blend"] = blends[key]
+        self.observe("blend", self.out["blend"])
 
 
 class _LazyConcat:
@@ -367,16 +415,22 @@ class _LazyConcat:
         return self._x
 
 
-def _blended(vectors: Mapping[str, Any], target: str, nb: Neighbours, settings: MatchSettings, method: str,
-             k: int, search_settings: SearchSettings) -> Neighbours:
+def _blended(
+    vectors: Mapping[str, Any],
+    target: str,
+    nb: Neighbours,
+    settings: MatchSettings,
+    method: str,
+    search_config: SearchConfig,
+) -> Neighbours:
     if method == "graph":
         for _ in range(settings.blend_rounds):
-            nb = graph_blend(nb, settings.blend_threshold, threads=search_settings.n_threads)
+            nb = graph_blend(nb, settings.blend_threshold, threads=search_config.n_threads)
         return nb
     x = vectors[target].array() if target == "concat" else vectors[target]
     for _ in range(settings.blend_rounds):
         x = blend(x, nb, settings.blend_threshold)
-        nb = search(target, x, k, search_settings)
+        nb = search(target, x, search_config.k, search_config)
     return nb
 
 

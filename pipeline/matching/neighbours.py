@@ -6,19 +6,22 @@ TF-IDF search keeps only the top-k of each row (sparse_dot_topn). faiss and spar
 imported by the searches that use them; torch is never needed.
 
 Approximate dense indexes (IVF, HNSW, IVF-PQ) spend less than the exact one; their ``nprobe`` /
-``efSearch`` are set in :class:`SearchSettings` and their recall is measured by ``pipeline bench``.
+``efSearch`` are set in :class:`SearchConfig` and their recall is measured by ``pipeline bench``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, fields, replace
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
+
+from pipeline.settings import require, require_positive
 
 PHASH_BITS = 64
 INDEXES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -57,16 +60,18 @@ class Neighbours:
 
 
 @dataclass(frozen=True)
-class SearchSettings:
-    """How the searches run; ``MatchConfig`` holds the user-facing copy (see :meth:`from_config`).
+class SearchConfig:
+    """How the neighbour searches run (the ``search`` section of a run's config).
 
     Attributes:
+        k: neighbours listed per posting and signal.
         index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``hnsw`` (graph),
             ``ivfpq`` (inverted lists of product-quantised codes, shortlisting ``refine·k`` per query,
             rescored exactly; for millions of postings) or ``auto`` (flat up to
             ``AUTO_EXACT_ROWS`` rows or on GPUs, HNSW above on CPUs).
         nprobe: inverted lists visited per query (ivf, ivfpq).
-        ef_search: HNSW's candidate list per query.
+        ef_search: HNSW's candidate list per query: the smallest whose recall of the bench's
+            candidate pairs above the floors reached 0.99 (docs/speed.md).
         hnsw_fp16: HNSW stores float16 vectors (half the memory traffic of a graph walk); the
             listed pairs are then rescored with the float32 vectors.
         nlist: inverted lists; 0 = 4·sqrt(N), at most ``MAX_AUTO_NLIST``.
@@ -75,10 +80,13 @@ class SearchSettings:
         threads: OpenMP threads of FAISS and sparse_dot_topn; 0 = the bound the stage set (the run's
             ``threads``, through ``OMP_NUM_THREADS``), else every core this process may use.
         batch_size: queries per FAISS call.
+        floors: without the pair model, score the fused image+text cosine only on listed pairs
+            above the tuned rule's thresholds (it cannot decide below them).
         gpu: use FAISS's GPUs when the build has them (faiss-gpu) and one is present.
     """
 
-    index: str = "flat"
+    k: int = 50
+    index: str = "auto"
     nprobe: int = 16
     ef_search: int = 224
     hnsw_fp16: bool = True
@@ -87,16 +95,15 @@ class SearchSettings:
     refine: int = 2
     threads: int = 0
     batch_size: int = 4096
+    floors: bool = True
     gpu: bool = True
 
     def __post_init__(self) -> None:
-        if self.index not in INDEXES:
-            raise ValueError(f"unknown index {self.index!r}; choose one of {list(INDEXES)}")
-
-    @classmethod
-    def from_config(cls, match: Any) -> "SearchSettings":
-        """The settings of a ``MatchConfig`` (or any object with the same attribute names)."""
-        return cls(**{f.name: getattr(match, f.name) for f in fields(cls) if hasattr(match, f.name)})
+        require(self.index in INDEXES, "index", f"one of {list(INDEXES)}", self.index)
+        require(self.k >= 2, "k", ">= 2 (a posting and one neighbour)", self.k)
+        require_positive(self, "batch_size", "nprobe", "ef_search", "refine")
+        for key in ("nlist", "pq_m", "threads"):
+            require(getattr(self, key) >= 0, key, ">= 0 (0 = automatic)", getattr(self, key))
 
     @property
     def n_threads(self) -> int:
@@ -106,12 +113,16 @@ class SearchSettings:
         return int(bound) if bound.isdigit() and int(bound) > 0 else len(os.sched_getaffinity(0))
 
 
+# What a search without settings does: exact.
+EXACT = SearchConfig(index="flat")
+
+
 @contextlib.contextmanager
 def faiss_threads(n: int) -> Iterator[None]:
     """Bound FAISS's OpenMP threads to ``n`` for the block, then restore the previous bound.
 
     On a shared machine OpenMP threads that outnumber the free cores spin at each barrier: FAISS's
-    binary search of 5,000 hashes took 14.5 s with 2 threads and 1.4 s with 1 on a loaded 2-core machine.
+    search can run ten times slower with 2 threads than with 1 on a loaded 2-core machine (docs/speed.md).
     """
     import faiss
 
@@ -123,9 +134,8 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def search(name: str, vectors: Any, k: int, settings: SearchSettings | None = None) -> Neighbours:
+def search(name: str, vectors: Any, k: int, settings: SearchConfig = EXACT) -> Neighbours:
     """Top-k neighbours of every gallery row for one signal, dispatched on the vectors' kind."""
-    settings = settings or SearchSettings()
     if name == "phash":
         approximate = settings.index != "flat" and len(vectors) > PHASH_EXACT_ROWS
         # Hamming k-means cells are coarse: twice the dense nprobe (32 of 76 lists kept 99.8% of
@@ -136,7 +146,7 @@ def search(name: str, vectors: Any, k: int, settings: SearchSettings | None = No
     return dense_knn(vectors, k, settings)
 
 
-def dense_knn(x: np.ndarray, k: int = 50, settings: SearchSettings | None = None, progress: bool = False) -> Neighbours:
+def dense_knn(x: np.ndarray, k: int = 50, settings: SearchConfig = EXACT, progress: bool = False) -> Neighbours:
     """Inner-product top-k of each row of ``x`` among all rows (itself included).
 
     Args:
@@ -144,7 +154,6 @@ def dense_knn(x: np.ndarray, k: int = 50, settings: SearchSettings | None = None
         k: neighbours per query, capped at N.
         settings: the index and its parameters (default: exact).
     """
-    settings = settings or SearchSettings()
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     k = min(k, n)
@@ -176,9 +185,8 @@ def rescore(x: np.ndarray, idx: np.ndarray, k: int, start: int = 0) -> tuple[np.
     """The listed rows of ``x`` rescored by exact inner product with queries ``x[start:start + len(idx)]``,
     the best ``k`` of each list kept, best first.
 
-    FAISS's threaded ``knn_inner_products_by_idx`` does it: 2.8 s for 70,000 lists of 50 512-dim
-    vectors, against 8.8 s for :func:`pair_dots` over the lists and a sort. A row's list ends at its first -1,
-    as FAISS's own lists do.
+    FAISS's threaded ``knn_inner_products_by_idx`` does it, a third of the time of :func:`pair_dots`
+    over the lists and a sort (docs/speed.md). A row's list ends at its first -1, as FAISS's own lists do.
 
     Returns:
         (idx, sim), each (N, k); -1 and -inf where a list held fewer than k rows.
@@ -189,16 +197,26 @@ def rescore(x: np.ndarray, idx: np.ndarray, k: int, start: int = 0) -> tuple[np.
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     out_idx = np.empty((n, k), dtype=np.int64)
     out_sim = np.empty((n, k), dtype=np.float32)
-    faiss.knn_inner_products_by_idx(faiss.swig_ptr(x[start:]), faiss.swig_ptr(x), faiss.swig_ptr(idx), x.shape[1], n,
-                                    len(x), m, k,
-                                    faiss.swig_ptr(out_sim), faiss.swig_ptr(out_idx), m)
+    faiss.knn_inner_products_by_idx(
+        faiss.swig_ptr(x[start:]),
+        faiss.swig_ptr(x),
+        faiss.swig_ptr(idx),
+        x.shape[1],
+        n,
+        len(x),
+        m,
+        k,
+        faiss.swig_ptr(out_sim),
+        faiss.swig_ptr(out_idx),
+        m,
+    )
     out_sim[out_idx < 0] = -np.inf
     return out_idx, out_sim
 
 
 def pair_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """(P,) float32 inner products x[rows[p]] . x[cols[p]], ``chunk`` pairs at a time (small
-    chunks keep the gathered rows in cache: 1,024 ran 4 times as fast as 65,536).
+    chunks keep the gathered rows in cache).
 
     Args:
         x: (N, D) vectors.
@@ -211,7 +229,7 @@ def pair_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 10
     return out
 
 
-def build_index(x: np.ndarray, settings: SearchSettings) -> "faiss.Index":  # noqa: F821
+def build_index(x: np.ndarray, settings: SearchConfig) -> faiss.Index:  # noqa: F821
     """A FAISS inner-product index holding ``x``, on the GPUs when there are some (see :func:`faiss_gpus`)."""
     import faiss
 
@@ -235,8 +253,8 @@ def build_index(x: np.ndarray, settings: SearchSettings) -> "faiss.Index":  # no
             m = settings.pq_m or _pq_subquantisers(d)
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         else:
-            # 4-bit codes scanned with SIMD registers (FastScan): on 200,000 bench vectors, 91 us per
-            # query against 137 us for 8-bit codes at nprobe 16, the same recall once rescored.
+            # 4-bit codes scanned with SIMD registers (FastScan): faster than 8-bit codes at the same
+            # recall once rescored (docs/speed.md).
             m = settings.pq_m or _pq_subquantisers(d)
             index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = 64  # k-means on a sample: training costs O(sample·nlist·D)
@@ -267,7 +285,7 @@ def faiss_gpus() -> int:
     return get() if get is not None and hasattr(faiss, "StandardGpuResources") else 0
 
 
-def to_gpus(index: "faiss.Index", shard: bool = False, gpus: int | None = None) -> "faiss.Index":  # noqa: F821
+def to_gpus(index: faiss.Index, shard: bool = False, gpus: int | None = None) -> faiss.Index:  # noqa: F821
     """The index copied to every GPU FAISS sees, or returned as it is when there is none.
 
     Args:
@@ -317,7 +335,9 @@ def sparse_knn(x: sp.spmatrix, k: int = 50, threads: int = 1, block: int = 8192,
     return Neighbours(idx, sim)
 
 
-def hamming_knn(codes: np.ndarray, k: int = 50, batch_size: int = 16384, threads: int = 1, nprobe: int = 0) -> Neighbours:
+def hamming_knn(
+    codes: np.ndarray, k: int = 50, batch_size: int = 16384, threads: int = 1, nprobe: int = 0
+) -> Neighbours:
     """Top-k by Hamming distance of 64-bit hashes; similarity is 1 - distance / 64.
 
     Args:

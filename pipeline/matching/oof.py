@@ -8,16 +8,17 @@ are shared through the galleries' caches; with ``fold`` it is the fold's own pos
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.folds import gallery_rows
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings
-from pipeline.matching.evidence import PairContext, TitleQuantities
 from pipeline.matching.fusion import NeighbourCache, SignalNeighbours, gallery_neighbours
+from pipeline.matching.pair_features import PairContext, TitleQuantities
 
 # Loads a fold's learned embeddings for the gallery's rows: (fold, rows) -> {modality: (G, D)}.
 LearnedFn = Callable[[int, np.ndarray], Mapping[str, np.ndarray]]
@@ -35,7 +36,7 @@ class OofGalleries:
         caches: one per gallery, kept across :meth:`candidates` calls.
         n: number of train postings.
         search: keyword arguments of :func:`~pipeline.matching.fusion.gallery_neighbours`
-            (``k``, ``batch_size``, ``index``, ``blend_method``).
+            (``search``, ``blend_method``).
         titles: (N,) every train posting's title, for the pair model's title features.
     """
 
@@ -48,10 +49,12 @@ class OofGalleries:
 
     def candidates(self, settings: MatchSettings) -> Candidates:
         """Every out-of-fold candidate pair under ``settings`` (fusion weights and blending)."""
-        return Candidates.concat([
-            build_candidates(g, gallery_neighbours(g, settings, cache=c, **self.search), self.n)
-            for g, c in zip(self.galleries, self.caches)
-        ])
+        return Candidates.concat(
+            [
+                build_candidates(g, gallery_neighbours(g, settings, cache=c, **self.search), self.n)
+                for g, c in zip(self.galleries, self.caches)
+            ]
+        )
 
     @property
     def gallery_size(self) -> int:
@@ -63,7 +66,9 @@ class OofGalleries:
         gallery_of = np.full(self.n, -1, np.int64)
         for i, g in enumerate(self.galleries):
             gallery_of[g.rows[g.queries]] = i
-        neighbours = [gallery_neighbours(g, settings, cache=c, **self.search) for g, c in zip(self.galleries, self.caches)]
+        neighbours = [
+            gallery_neighbours(g, settings, cache=c, **self.search) for g, c in zip(self.galleries, self.caches)
+        ]
         context = PairContext(self.galleries, neighbours, gallery_of, self.titles)
         # The titles' token and quantity tables do not depend on the settings: build them once.
         if self.titles is not None:
@@ -73,8 +78,14 @@ class OofGalleries:
         return context
 
 
-def oof_galleries(fold_of: np.ndarray, mode: str, unsupervised: UnsupervisedFn, learned: LearnedFn | None,
-                  search: Mapping[str, Any], titles: Sequence[str] | None = None) -> OofGalleries:
+def oof_galleries(
+    fold_of: np.ndarray,
+    mode: str,
+    unsupervised: UnsupervisedFn,
+    learned: LearnedFn | None,
+    search: Mapping[str, Any],
+    titles: Sequence[str] | None = None,
+) -> OofGalleries:
     """Build the galleries of every held-out fold.
 
     Args:
@@ -90,8 +101,9 @@ def oof_galleries(fold_of: np.ndarray, mode: str, unsupervised: UnsupervisedFn, 
     everything = np.arange(n)
     shared_vectors = unsupervised(everything) if mode == "all" else {}
     if learned is None and mode == "all":
-        return OofGalleries([Gallery(everything, everything, shared_vectors)], [NeighbourCache()], n, dict(search),
-                            titles)
+        return OofGalleries(
+            [Gallery(everything, everything, shared_vectors)], [NeighbourCache()], n, dict(search), titles
+        )
     # Unsupervised signals of an all-train gallery are the same in every fold: one search each.
     shared = {name: SignalNeighbours() for name in shared_vectors}
     galleries, caches = [], []

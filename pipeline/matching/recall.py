@@ -12,7 +12,8 @@ at a time (never N×N), and compared with what the searches listed:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,9 +24,16 @@ from pipeline.matching.neighbours import PHASH_BITS, Neighbours
 TOLERANCE = 1e-5  # FAISS and numpy round inner products differently
 
 
-def search_recall(vectors: Mapping[str, Any], lists: Mapping[str, Neighbours], floors: Mapping[str, float],
-                  fusion_weights: Mapping[str, float] | None = None, sample: int = 1000, seed: int = 0,
-                  chunk: int = 100, queries: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+def search_recall(
+    vectors: Mapping[str, Any],
+    lists: Mapping[str, Neighbours],
+    floors: Mapping[str, float],
+    fusion_weights: Mapping[str, float] | None = None,
+    sample: int = 1000,
+    seed: int = 0,
+    chunk: int = 100,
+    queries: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
     """Per listed signal (and ``candidates``, pooled over the signals with a floor), its recall.
 
     Args:
@@ -50,8 +58,9 @@ def search_recall(vectors: Mapping[str, Any], lists: Mapping[str, Neighbours], f
         at = q if whole else np.arange(start, start + len(q))  # the rows of the lists
         exact = {s: exact_similarities(s, vectors[s], q) for s in names if s != "concat"}
         if "concat" in names:
-            exact["concat"] = sum(w[m] * exact_similarities(m, vectors[m], q) if m not in exact else w[m] * exact[m]
-                                  for m in dense) / sum(w.values())
+            exact["concat"] = sum(
+                w[m] * exact_similarities(m, vectors[m], q) if m not in exact else w[m] * exact[m] for m in dense
+            ) / sum(w.values())
         for s in names:
             counts[s] += _counts(exact[s], lists[s].sim[at], lists[s].k, floors.get(s))
     out = {s: _ratios(c) for s, c in counts.items()}

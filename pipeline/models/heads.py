@@ -50,8 +50,7 @@ class MarginHead(nn.Module):
         super().__init__()
         if in_features < 1 or n_classes < 1 or subcenters < 1:
             raise ValueError(
-                f"in_features, n_classes and subcenters must be >= 1, got "
-                f"{in_features}, {n_classes}, {subcenters}"
+                f"in_features, n_classes and subcenters must be >= 1, got {in_features}, {n_classes}, {subcenters}"
             )
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
@@ -70,8 +69,9 @@ class MarginHead(nn.Module):
         if factors is not None:
             factors = torch.as_tensor(factors, dtype=torch.float32, device=self.weight.device)
             if factors.shape != (self.n_classes,) or not bool((factors > 0).all()):
-                raise ValueError(f"margin factors must be ({self.n_classes},) positive values, got shape "
-                                 f"{tuple(factors.shape)}")
+                raise ValueError(
+                    f"margin factors must be ({self.n_classes},) positive values, got shape {tuple(factors.shape)}"
+                )
         self.margin_factors = factors
 
     def cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,8 +98,9 @@ class MarginHead(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
-                classes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scaled logits.
 
         Args:
@@ -191,7 +192,8 @@ class CosFace(MarginHead):
         in_features: embedding size D.
         n_classes: number of classes C.
         scale: s, multiplies every logit.
-        margin: m, subtracted from the target cosine (a cosine, not an angle).
+        cosine_margin: m, subtracted from the target cosine (a cosine, not an angle). Settable
+            during training (see :class:`MarginWarmup`).
         subcenters: K sub-centres per class.
     """
 
@@ -200,48 +202,51 @@ class CosFace(MarginHead):
         in_features: int,
         n_classes: int,
         scale: float = 30.0,
-        margin: float = 0.35,
+        cosine_margin: float = 0.35,
         subcenters: int = 1,
     ):
         super().__init__(in_features, n_classes, scale, subcenters)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin = float(margin)
+        if cosine_margin < 0:
+            raise ValueError(f"cosine_margin must be >= 0, got {cosine_margin}")
+        self.cosine_margin = float(cosine_margin)
 
     def apply_margin(self, cos_target: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
-        return cos_target - (self.margin if factor is None else self.margin * factor)
+        return cos_target - (self.cosine_margin if factor is None else self.cosine_margin * factor)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, margin={self.margin}"
+        return f"{super().extra_repr()}, cosine_margin={self.cosine_margin}"
 
 
 @dataclass(frozen=True)
 class MarginWarmup:
-    """Linear ramp of ArcFace's angular margin from ``start_rad`` to ``end_rad`` over ``steps``.
+    """Linear ramp of a head's margin from ``start`` to ``end`` over ``steps``, in the head's own
+    unit (ArcFace's radians, CosFace's cosine).
 
-    Constant at ``end_rad`` from ``steps`` on; ``steps=0`` means ``end_rad`` throughout. Starting
-    low lets a freshly initialised head learn before the margin makes the target hard to reach;
-    the competition's winners ended at 0.8 to 1.0 rad.
+    Constant at ``end`` from ``steps`` on; ``steps=0`` means ``end`` throughout. Starting low lets
+    a freshly initialised head learn before the margin makes the target hard to reach; the
+    competition's winners ended ArcFace at 0.8 to 1.0 rad.
     """
 
-    start_rad: float
-    end_rad: float
+    start: float
+    end: float
     steps: int
 
     def __call__(self, step: int) -> float:
         if self.steps <= 0:
-            return self.end_rad
+            return self.end
         frac = min(max(step / self.steps, 0.0), 1.0)
-        return self.start_rad + (self.end_rad - self.start_rad) * frac
+        return self.start + (self.end - self.start) * frac
 
-    def apply(self, head: ArcFace, step: int) -> float:
-        """Set ``head.margin_rad`` for ``step`` and return it."""
-        # A radian margin means nothing to CosFace, and nn.Module would silently accept a new
-        # attribute, so refuse rather than set one that no code reads.
-        if not isinstance(head, ArcFace):
-            raise TypeError(f"MarginWarmup ramps ArcFace.margin_rad, got {type(head).__name__}")
-        head.margin_rad = self(step)
-        return head.margin_rad
+    def apply(self, head: MarginHead, step: int) -> float:
+        """Set the head's margin (``margin_rad`` or ``cosine_margin``) for ``step`` and return it."""
+        # nn.Module would silently accept a new attribute, so refuse a head whose margin is unknown.
+        if isinstance(head, ArcFace):
+            head.margin_rad = self(step)
+            return head.margin_rad
+        if isinstance(head, CosFace):
+            head.cosine_margin = self(step)
+            return head.cosine_margin
+        raise TypeError(f"MarginWarmup ramps ArcFace or CosFace margins, got {type(head).__name__}")
 
 
 HEADS: dict[str, type[MarginHead]] = {"arcface": ArcFace, "cosface": CosFace}
@@ -261,8 +266,9 @@ def build_head(kind: str, in_features: int, n_classes: int, **kwargs) -> MarginH
     return HEADS[kind](in_features, n_classes, **kwargs)
 
 
-def size_margin_factors(class_sizes: np.ndarray | torch.Tensor, power: float, lo: float = 0.5,
-                        hi: float = 1.5) -> torch.Tensor:
+def size_margin_factors(
+    class_sizes: np.ndarray | torch.Tensor, power: float, lo: float = 0.5, hi: float = 1.5
+) -> torch.Tensor:
     """Per-class margin factors from class sizes: ``clip((n_c / median n) ** -power, lo, hi)``.
 
     With ``power > 0`` a class smaller than the median gets a larger margin (its few rows must sit

@@ -1,13 +1,14 @@
 """The stages of a run. Each reads files in the run folder, calls the library and writes files.
 
 ``prepare`` -> ``train-image`` / ``train-text`` -> ``embed`` -> ``tune`` -> ``predict``; ``run`` does
-them all and writes ``report.json``. Every stage can be rerun on its own (from the CLI or a
-notebook), and the unsupervised signals (TF-IDF, phash) need no training stage at all.
+them all and writes ``report.json``; ``ensemble`` makes a run of several trained ones. Every stage
+can be rerun on its own (from the CLI or a notebook), and the unsupervised signals (TF-IDF, phash)
+need no training stage at all.
 
 One module a stage (``preparation``, ``training``, ``embedding``, ``tuning``, ``prediction``, ``run``,
-``report`` (and ``report_text``), ``analysis``, ``ensemble``, ``compare``, ``demo_run``, ``bench``). ``from pipeline import stages`` gives every stage
-function, each module loaded when first used, so a TF-IDF-only run never loads torch. Module
-names differ from the functions they hold: importing a submodule binds its name on this package.
+``ensemble``). ``from pipeline import stages`` gives every stage function, each module loaded when
+first used, so a TF-IDF-only run never loads torch. Module names differ from the functions they
+hold: importing a submodule binds its name on this package.
 """
 
 from __future__ import annotations
@@ -16,19 +17,13 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "Run": "context", "StageError": "context", "open_run": "context",
     "prepare": "preparation",
     "train": "training",
     "embed": "embedding",
     "tune_stage": "tuning",
     "predict": "prediction",
     "run_all": "run",
-    "write_report": "report", "training_logs": "report",
-    "oof_pairs": "analysis", "hardest_errors": "analysis", "pairs_frame": "analysis",
     "make_ensemble": "ensemble",
-    "compare_runs": "compare", "record_leaderboard": "compare", "format_table": "compare",
-    "demo": "demo_run",
-    "run_bench": "bench",
 }
 
 __all__ = sorted(_HOMES)

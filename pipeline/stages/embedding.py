@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import io
+from pipeline import distributed, io
 from pipeline.data import encoder_inputs
 from pipeline.data.folds import gallery_rows
-from pipeline.matching.ensemble import embed_members, test_members
+from pipeline.ensemble.combine import embed_members
+from pipeline.ensemble.members import load_members, test_members
+from pipeline.inference.embedding import embed_items
+from pipeline.inference.tta import with_tta
 from pipeline.models.encoders import build_encoder, load_encoder
-from pipeline.models.tta import load_members, with_tta
-from pipeline.stages.context import Run, modality_cfg, open_run, stage
-from pipeline.training import distributed
+from pipeline.runs.folder import Run, modality_cfg, open_run, stage
 from pipeline.training.checkpoint import seed_everything
-from pipeline.training.embedding import embed_items
 
 
 def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
@@ -45,8 +46,9 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
             for fold in range(run.cfg.folds.n_splits):
                 rows = gallery_rows(run.cfg.folds.gallery, fold_of, fold)
                 model = with_tta(load_encoder(run.model_file(m, fold)), m == "image" and run.cfg.image.tta_flip)
-                written[f"{m}/oof_fold{fold}"] = _embed_to(run, m, f"oof_fold{fold}", model, items[rows].tolist(),
-                                                           ids[rows], progress)
+                written[f"{m}/oof_fold{fold}"] = _embed_to(
+                    run, m, f"oof_fold{fold}", model, items[rows].tolist(), ids[rows], progress
+                )
             if run.cfg.baseline_untrained:
                 seed_everything(run.cfg.seed)
                 model = build_encoder(m, mcfg).eval()
@@ -64,7 +66,13 @@ def _embed_test(run: Run, modality: str, test: pd.DataFrame, progress: bool) -> 
     if len(member.encoders) == 1:
         return _embed_to(run, modality, "test", member.encoders[0], items, ids, progress)
     batch_size = modality_cfg(run.cfg, modality).embed_batch_size
-    x = embed_members([member], lambda enc: embed_items(enc, items, batch_size=batch_size, progress=progress))
+    train = modality_cfg(run.cfg, modality).train
+    x = embed_members(
+        [member],
+        lambda enc: embed_items(
+            enc, items, batch_size=batch_size, progress=progress, num_workers=train.num_workers, amp=train.amp
+        ),
+    )
     vec_path, ids_path = run.paths.embeddings(modality, "test")
     with io.atomic_path(vec_path, suffix=".npy") as tmp:
         np.save(tmp, x)
@@ -74,8 +82,16 @@ def _embed_test(run: Run, modality: str, test: pd.DataFrame, progress: bool) -> 
 
 def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.ndarray, progress: bool) -> str:
     vec_path, ids_path = run.paths.embeddings(modality, name)
-    embed_items(model, items, batch_size=modality_cfg(run.cfg, modality).embed_batch_size, out_path=vec_path,
-                progress=progress)
+    mcfg = modality_cfg(run.cfg, modality)
+    embed_items(
+        model,
+        items,
+        batch_size=mcfg.embed_batch_size,
+        num_workers=mcfg.train.num_workers,
+        amp=mcfg.train.amp,
+        out_path=vec_path,
+        progress=progress,
+    )
     if distributed.is_main():
         io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
     return str(vec_path)

@@ -1,7 +1,7 @@
 """``ensemble``: a run folder that combines trained runs with the same folds, to tune, predict and package.
 
 Per learned modality, the ensemble's embeddings are the members' L2-normalised embeddings,
-concatenated with weights (:func:`pipeline.matching.ensemble.weighted_concat`): a pair's cosine is
+concatenated with weights (:func:`pipeline.ensemble.combine.weighted_concat`): a pair's cosine is
 the weighted mean of its cosines under each member. The out-of-fold embeddings combine fold by
 fold, so each held-out fold is still embedded only by models that never saw it. TF-IDF and phash
 are computed from the data as in any run. The members' models stay in their folders; predict with
@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,28 +22,31 @@ import pandas as pd
 from pipeline import io
 from pipeline.config import MODALITIES, dump_config, load_config
 from pipeline.data.folds import gallery_rows
-from pipeline.matching.ensemble import EnsembleError, same_folds, weighted_concat
+from pipeline.ensemble.combine import weighted_concat
+from pipeline.ensemble.members import EnsembleError, same_folds
 from pipeline.paths import RunPaths
-from pipeline.stages.context import Run, log, open_run, run_log
+from pipeline.runs.folder import Run, log, open_run, run_log
 
 
-def make_ensemble(runs: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
-                  overrides: Sequence[str] = ()) -> Run:
+def make_ensemble(
+    runs: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, overrides: Sequence[str] = ()
+) -> Run:
     """Write an ensemble run folder from trained and embedded member runs; then ``tune`` it.
 
     Args:
         runs: member run folders; they must share the data folder and folds.csv.
         out: the ensemble's run folder (new or empty); it appears complete or not at all.
         weights: one per member (default: equal).
-        overrides: ``key=value`` applied over the first member's config (e.g. ``match.k=30``).
+        overrides: ``key=value`` applied over the first member's config (e.g. ``search.k=30``).
     """
     members = [open_run(r) for r in runs]
     weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
     _check_members(members, weights)
     first = members[0]
     modalities = [m for m in MODALITIES if any(m in r.cfg.modalities for r in members)]
-    cfg = load_config(first.paths.config, [f"modalities=[{','.join(modalities)}]", "baseline_untrained=false",
-                                           *overrides])
+    cfg = load_config(
+        first.paths.config, [f"modalities=[{','.join(modalities)}]", "baseline_untrained=false", *overrides]
+    )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise EnsembleError(f"{out} exists and is not empty; choose a new folder for the ensemble")
@@ -57,11 +60,16 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weights: Sequence
             _combine(staging, m, having, df, test, fold_of, cfg.folds.gallery)
         io.write_text(dump_config(cfg), staging.config)
         shutil.copy2(first.paths.folds, staging.folds)
-        io.write_json({"members": [{"run": str(r.paths.root.resolve()), "weight": w}
-                                   for r, w in zip(members, weights)]}, staging.members)
+        io.write_json(
+            {"members": [{"run": str(r.paths.root.resolve()), "weight": w} for r, w in zip(members, weights)]},
+            staging.members,
+        )
         manifest = {k: first.manifest[k] for k in ("data_dir", "train_rows", "train_groups", "test_rows")}
-        manifest.update(code_version=io.code_version(), timings={},
-                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        manifest.update(
+            code_version=io.code_version(),
+            timings={},
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
         io.write_json(manifest, staging.manifest)
         if out.exists():
             out.rmdir()
@@ -71,8 +79,12 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weights: Sequence
             shutil.rmtree(staging.root)
     run = open_run(out)
     with run_log(run.paths):
-        log.info("[ensemble] %s from %s; next: python -m pipeline tune --run %s", out,
-                 ", ".join(f"{r.paths.root} (weight {w:g})" for r, w in zip(members, weights)), out)
+        log.info(
+            "[ensemble] %s from %s; next: python -m pipeline tune --run %s",
+            out,
+            ", ".join(f"{r.paths.root} (weight {w:g})" for r, w in zip(members, weights)),
+            out,
+        )
     return run
 
 
@@ -84,18 +96,29 @@ def _check_members(members: list[Run], weights: list[float]) -> None:
     first = members[0]
     for r in members[1:]:
         if r.manifest["data_dir"] != first.manifest["data_dir"]:
-            raise EnsembleError(f"{r.paths.root} was prepared on {r.manifest['data_dir']}, "
-                                f"{first.paths.root} on {first.manifest['data_dir']}: members need the same data")
+            raise EnsembleError(
+                f"{r.paths.root} was prepared on {r.manifest['data_dir']}, "
+                f"{first.paths.root} on {first.manifest['data_dir']}: members need the same data"
+            )
         if not same_folds(first.paths.root, r.paths.root) or r.cfg.folds.gallery != first.cfg.folds.gallery:
-            raise EnsembleError(f"{r.paths.folds} differs from {first.paths.folds} (or folds.gallery does): members "
-                                "need the same folds, so that no model embeds a fold it was trained on; prepare "
-                                "them with the same folds.n_splits and folds.seed")
+            raise EnsembleError(
+                f"{r.paths.folds} differs from {first.paths.folds} (or folds.gallery does): members "
+                "need the same folds, so that no model embeds a fold it was trained on; prepare "
+                "them with the same folds.n_splits and folds.seed"
+            )
     if not any(r.cfg.learned for r in members):
         raise EnsembleError("none of the runs has a learned modality (image or text): nothing to combine")
 
 
-def _combine(out: RunPaths, modality: str, having: list[tuple[Run, float]], df: pd.DataFrame, test: pd.DataFrame,
-             fold_of: np.ndarray, gallery: str) -> None:
+def _combine(
+    out: RunPaths,
+    modality: str,
+    having: list[tuple[Run, float]],
+    df: pd.DataFrame,
+    test: pd.DataFrame,
+    fold_of: np.ndarray,
+    gallery: str,
+) -> None:
     """The weighted concatenation of the members' embeddings, fold by fold, and of their test embeddings."""
     ids = df["posting_id"].to_numpy()
     w = [weight for _, weight in having]
@@ -108,7 +131,9 @@ def _combine(out: RunPaths, modality: str, having: list[tuple[Run, float]], df: 
         parts = [np.asarray(r.embeddings(modality, "test", test_ids)) for r, _ in having]
         _save(out, modality, "test", weighted_concat(parts, w), test_ids)
     else:
-        log.info("[ensemble] %s: a member has no test embeddings; predict will need `--data` or `embed` on it", modality)
+        log.info(
+            "[ensemble] %s: a member has no test embeddings; predict will need `--data` or `embed` on it", modality
+        )
 
 
 def _save(out: RunPaths, modality: str, name: str, x: np.ndarray, ids: np.ndarray) -> None:

@@ -7,17 +7,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipeline import io
 from pipeline.config import Config, check_local_files, dump_config
-from pipeline.data import DataError, Dataset
-from pipeline.data.folds import gallery_rows, make_folds
+from pipeline.data import Dataset
+from pipeline.data.folds import make_folds
 from pipeline.device import bound_threads
-from pipeline.matching.signals import tfidf_vectors
-from pipeline.stages import provenance
-from pipeline.stages.context import Run, log, run_log, writing
+from pipeline.runs import provenance
+from pipeline.runs.folder import Run, log, run_log, writing
+from pipeline.runs.preflight import check_tfidf, data_warnings
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
@@ -26,7 +25,7 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     Nothing is written when the data or config cannot make a run: the CSVs break the contract, an
     image does not decode, a local weights file is missing, or TF-IDF would find no term. In a
     folder that holds an earlier run, whatever that run built from other data or config is
-    removed (trained models excepted; see :mod:`pipeline.stages.provenance`).
+    removed (trained models excepted; see :mod:`pipeline.runs.provenance`).
     """
     t0 = time.perf_counter()
     bound_threads(cfg.threads)
@@ -38,19 +37,28 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     if "tfidf" in cfg.modalities:
         check_tfidf(data, train, test, folds, cfg)
     warnings = data_warnings(data, train)
-    folds_csv = pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"],
-                              "fold": folds}).to_csv(index=False).encode("utf-8")
+    folds_csv = (
+        pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"], "fold": folds})
+        .to_csv(index=False)
+        .encode("utf-8")
+    )
 
     with writing(run_dir) as paths:
         old = _old_manifest(paths)
         prov = old.get("provenance") or {}
         prov["prepare"] = provenance.build_record(
-            "prepare", cfg, provenance.data_fingerprint(data, cfg.needs_images), prov, paths,
-            files={paths.folds.relative_to(paths.root).as_posix(): provenance.digest(folds_csv)})
+            "prepare",
+            cfg,
+            provenance.data_fingerprint(data, cfg.needs_images),
+            prov,
+            paths,
+            files={paths.folds.relative_to(paths.root).as_posix(): provenance.digest(folds_csv)},
+        )
         removed = provenance.sweep(prov, paths, cfg) + provenance.forget_unrecorded(prov, paths)
         if removed:
-            log.info("[prepare] %s held outputs of another config or data (%s): removed", paths.root,
-                     ", ".join(removed))
+            log.info(
+                "[prepare] %s held outputs of another config or data (%s): removed", paths.root, ", ".join(removed)
+            )
         manifest = {
             "data_dir": str(data.root),
             "code_version": io.code_version(),
@@ -71,7 +79,11 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
         with run_log(paths):
             log.info(
                 "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
-                len(train), manifest["train_groups"], len(test), cfg.folds.n_splits, paths.root,
+                len(train),
+                manifest["train_groups"],
+                len(test),
+                cfg.folds.n_splits,
+                paths.root,
             )
     return run
 
@@ -83,26 +95,3 @@ def _old_manifest(paths) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return old if isinstance(old, dict) else {}
-
-
-def check_tfidf(data: Dataset, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Config) -> None:
-    """Fit TF-IDF's vocabulary on every gallery it will be fitted on (the out-of-fold ones and
-    test.csv), so that a config or titles that leave it no term fail now, not after training."""
-    galleries = [(data.train_csv, train["title"].to_numpy()[gallery_rows(cfg.folds.gallery, folds, f)])
-                 for f in (range(cfg.folds.n_splits) if cfg.folds.gallery == "fold" else [0])]
-    for path, titles in [*galleries, (data.test_csv, test["title"].to_numpy())]:
-        try:
-            tfidf_vectors(list(titles), cfg.tfidf)
-        except DataError as e:
-            raise DataError(f"{path}, column 'title': {e}") from None
-
-
-def data_warnings(data: Dataset, train: pd.DataFrame) -> list[str]:
-    """Warnings about data that is valid but teaches nothing; logged and kept in the report."""
-    out = []
-    if train["label_group"].nunique() == len(train):
-        out.append(f"{data.train_csv}: every label_group holds a single posting, so no two postings match: the "
-                   "encoders have nothing to learn, and out-of-fold F1 only rewards predicting each posting alone")
-    for w in out:
-        log.warning("warning: %s", w)
-    return out

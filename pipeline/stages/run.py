@@ -6,17 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.stages.context import StageError, log, modality_cfg, writing
+from pipeline.reporting.report import write_report
+from pipeline.runs.folder import StageError, log, modality_cfg, writing
 from pipeline.stages.embedding import embed
 from pipeline.stages.prediction import predict
 from pipeline.stages.preparation import prepare
-from pipeline.stages.report import write_report
 from pipeline.stages.training import train
 from pipeline.stages.tuning import tune_stage
 
 
-def run_all(data_dir: str | Path, run_dir: str | Path, cfg: Config, resume: bool = False,
-            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_all(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cfg: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Every stage in order, holding the run folder from the first to the last; returns and writes
     report.json."""
     if resume and overwrite:

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.config import MatchConfig
+from pipeline import distributed
 from pipeline.data import encoder_inputs
-from pipeline.matching.candidates import Gallery, build_candidates
-from pipeline.matching.decide import MatchSettings
-from pipeline.matching.fusion import gallery_neighbours
-from pipeline.matching.tuning import Scorer, threshold_grid
-from pipeline.stages.context import StageError, log, modality_cfg, open_run, stage
-from pipeline.training import distributed
+from pipeline.matching.held_out import held_out_eval
+from pipeline.runs.folder import StageError, log, modality_cfg, open_run, stage
 from pipeline.training.checkpoint import RunStateError
-from pipeline.training.embedding import embed_items
 from pipeline.training.loop import train_encoder
 
 
-def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None = None,
-          resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    run_dir: str | Path,
+    modality: str,
+    folds: Sequence[int | None] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train one encoder per fold (on the other folds) and, when ``train.final`` is full, one on all rows.
 
     Under ``torchrun --nproc_per_node N`` every process runs this: all train, rank 0 writes.
@@ -47,17 +49,37 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
             rows = _rows(fold_of, fold)
             name = "full" if fold is None else f"fold{fold}"
             log.info("[train-%s] %s: %d rows, %d groups", modality, name, rows.sum(), len(np.unique(labels[rows])))
-            eval_fn = None if fold is None else held_out_eval(
-                items[fold_of == fold].tolist(), labels[fold_of == fold], mcfg.embed_batch_size, run.cfg.match)
+            eval_fn = (
+                None
+                if fold is None
+                else held_out_eval(
+                    items[fold_of == fold].tolist(),
+                    labels[fold_of == fold],
+                    run.cfg.search.k,
+                    mcfg.embed_batch_size,
+                    mcfg.train,
+                )
+            )
             # For the time left over every model: the work of those after this one not yet trained.
-            later = sum(_rows(fold_of, f).sum() * mcfg.train.epochs for f in folds[i + 1:]
-                        if overwrite or not run.paths.model(modality, f).model.exists())
+            later = sum(
+                _rows(fold_of, f).sum() * mcfg.train.epochs
+                for f in folds[i + 1 :]
+                if overwrite or not run.paths.model(modality, f).model.exists()
+            )
             try:
                 results[name] = train_encoder(
-                    modality, mcfg, items[rows].tolist(), labels[rows], run.paths.model(modality, fold).root,
+                    modality,
+                    mcfg,
+                    items[rows].tolist(),
+                    labels[rows],
+                    run.paths.model(modality, fold).root,
                     seed=run.cfg.seed + (0 if fold is None else fold + 1),
-                    resume=resume, overwrite=overwrite, eval_fn=eval_fn, progress=progress,
-                    label=f"{modality} {name}", later_row_epochs=float(later),
+                    resume=resume,
+                    overwrite=overwrite,
+                    eval_fn=eval_fn,
+                    progress=progress,
+                    label=f"{modality} {name}",
+                    later_row_epochs=float(later),
                 )
             except RunStateError as e:
                 raise StageError(f"{e} (from the command line: --resume or --overwrite)") from e
@@ -67,18 +89,3 @@ def train(run_dir: str | Path, modality: str, folds: Sequence[int | None] | None
 def _rows(fold_of: np.ndarray, fold: int | None) -> np.ndarray:
     """(N,) bool: the rows a fold's model trains on (every row for the full model)."""
     return np.ones(len(fold_of), bool) if fold is None else fold_of != fold
-
-
-def held_out_eval(items: list, labels: np.ndarray, batch_size: int, match: MatchConfig):
-    """Per-epoch F1 of the signal alone on a held-out fold (searched within the fold, for speed)."""
-    k = min(match.k, len(items))
-
-    def evaluate(model) -> dict[str, float]:
-        x = embed_items(model, items, batch_size=batch_size, progress=False)
-        everything = np.arange(len(x))
-        g = Gallery(everything, everything, {model.modality: x})
-        c = build_candidates(g, gallery_neighbours(g, MatchSettings(), k=k), len(x))
-        _, f1 = Scorer(c, labels).curve(model.modality, threshold_grid(c.sims[model.modality], 41)).best
-        return {"val_f1": f1}
-
-    return evaluate

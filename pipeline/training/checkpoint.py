@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,14 @@ RESUME_IGNORED = frozenset({"train.num_workers", "train.final", "train.keep_last
 
 # Config keys added after runs were saved without them, with the value that does what those runs
 # did: a saved run that lacks such a key matches a config holding this value.
-ADDED_KEYS = {"train.keep_last": False, "train.sample_weight_power": 0.0, "head.margin_size_power": 0.0,
-              "head.margin_size_min": 0.5, "head.margin_size_max": 1.5, "head.sample_rate": 1.0}
+ADDED_KEYS = {
+    "train.keep_last": False,
+    "train.sample_weight_power": 0.0,
+    "head.margin_size_power": 0.0,
+    "head.margin_size_min": 0.5,
+    "head.margin_size_max": 1.5,
+    "head.sample_rate": 1.0,
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -84,8 +91,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def existing_run(files: ModelPaths, identity: Mapping[str, Any], *, resume: bool, overwrite: bool,
-                 clear: bool = True) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def existing_run(
+    files: ModelPaths, identity: Mapping[str, Any], *, resume: bool, overwrite: bool, clear: bool = True
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """What a model folder already holds: (the log of a finished run to skip to, or the checkpoint
     to resume from); both None for a fresh start. Raises when it holds another run.
 
@@ -103,8 +111,9 @@ def existing_run(files: ModelPaths, identity: Mapping[str, Any], *, resume: bool
     if not files.last.exists():
         return None, None
     if not resume:
-        raise RunStateError(f"{files.last} holds an unfinished run: pass resume=True to continue it "
-                            "or overwrite=True to start over")
+        raise RunStateError(
+            f"{files.last} holds an unfinished run: pass resume=True to continue it or overwrite=True to start over"
+        )
     ckpt = torch.load(files.last, map_location="cpu", weights_only=True)
     check_same_run(ckpt["run"], identity, files.last)
     return None, ckpt
@@ -115,12 +124,16 @@ def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], where: Path
     a, b = _flatten(saved), _flatten(now)
     for key, value in ADDED_KEYS.items():
         a.setdefault(f"cfg.{key}", value)
-    diffs = [f"{k}: {a.get(k, '<absent>')!r} there, {b.get(k, '<absent>')!r} now"
-             for k in sorted(set(a) | set(b))
-             if k.removeprefix("cfg.") not in RESUME_IGNORED and a.get(k, "<absent>") != b.get(k, "<absent>")]
+    diffs = [
+        f"{k}: {a.get(k, '<absent>')!r} there, {b.get(k, '<absent>')!r} now"
+        for k in sorted(set(a) | set(b))
+        if k.removeprefix("cfg.") not in RESUME_IGNORED and a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
     if diffs:
-        raise RunStateError(f"{where} belongs to a different run ({'; '.join(diffs)}); use another output folder "
-                            "or overwrite=True to start over")
+        raise RunStateError(
+            f"{where} belongs to a different run ({'; '.join(diffs)}); use another output folder "
+            "or overwrite=True to start over"
+        )
 
 
 def write_logs(files: ModelPaths, context: Mapping[str, Any], history: list[dict], done: bool) -> None:
@@ -130,9 +143,15 @@ def write_logs(files: ModelPaths, context: Mapping[str, Any], history: list[dict
 
 
 def run_summary(files: ModelPaths, history: list[dict], skipped: bool) -> dict[str, Any]:
-    return {"model_path": str(files.model), "out_dir": str(files.root), "skipped": skipped,
-            "epochs": len(history), "steps": history[-1]["steps"] if history else 0,
-            "history": history, "final": history[-1] if history else {}}
+    return {
+        "model_path": str(files.model),
+        "out_dir": str(files.root),
+        "skipped": skipped,
+        "epochs": len(history),
+        "steps": history[-1]["steps"] if history else 0,
+        "history": history,
+        "final": history[-1] if history else {},
+    }
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger("pipeline.training")
 
@@ -49,7 +50,8 @@ class EpochLog:
         left = per_epoch * (self.epochs - row["epoch"])
         parts = [f"loss {row['loss']:.4f}"]
         parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float)]
-        line = f"{self.label} epoch {row['epoch']}/{self.epochs}: {', '.join(parts)}, {seconds:.1f}s; ETA {format_duration(left)}"
+        line = f"{self.label} epoch {row['epoch']}/{self.epochs}: {', '.join(parts)}, {seconds:.1f}s"
+        line += f"; ETA {format_duration(left)}"
         if self.later_row_epochs > 0:
             everything = left + per_epoch / self.rows * self.later_row_epochs
             line += f" for this model, {format_duration(everything)} for the stage"

@@ -22,8 +22,6 @@ def write_train(tmp_path, rows=ROWS, name="train.csv"):
     return path
 
 
-
-
 def test_reads_types(tmp_path):
     df = read_postings(write_train(tmp_path), labelled=True)
     assert df["label_group"].dtype == "int64"
@@ -32,7 +30,9 @@ def test_reads_types(tmp_path):
 
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "train.csv"
-    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(path, index=False)
+    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(
+        path, index=False
+    )
     with pytest.raises(DataError, match=r"train\.csv.*missing column.*label_group"):
         read_postings(path, labelled=True)
 
@@ -40,12 +40,27 @@ def test_missing_column_names_file_and_column(tmp_path):
 @pytest.mark.parametrize(
     "row_index, column, value, message",
     [
-        (2, "posting_id", "train_1", r"row 3 \(line 4\), column 'posting_id': duplicate posting_id 'train_1' \(first seen at row 1\)"),
+        (
+            2,
+            "posting_id",
+            "train_1",
+            r"row 3 \(line 4\), column 'posting_id': duplicate posting_id 'train_1' \(first seen at row 1\)",
+        ),
         (1, "label_group", None, r"row 2 \(line 3\), column 'label_group': label_group missing"),
         (3, "label_group", "abc", r"row 4 \(line 5\), column 'label_group': label_group not an integer"),
         (3, "label_group", "inf", r"row 4 \(line 5\), column 'label_group': label_group not an integer"),
-        (2, "label_group", "99999999999999999999", r"row 3 \(line 4\), column 'label_group': label_group not an integer"),
-        (0, "posting_id", "train 1", r"row 1 \(line 2\), column 'posting_id': posting_id 'train 1' contains whitespace"),
+        (
+            2,
+            "label_group",
+            "99999999999999999999",
+            r"row 3 \(line 4\), column 'label_group': label_group not an integer",
+        ),
+        (
+            0,
+            "posting_id",
+            "train 1",
+            r"row 1 \(line 2\), column 'posting_id': posting_id 'train 1' contains whitespace",
+        ),
         (0, "image_phash", "xyz", r"row 1 \(line 2\), column 'image_phash': malformed phash 'xyz'"),
         (3, "image_phash", "94d8e2b2a5d35e0", r"row 4 \(line 5\), column 'image_phash': malformed phash"),
         (1, "image", "", r"row 2 \(line 3\), column 'image': empty value"),
@@ -90,7 +105,9 @@ def test_title_text_like_nan_is_kept(tmp_path):
 
 def test_test_csv_needs_no_label(tmp_path):
     path = tmp_path / "test.csv"
-    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(path, index=False)
+    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(
+        path, index=False
+    )
     assert "label_group" not in read_postings(path, labelled=False).columns
 
 
@@ -111,7 +128,9 @@ def test_prepare_writes_nothing_on_bad_data(tmp_path):
     rows = [list(r) for r in ROWS]
     rows[1][2] = "nothex"
     write_train(data, rows)
-    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(data / "test.csv", index=False)
+    pd.DataFrame([r[:4] for r in ROWS], columns=["posting_id", "image", "image_phash", "title"]).to_csv(
+        data / "test.csv", index=False
+    )
     run = tmp_path / "run"
     with pytest.raises(DataError, match="image_phash"):
         prepare(data, run, load_config(None, ["modalities=[tfidf,phash]", "folds.n_splits=2"]))

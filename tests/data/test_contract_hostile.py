@@ -1,4 +1,4 @@
-"""Issue 13, findings 3 to 6 on the data contract: image paths stay inside their folder, images
+"""The data contract against hostile files: image paths stay inside their folder, images
 decode fully (in parallel) within a pixel limit, and row numbers follow the file's lines."""
 
 from __future__ import annotations
@@ -46,15 +46,29 @@ def set_cell(path, row: int, column: str, value: str) -> None:
 
 def prepare_fails(data, tmp_path, capsys, *extra: str) -> str:
     run = tmp_path / "run"
-    code = main(["prepare", "--data", str(data), "--out", str(run), "--modalities", "tfidf,phash",
-                 "folds.n_splits=2", "match.phash_source=image", *extra])
+    code = main(
+        [
+            "prepare",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--modalities",
+            "tfidf,phash",
+            "folds.n_splits=2",
+            "phash.source=image",
+            *extra,
+        ]
+    )
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert code == 2 and len(errors) == 1 and not run.exists()
     return errors[0]
 
 
-@pytest.mark.parametrize("value", ["../../outside.jpg", "../train_images/../../outside.jpg", "/etc/hostname",
-                                   "C:\\images\\x.jpg", "sub/../../x.jpg"])
+@pytest.mark.parametrize(
+    "value",
+    ["../../outside.jpg", "../train_images/../../outside.jpg", "/etc/hostname", "C:\\images\\x.jpg", "sub/../../x.jpg"],
+)
 def test_an_image_outside_its_folder_is_refused_at_prepare(data, tmp_path, capsys, value):
     (tmp_path / "outside.jpg").write_bytes(jpeg())
     set_cell(data / "train.csv", 2, "image", value)
@@ -88,7 +102,7 @@ def test_a_truncated_jpeg_fails_prepare_although_its_header_reads(data, tmp_path
 def test_a_decompression_bomb_is_refused_by_name(data, tmp_path, capsys):
     raw = bytearray(jpeg(16))
     sof = raw.index(b"\xff\xc0")
-    raw[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)  # the header claims 900 million pixels
+    raw[sof + 5 : sof + 9] = struct.pack(">HH", 30000, 30000)  # the header claims 900 million pixels
     (data / "train_images" / "train1.jpg").write_bytes(bytes(raw))
     msg = prepare_fails(data, tmp_path, capsys)
     assert "row 2 (line 3), column 'image'" in msg and "900000000 pixels" in msg
@@ -122,16 +136,26 @@ def test_rows_after_a_title_spanning_lines_are_named_by_their_file_line(data):
     [
         ("", r"empty file \(no header\)"),
         ("posting_id,image,image_phash,title,label_group\n", "no rows"),
-        ('posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,"open quote,1\n',
-         r"row 1 \(line 2\): not a readable CSV"),
-        ("posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,t\n",
-         r"row 1 \(line 2\): 4 field\(s\) where the header has 5"),
-        ("posting_id,image,image_phash,title,label_group\n\na,a.jpg,0000000000000000,t,1,extra\n",
-         r"row 1 \(line 3\): 6 field\(s\)"),
-        ("posting_id,image,image,image_phash,title,label_group\na,a,a,0000000000000000,t,1\n",
-         r"column\(s\) \['image'\] appear more than once"),
-        ('posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,"t"x,1\n',
-         r"row 1 \(line 2\): not a readable CSV"),
+        (
+            'posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,"open quote,1\n',
+            r"row 1 \(line 2\): not a readable CSV",
+        ),
+        (
+            "posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,t\n",
+            r"row 1 \(line 2\): 4 field\(s\) where the header has 5",
+        ),
+        (
+            "posting_id,image,image_phash,title,label_group\n\na,a.jpg,0000000000000000,t,1,extra\n",
+            r"row 1 \(line 3\): 6 field\(s\)",
+        ),
+        (
+            "posting_id,image,image,image_phash,title,label_group\na,a,a,0000000000000000,t,1\n",
+            r"column\(s\) \['image'\] appear more than once",
+        ),
+        (
+            'posting_id,image,image_phash,title,label_group\na,a.jpg,0000000000000000,"t"x,1\n',
+            r"row 1 \(line 2\): not a readable CSV",
+        ),
     ],
 )
 def test_broken_csvs_name_the_row_and_line(tmp_path, text, message):
@@ -144,8 +168,10 @@ def test_broken_csvs_name_the_row_and_line(tmp_path, text, message):
 
 def test_non_utf8_after_a_title_spanning_lines_names_row_line_and_column(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_bytes(b'posting_id,image,image_phash,title,label_group\n'
-                     b'a,a.jpg,0000000000000000,"two\nlines",1\n'
-                     b'b,b.jpg,0000000000000000,caf\xe9,1\n')
+    path.write_bytes(
+        b"posting_id,image,image_phash,title,label_group\n"
+        b'a,a.jpg,0000000000000000,"two\nlines",1\n'
+        b"b,b.jpg,0000000000000000,caf\xe9,1\n"
+    )
     with pytest.raises(DataError, match=r"row 2 \(line 4\), column 'title': not UTF-8 \(byte 0xe9"):
         read_postings(path, labelled=True)

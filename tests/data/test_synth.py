@@ -96,10 +96,8 @@ def _file_bytes(out: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(dataset, tmp_path):
-    again = make_synthetic(tmp_path / "again", n_groups=N_GROUPS, seed=SEED, image_size=IMAGE_SIZE,
-                           progress=False)
-    other = make_synthetic(tmp_path / "other", n_groups=N_GROUPS, seed=SEED + 1, image_size=IMAGE_SIZE,
-                           progress=False)
+    again = make_synthetic(tmp_path / "again", n_groups=N_GROUPS, seed=SEED, image_size=IMAGE_SIZE, progress=False)
+    other = make_synthetic(tmp_path / "other", n_groups=N_GROUPS, seed=SEED + 1, image_size=IMAGE_SIZE, progress=False)
     first = _file_bytes(dataset[0])
     assert _file_bytes(tmp_path / "again") == first
     assert again["train"]["rows"] == dataset[1]["train"]["rows"]
@@ -168,16 +166,18 @@ def test_families_do_not_change_when_more_groups_are_asked_for():
 @pytest.mark.parametrize("test_fraction", [0.0, 0.25, 0.5])
 def test_test_fraction_is_respected_to_the_family(tmp_path, test_fraction):
     n_groups = 16
-    summary = make_synthetic(tmp_path, n_groups=n_groups, seed=SEED, image_size=32,
-                             test_fraction=test_fraction, progress=False)
+    summary = make_synthetic(
+        tmp_path, n_groups=n_groups, seed=SEED, image_size=32, test_fraction=test_fraction, progress=False
+    )
     target = round(test_fraction * n_groups)
     assert target <= summary["test"]["groups"] <= target + 3  # a family has at most 4 groups
     assert summary["train"]["groups"] + summary["test"]["groups"] == n_groups
     assert len(_read(tmp_path, "test.csv")) == summary["test"]["rows"]
 
 
-@pytest.mark.parametrize("kwargs", [{"n_groups": 0}, {"image_size": 16}, {"test_fraction": 1.0},
-                                    {"test_fraction": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"n_groups": 0}, {"image_size": 16}, {"test_fraction": 1.0}, {"test_fraction": -0.1}]
+)
 def test_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_synthetic(tmp_path, progress=False, **kwargs)

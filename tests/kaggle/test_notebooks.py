@@ -16,15 +16,15 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from pipeline.data.synth import make_synthetic
 from pipeline.kaggle.package import PackageError, package_run
 from pipeline.submission import validate_submission
-from pipeline.data.synth import make_synthetic
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 # Refuses every connection that is not to this machine or a Unix socket: proof the notebook needs
 # no network. The kernel talks to its client over ZeroMQ's own sockets, which this leaves alone.
-NETWORK_GUARD = textwrap.dedent('''
+NETWORK_GUARD = textwrap.dedent("""
     import socket
 
     _connect = socket.socket.connect
@@ -37,7 +37,7 @@ NETWORK_GUARD = textwrap.dedent('''
         return _connect(self, address)
 
     socket.socket.connect = _guarded
-''')
+""")
 
 
 def run_notebook(path: Path, params: dict, cwd: Path, timeout: int = 900) -> nbformat.NotebookNode:
@@ -64,7 +64,7 @@ def test_paired_script_matches_notebook(name):
 PLOT_MARKERS = ("plots.plot_", "Image(filename")
 
 # Makes `import faiss` fail as it does where faiss-cpu is not installed.
-FAISS_BLOCKER = textwrap.dedent('''
+FAISS_BLOCKER = textwrap.dedent("""
     import sys
 
     class _NoFaiss:
@@ -74,7 +74,7 @@ FAISS_BLOCKER = textwrap.dedent('''
             return None
 
     sys.meta_path.insert(0, _NoFaiss())
-''')
+""")
 
 
 def images_of(cell) -> int:
@@ -87,13 +87,22 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     make_synthetic(data, n_groups=16, seed=3, image_size=48, progress=False)
     run = tmp_path / "run"
     overrides = [
-        "folds.n_splits=2", "match.cv_estimate=true", "match.k=20",
-        "image.backbone=test_resnet", "image.image_size=48", "image.embed_dim=32", "image.train.epochs=1",
-        f"text.model={tiny_bert_dir}", "text.embed_dim=32", "text.train.epochs=1",
+        "folds.n_splits=2",
+        "decision.cv_estimate=true",
+        "search.k=20",
+        "image.backbone=test_resnet",
+        "image.image_size=48",
+        "image.embed_dim=32",
+        "image.train.epochs=1",
+        f"text.model={tiny_bert_dir}",
+        "text.embed_dim=32",
+        "text.train.epochs=1",
     ]
-    nb = run_notebook(NOTEBOOKS / "training.ipynb",
-                      {"DATA_DIR": str(data), "RUN_DIR": str(run), "SYNTH_GROUPS": 0, "CONFIG": "demo",
-                       "OVERRIDES": overrides}, cwd=tmp_path)
+    nb = run_notebook(
+        NOTEBOOKS / "training.ipynb",
+        {"DATA_DIR": str(data), "RUN_DIR": str(run), "SYNTH_GROUPS": 0, "CONFIG": "demo", "OVERRIDES": overrides},
+        cwd=tmp_path,
+    )
     text = outputs_text(nb)
     assert "cross-validated F1" in text and "config: demo" in text
     assert "[train-image] fold0" in text and "[train-text] fold1" in text  # the stages' log lines show
@@ -107,8 +116,14 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     for plot in ("threshold_f1", "training", "f1_by_group_size"):
         assert (run / "plots" / f"{plot}.png").stat().st_size > 10_000
     log_text = (run / "run.log").read_text()
-    for stage in ("[prepare]", "[train-image] started", "[train-text] started", "[embed] done", "[tune] done",
-                  "[predict] done"):
+    for stage in (
+        "[prepare]",
+        "[train-image] started",
+        "[train-text] started",
+        "[embed] done",
+        "[tune] done",
+        "[predict] done",
+    ):
         assert stage in log_text
     # The words say "rerun this cell to resume", and the cell resumes.
     train_cell = next(c for c in nb.cells if "stages.train(" in c.source)
@@ -119,9 +134,20 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     with pytest.raises(PackageError, match=r"pip download faiss-cpu==[\d.]+ .*--no-deps"):
         package_run(run, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    package = package_run(run, tmp_path / "package", assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"])
-    assert {p.name for p in package.iterdir()} >= {"wheels", "models", "config.yaml", "thresholds.json",
-                                                   "encoders.json", "dataset-metadata.json", "manifest.json"}
+    package = package_run(
+        run,
+        tmp_path / "package",
+        assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"],
+    )
+    assert {p.name for p in package.iterdir()} >= {
+        "wheels",
+        "models",
+        "config.yaml",
+        "thresholds.json",
+        "encoders.json",
+        "dataset-metadata.json",
+        "manifest.json",
+    }
     manifest = json.loads((package / "manifest.json").read_text())
     assert {r["dist"]: r["source"] for r in manifest["requires"]}["faiss-cpu"] == "assumed-installed"
     assert all(r["version"] for r in manifest["requires"])
@@ -136,8 +162,11 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     monkeypatch.setenv("PYTHONPATH", str(guard))
     work = tmp_path / "working"
     work.mkdir()
-    nb = run_notebook(NOTEBOOKS / "inference.ipynb",
-                      {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"}, cwd=work)
+    nb = run_notebook(
+        NOTEBOOKS / "inference.ipynb",
+        {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"},
+        cwd=work,
+    )
     # The library came from the package's wheel, installed outside the working folder.
     loaded = re.search(r"loaded from (\S+)", outputs_text(nb)).group(1)
     assert Path(loaded).parent.name == "pipeline" and work not in Path(loaded).parents
@@ -148,15 +177,19 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     # Same weights, thresholds and data: the offline submission equals the run's own.
     ours = pd.read_csv(run / "submission.csv")
     assert dict(zip(sub.posting_id, sub.matches.str.split().map(set))) == dict(
-        zip(ours.posting_id, ours.matches.str.split().map(set)))
+        zip(ours.posting_id, ours.matches.str.split().map(set))
+    )
 
     # Without faiss, the inference stops at the dependency check, before loading or embedding anything.
     (guard / "sitecustomize.py").write_text(NETWORK_GUARD + FAISS_BLOCKER)
     work2 = tmp_path / "working2"
     work2.mkdir()
     with pytest.raises(CellExecutionError) as e:
-        run_notebook(NOTEBOOKS / "inference.ipynb",
-                     {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"}, cwd=work2)
+        run_notebook(
+            NOTEBOOKS / "inference.ipynb",
+            {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"},
+            cwd=work2,
+        )
     assert "DependencyError" in str(e.value) and "faiss-cpu" in str(e.value) and "nothing was embedded" in str(e.value)
     assert "check_dependencies(PACKAGE_DIR)" in str(e.value)  # the failing cell is the check, not the inference
     assert not (work2 / "submission.csv").exists()

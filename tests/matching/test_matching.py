@@ -5,10 +5,18 @@ import scipy.sparse as sp
 from pipeline.data.synth.postings import clustered_postings
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
-from pipeline.matching.fusion import (NeighbourCache, blend, concat_embeddings, fused_neighbours, gallery_neighbours,
-                                     graph_blend)
-from pipeline.matching.neighbours import Neighbours, dense_knn, sparse_knn
-from pipeline.matching.tuning import Scorer, cross_validated, tune
+from pipeline.matching.fusion import (
+    FusionConfig,
+    NeighbourCache,
+    blend,
+    concat_embeddings,
+    fused_neighbours,
+    gallery_neighbours,
+    graph_blend,
+)
+from pipeline.matching.neighbours import Neighbours, SearchConfig, dense_knn, sparse_knn
+from pipeline.matching.scoring import Scorer
+from pipeline.matching.tuning import DecisionConfig, TuneSetup, cross_validated, tune
 
 
 def _unit(x):
@@ -26,7 +34,9 @@ def test_concat_inner_product_is_weighted_mean_of_cosines():
 
 def test_blend_dense_and_sparse_agree_with_hand_computation():
     x = _unit(np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=np.float32))
-    nb = Neighbours(np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]]), np.array([[1, 0.8, 0], [1, 0.8, 0.6], [1, 0.6, 0]], np.float32))
+    nb = Neighbours(
+        np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]]), np.array([[1, 0.8, 0], [1, 0.8, 0.6], [1, 0.6, 0]], np.float32)
+    )
     out = blend(x, nb, threshold=0.7)
     # Row 0: x0 + 0.8 x1; row 1: x1 + 0.8 x0 (0.6 is below the threshold); row 2: alone.
     ref = _unit(np.stack([x[0] + 0.8 * x[1], x[1] + 0.8 * x[0], x[2]]))
@@ -61,7 +71,9 @@ def test_the_similarity_graph_is_symmetric_with_ones_on_its_diagonal():
     from pipeline.matching.fusion import _similarity_graph
 
     # Row 0 lists 1, row 1 lists 2 and itself, row 2 lists 0 weakly: neither 0 nor 2 lists itself.
-    nb = Neighbours(np.array([[1, -1], [2, 1], [0, -1]]), np.array([[0.9, -np.inf], [0.5, 0.97], [0.2, -np.inf]], np.float32))
+    nb = Neighbours(
+        np.array([[1, -1], [2, 1], [0, -1]]), np.array([[0.9, -np.inf], [0.5, 0.97], [0.2, -np.inf]], np.float32)
+    )
     want = [[1.0, 0.9, 0.2], [0.9, 1.0, 0.5], [0.2, 0.5, 1.0]]
     np.testing.assert_allclose(_similarity_graph(nb).toarray(), want, atol=1e-6)
 
@@ -79,11 +91,20 @@ def test_build_candidates_union_and_missing_sims():
     rows = np.array([10, 11, 12])
     g = Gallery(rows, np.array([0, 1]), {"x": np.zeros((3, 1)), "y": np.zeros((3, 1))})
     nbs = {
-        "x": Neighbours(np.array([[0, 1, 2], [1, 0, -1], [2, 0, 1]]), np.array([[1, 0.9, 0.1], [1, 0.9, -np.inf], [1, 0.1, 0]], np.float32)),
-        "y": Neighbours(np.array([[0, 2, 1], [1, 2, 0], [2, 1, 0]]), np.array([[1, 0.7, 0.2], [1, 0.5, 0.4], [1, 0.5, 0.7]], np.float32)),
+        "x": Neighbours(
+            np.array([[0, 1, 2], [1, 0, -1], [2, 0, 1]]),
+            np.array([[1, 0.9, 0.1], [1, 0.9, -np.inf], [1, 0.1, 0]], np.float32),
+        ),
+        "y": Neighbours(
+            np.array([[0, 2, 1], [1, 2, 0], [2, 1, 0]]),
+            np.array([[1, 0.7, 0.2], [1, 0.5, 0.4], [1, 0.5, 0.7]], np.float32),
+        ),
     }
     c = build_candidates(g, nbs, n=20)
-    pairs = {(int(q), int(m)): (float(c.sims["x"][i]), float(c.sims["y"][i])) for i, (q, m) in enumerate(zip(c.query, c.match))}
+    pairs = {
+        (int(q), int(m)): (float(c.sims["x"][i]), float(c.sims["y"][i]))
+        for i, (q, m) in enumerate(zip(c.query, c.match))
+    }
     # Only queries 10 and 11; never self pairs; -inf where a signal lacks the pair.
     assert set(pairs) == {(10, 11), (10, 12), (11, 10), (11, 12)}
     assert pairs[(10, 11)] == pytest.approx((0.9, 0.2))
@@ -129,9 +150,15 @@ def _clustered_gallery(n=400, seed=0):
 
 def test_prediction_floors_give_the_same_decisions():
     g, labels = _clustered_gallery()
-    settings = MatchSettings(thresholds={"concat": 0.5, "phash": 0.9}, min2_signal="concat", min2_floor=0.2,
-                             blend_signal="concat", blend_rounds=1, blend_threshold=0.5)
-    nb = gallery_neighbours(g, settings, k=20)
+    settings = MatchSettings(
+        thresholds={"concat": 0.5, "phash": 0.9},
+        min2_signal="concat",
+        min2_floor=0.2,
+        blend_signal="concat",
+        blend_rounds=1,
+        blend_threshold=0.5,
+    )
+    nb = gallery_neighbours(g, settings, SearchConfig(index="flat", k=20))
     full = build_candidates(g, nb, len(labels))
     floored = build_candidates(g, nb, len(labels), floors=prediction_floors(settings))
     assert len(floored) < len(full)
@@ -147,9 +174,11 @@ def test_tuning_fuses_better_than_any_single_signal_and_cv_is_honest():
     cache = NeighbourCache()
 
     def build(settings):
-        return build_candidates(g, gallery_neighbours(g, settings, k=20, cache=cache), len(labels))
+        return build_candidates(
+            g, gallery_neighbours(g, settings, SearchConfig(index="flat", k=20), cache=cache), len(labels)
+        )
 
-    result = tune(build, labels, n_thresholds=41, blend_rounds=1)
+    result = tune(build, labels, setup=TuneSetup(DecisionConfig(n_thresholds=41), FusionConfig(blend_rounds=1)))
     solo = {k: result.steps[k]["f1"] for k in ("image", "text", "phash", "concat")}
     assert result.steps["final"]["f1"] >= max(solo.values())
     assert result.settings.thresholds  # at least one signal in the rule
@@ -157,7 +186,7 @@ def test_tuning_fuses_better_than_any_single_signal_and_cv_is_honest():
     # The reported final F1 is what the saved settings give when re-applied.
     c = build(result.settings)
     assert Scorer(c, labels).f1(decide(c, result.settings)) == pytest.approx(result.steps["final"]["f1"])
-    cv = cross_validated(build, labels, folds, n_thresholds=21, blend_rounds=0)
+    cv = cross_validated(build, labels, folds, TuneSetup(DecisionConfig(n_thresholds=21), FusionConfig(blend_rounds=0)))
     assert len(cv["per_fold_f1"]) == 3 and 0 < cv["f1"] <= 1
 
 
@@ -167,15 +196,17 @@ def test_neighbour_cache_keys_follow_fusion_weights_and_blending():
     settings = [
         MatchSettings(fusion_weights={"image": 0.9, "text": 0.1}),
         MatchSettings(fusion_weights={"image": 0.1, "text": 0.9}),
-        MatchSettings(fusion_weights={"image": 0.1, "text": 0.9}, blend_signal="concat", blend_rounds=1, blend_threshold=0.4),
+        MatchSettings(
+            fusion_weights={"image": 0.1, "text": 0.9}, blend_signal="concat", blend_rounds=1, blend_threshold=0.4
+        ),
     ]
     for s in settings:
-        cached = gallery_neighbours(g, s, k=10, cache=cache)
-        fresh = gallery_neighbours(g, s, k=10)
+        cached = gallery_neighbours(g, s, SearchConfig(index="flat", k=10), cache=cache)
+        fresh = gallery_neighbours(g, s, SearchConfig(index="flat", k=10))
         for name in fresh:
             np.testing.assert_array_equal(cached[name].sim, fresh[name].sim)
-    a = gallery_neighbours(g, settings[0], k=10, cache=cache)["concat"].sim
-    b = gallery_neighbours(g, settings[1], k=10, cache=cache)["concat"].sim
+    a = gallery_neighbours(g, settings[0], SearchConfig(index="flat", k=10), cache=cache)["concat"].sim
+    b = gallery_neighbours(g, settings[1], SearchConfig(index="flat", k=10), cache=cache)["concat"].sim
     assert not np.allclose(a, b)
 
 
@@ -215,11 +246,14 @@ def test_lists_not_kept_are_let_go_and_each_list_is_observed_as_it_is_made():
     x, _ = clustered_postings(200, 16, seed=6)
     everything = np.arange(200)
     g = Gallery(everything, everything, {m: x[m] for m in ("image", "text", "phash")})
-    settings = MatchSettings(fusion_weights={"image": 0.4, "text": 0.6}, blend_signal="concat", blend_rounds=1,
-                             blend_threshold=0.5)
-    every = gallery_neighbours(g, settings, k=12)
+    settings = MatchSettings(
+        fusion_weights={"image": 0.4, "text": 0.6}, blend_signal="concat", blend_rounds=1, blend_threshold=0.5
+    )
+    every = gallery_neighbours(g, settings, SearchConfig(index="flat", k=12))
     seen = {}
-    kept = gallery_neighbours(g, settings, k=12, keep={"blend", "phash"}, observe=seen.__setitem__)
+    kept = gallery_neighbours(
+        g, settings, SearchConfig(index="flat", k=12), keep={"blend", "phash"}, observe=seen.__setitem__
+    )
     assert set(kept) == {"blend", "phash"} and set(seen) == set(every)
     for name, nb in every.items():
         np.testing.assert_array_equal(seen[name].idx, nb.idx)
@@ -228,18 +262,21 @@ def test_lists_not_kept_are_let_go_and_each_list_is_observed_as_it_is_made():
 
 
 def test_search_floors_do_not_change_predictions():
-    from pipeline.config import Config
     from pipeline.matching.predict import match_postings
 
     x, labels = clustered_postings(500, 16, seed=5)
     ids = np.array([f"p{i}" for i in range(500)], dtype=object)
-    settings = MatchSettings(thresholds={"concat": 0.55, "phash": 0.85}, min2_signal="concat", min2_floor=0.3,
-                             blend_signal="image", blend_rounds=1, blend_threshold=0.6,
-                             fusion_weights={"image": 0.5, "text": 0.5})
+    settings = MatchSettings(
+        thresholds={"concat": 0.55, "phash": 0.85},
+        min2_signal="concat",
+        min2_floor=0.3,
+        blend_signal="image",
+        blend_rounds=1,
+        blend_threshold=0.6,
+        fusion_weights={"image": 0.5, "text": 0.5},
+    )
     settings.thresholds["blend"] = 0.6
     subs = []
     for floors in (True, False):
-        cfg = Config(modalities=["image", "text", "phash"])
-        cfg.match.k, cfg.match.search_floors = 20, floors
-        subs.append(match_postings(x, ids, settings, cfg.match))
+        subs.append(match_postings(x, ids, settings, SearchConfig(k=20, floors=floors)))
     assert subs[0].equals(subs[1])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import SearchSettings, dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.neighbours import SearchConfig, dense_knn, hamming_knn, sparse_knn
 
 
 def _unit(x):
@@ -20,7 +20,7 @@ def _assert_same_topk(nb, full_sim, k):
 @pytest.mark.parametrize("batch_size", [7, 1000])
 def test_dense_knn_matches_brute_force(batch_size):
     x = _unit(np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32))
-    nb = dense_knn(x, k=10, settings=SearchSettings(batch_size=batch_size))
+    nb = dense_knn(x, k=10, settings=SearchConfig(index="flat", batch_size=batch_size))
     assert nb.idx.shape == (120, 10)
     _assert_same_topk(nb, x @ x.T, 10)
     assert (nb.idx[:, 0] == np.arange(120)).all()  # itself first
@@ -30,15 +30,15 @@ def test_dense_knn_matches_brute_force(batch_size):
 def test_approximate_indexes_find_most_neighbours(index):
     x = _unit(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32))
     exact = dense_knn(x, k=10)
-    approx = dense_knn(x, k=10, settings=SearchSettings(index=index))
+    approx = dense_knn(x, k=10, settings=SearchConfig(index=index))
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.idx, approx.idx)])
     assert recall > 0.8
 
 
 def test_hnsw_in_float16_lists_exact_cosines_best_first_and_finds_what_float32_storage_finds():
     x = _unit(np.random.default_rng(2).standard_normal((1500, 16)).astype(np.float32))
-    fp16 = dense_knn(x, k=10, settings=SearchSettings(index="hnsw", hnsw_fp16=True))
-    fp32 = dense_knn(x, k=10, settings=SearchSettings(index="hnsw", hnsw_fp16=False))
+    fp16 = dense_knn(x, k=10, settings=SearchConfig(index="hnsw", hnsw_fp16=True))
+    fp32 = dense_knn(x, k=10, settings=SearchConfig(index="hnsw", hnsw_fp16=False))
     listed = np.einsum("nd,nkd->nk", x, x[fp16.idx])
     np.testing.assert_allclose(fp16.sim, listed, atol=1e-6)  # rescored with the float32 vectors
     assert (np.diff(fp16.sim, axis=1) <= 0).all()
@@ -81,7 +81,7 @@ def test_ivfpq_rescores_its_shortlist_exactly(batch_size):
     from pipeline.data.synth.postings import clustered_postings
 
     x = clustered_postings(1500, 32, seed=2)[0]["text"]
-    settings = SearchSettings(index="ivfpq", nprobe=16, pq_m=16, refine=4, batch_size=batch_size)
+    settings = SearchConfig(index="ivfpq", nprobe=16, pq_m=16, refine=4, batch_size=batch_size)
     nb = dense_knn(x, k=10, settings=settings)  # each batch's shortlist rescored as it is searched
     got = np.einsum("nd,nkd->nk", x, x[nb.idx])
     np.testing.assert_allclose(nb.sim, got, atol=1e-5)  # exact cosines, not PQ estimates
@@ -90,14 +90,13 @@ def test_ivfpq_rescores_its_shortlist_exactly(batch_size):
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.idx, nb.idx)]) > 0.8
 
 
-def test_search_settings_come_from_the_match_config():
-    from pipeline.config import load_config
+def test_search_settings_are_the_config_section_and_checked():
+    from pipeline.config import ConfigError, load_config
 
-    m = load_config(None, ["match.index=ivf", "match.nprobe=4", "match.threads=1"]).match
-    s = SearchSettings.from_config(m)
-    assert (s.index, s.nprobe, s.threads, s.n_threads, s.ef_search) == ("ivf", 4, 1, 1, m.ef_search)
-    with pytest.raises(ValueError, match="unknown index"):
-        SearchSettings(index="lsh")
+    s = load_config(None, ["search.index=ivf", "search.nprobe=4", "search.threads=1"]).search
+    assert (s.index, s.nprobe, s.threads, s.n_threads, s.ef_search) == ("ivf", 4, 1, 1, SearchConfig().ef_search)
+    with pytest.raises(ConfigError, match=r"index must be one of \['auto', 'flat'"):
+        SearchConfig(index="lsh")
 
 
 def test_faiss_threads_are_bounded_then_restored():
@@ -121,7 +120,7 @@ def test_without_gpus_indexes_stay_on_the_cpu():
     index = faiss.IndexFlatIP(4)
     assert to_gpus(index) is index and to_gpus(index, shard=True, gpus=0) is index
     x = _unit(np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32))
-    built = build_index(x, SearchSettings(gpu=True))
+    built = build_index(x, SearchConfig(index="flat", gpu=True))
     assert isinstance(built, faiss.IndexFlatIP) and built.ntotal == 50
 
 
@@ -146,7 +145,7 @@ def test_the_tfidf_path_never_loads_torch():
         "df = pd.DataFrame({'title': ['red shoe', 'red shoes', 'blue hat'], 'image_phash': ['a' * 16] * 3})\n"
         "v = posting_vectors(cfg, df, None)\n"
         "s = MatchSettings(thresholds={'tfidf': 0.5}, blend_signal='tfidf', blend_rounds=1, blend_threshold=0.3)\n"
-        "match_postings(v, np.array(['a', 'b', 'c']), s, cfg.match)\n"
+        "match_postings(v, np.array(['a', 'b', 'c']), s, cfg.search)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,10 +10,11 @@ from pipeline.data.synth import synthetic_titles
 from pipeline.data.synth.postings import clustered_postings
 from pipeline.matching import fusion
 from pipeline.matching.decide import MatchSettings
+from pipeline.matching.neighbours import SearchConfig
 from pipeline.matching.oof import oof_galleries
 from pipeline.matching.signals import tfidf_vectors
 
-SEARCH = {"k": 10, "batch_size": 64, "index": "flat", "blend_method": "graph"}
+SEARCH = {"search": SearchConfig(k=10, batch_size=64, index="flat"), "blend_method": "graph"}
 
 
 @pytest.fixture()
@@ -65,7 +66,6 @@ def test_unsupervised_searches_are_shared_by_every_fold_and_learned_ones_are_not
 def test_without_learned_signals_every_fold_is_one_gallery(data):
     oof = make(data, "all", learned=False)
     assert len(oof.galleries) == 1 and len(oof.galleries[0].queries) == len(data[1])
-
 
 
 @pytest.mark.parametrize("mode", ["all", "fold"])

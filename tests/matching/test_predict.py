@@ -18,7 +18,7 @@ def test_matching_without_a_signal_the_settings_use_is_refused(tmp_path):
     del vectors["text"]
     settings = MatchSettings(thresholds={"text": 0.5, "tfidf": 0.5})
     with pytest.raises(PredictError, match=r"use \['text'\], but only \['tfidf'\] were given"):
-        match_postings(vectors, np.array(["p0", "p1"]), settings, cfg.match)
+        match_postings(vectors, np.array(["p0", "p1"]), settings, cfg.search)
 
 
 def test_a_learned_modality_needs_embeddings_or_an_encoder(tmp_path):
@@ -31,19 +31,4 @@ def test_pair_settings_without_the_pair_model_are_refused(tmp_path):
     cfg = load_config(None, ["modalities=[tfidf]"])
     vectors = posting_vectors(cfg, pd.DataFrame({"title": ["a b", "a c"]}), tmp_path)
     with pytest.raises(PredictError, match="use the pair model, but none was given"):
-        match_postings(vectors, np.array(["p0", "p1"]), MatchSettings(thresholds={"pair": 0.5}), cfg.match)
-
-
-def test_transductive_settings_move_until_the_tuned_matches_per_posting():
-    """A dense signal where every posting is close to every other: the tuned rate (one match per
-    posting) is met by raising the threshold, wherever the size alone would have put it."""
-    cfg = load_config(None, ["modalities=[text]"])
-    rng = np.random.default_rng(0)
-    x = np.repeat(rng.normal(size=(20, 8)), 2, axis=0) + 0.05 * rng.normal(size=(40, 8))  # 20 pairs
-    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    ids = np.array([f"p{i}" for i in range(40)])
-    loose = MatchSettings(thresholds={"text": -1.0}, size_slopes={"text": 1.0}, tuned_size=40)
-    assert match_postings({"text": x}, ids, loose, cfg.match)["matches"].str.split().str.len().mean() == 40
-    rated = MatchSettings(thresholds={"text": -1.0}, size_slopes={"text": 1.0}, tuned_size=40, match_rate=1.0)
-    sizes = match_postings({"text": x}, ids, rated, cfg.match)["matches"].str.split().str.len()
-    assert sizes.mean() == pytest.approx(2.0, abs=0.1)  # itself and its twin
+        match_postings(vectors, np.array(["p0", "p1"]), MatchSettings(thresholds={"pair": 0.5}), cfg.search)

@@ -12,8 +12,9 @@ def test_tfidf_both_is_the_weighted_mean_of_word_and_char_cosines():
     char = tfidf_vectors(TITLES, TfidfConfig(analyzer="char_wb")).toarray()
     both = tfidf_vectors(TITLES, TfidfConfig(analyzer="both", char_weight=0.3)).toarray()
     full = [0, 1, 2, 3]  # the empty title has no vector to weigh
-    np.testing.assert_allclose((both @ both.T)[np.ix_(full, full)],
-                               (0.7 * word @ word.T + 0.3 * char @ char.T)[np.ix_(full, full)], atol=1e-5)
+    np.testing.assert_allclose(
+        (both @ both.T)[np.ix_(full, full)], (0.7 * word @ word.T + 0.3 * char @ char.T)[np.ix_(full, full)], atol=1e-5
+    )
     assert not both[4].any()
 
 

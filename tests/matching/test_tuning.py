@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
@@ -11,10 +10,23 @@ import pytest
 
 from pipeline.data.folds import make_folds
 from pipeline.matching.candidates import Candidates
-from pipeline.matching.decide import MatchSettings, Min2, decide, transductive_doublings
-from pipeline.matching.tuning import (Scorer, _coordinate_ascent, _tune_min2, calibrate_size, threshold_grid, tune,
-                                      tuned_match_rate)
+from pipeline.matching.decide import MatchSettings, Min2, decide
+from pipeline.matching.fusion import FusionConfig
+from pipeline.matching.pair_model import PairModelConfig
+from pipeline.matching.scoring import Scorer, threshold_grid
+from pipeline.matching.size_calibration import calibrate_size
+from pipeline.matching.tuning import DecisionConfig, TuneSetup, _coordinate_ascent, _tune_min2, tune
 from pipeline.metric import f1_from_sets
+
+
+def setup(n_thresholds: int, pair: bool = False) -> TuneSetup:
+    """Tuning without blending (the candidates are fixed), with or without the pair model."""
+    return TuneSetup(
+        DecisionConfig(n_thresholds=n_thresholds),
+        FusionConfig(blend_rounds=0),
+        PairModelConfig(enabled=pair),
+        threads=1,
+    )
 
 
 def tiny_candidates(seed: int, n: int = 24, signals=("a", "b")) -> tuple[Candidates, np.ndarray]:
@@ -70,8 +82,9 @@ def test_min2_floor_is_the_brute_force_best(seed):
     grid = threshold_grid(c.sims["a"], 15)
     union = MatchSettings(thresholds={"a": 0.8, "b": 0.85})
     tuned = _tune_min2(scorer, union, Min2(c, "a"), grid)
-    candidates = [union] + [MatchSettings(thresholds=union.thresholds, min2_signal="a", min2_floor=float(f))
-                            for f in grid]
+    candidates = [union] + [
+        MatchSettings(thresholds=union.thresholds, min2_signal="a", min2_floor=float(f)) for f in grid
+    ]
     brute = max(reference_f1(c, labels, decide(c, s)) for s in candidates)
     assert reference_f1(c, labels, decide(c, tuned)) == pytest.approx(brute, abs=1e-9)
 
@@ -92,7 +105,7 @@ def test_min2_gives_each_lonely_posting_its_best_pair_above_the_floor():
 
 def test_tuned_f1_is_what_decide_scores():
     c, labels = tiny_candidates(3, n=40)
-    result = tune(lambda s: c, labels, n_thresholds=11, blend_rounds=0)
+    result = tune(lambda s: c, labels, setup=setup(11))
     assert result.steps["final"]["f1"] == pytest.approx(reference_f1(c, labels, decide(c, result.settings)))
 
 
@@ -106,8 +119,13 @@ def test_folds_never_split_a_group(n_splits, seed):
 
 
 def test_settings_move_with_the_gallery_size_and_survive_json():
-    s = MatchSettings(thresholds={"a": 0.5, "b": 0.8}, min2_signal="a", min2_floor=0.3,
-                      size_slopes={"a": 0.02, "min2_floor": -0.01}, tuned_size=1000)
+    s = MatchSettings(
+        thresholds={"a": 0.5, "b": 0.8},
+        min2_signal="a",
+        min2_floor=0.3,
+        size_slopes={"a": 0.02, "min2_floor": -0.01},
+        tuned_size=1000,
+    )
     assert s.at_size(1000) is s
     big = s.at_size(4000)  # two doublings
     assert big.thresholds == pytest.approx({"a": 0.54, "b": 0.8}) and big.min2_floor == pytest.approx(0.28)
@@ -122,7 +140,7 @@ def test_weighted_distractors_match_a_gallery_with_copies_of_its_other_groups():
     """Scoring non-matches twice is exactly the metric on a gallery where every non-match a query
     predicts has a twin from a copied group."""
     c, labels = tiny_candidates(0, n=18)
-    mask = (c.sims["a"] >= 0.5)
+    mask = c.sims["a"] >= 0.5
     weighted = Scorer(c, labels, distractors=2.0).score(mask)
     same = labels[c.query] == labels[c.match]
     twin = c.match + c.n  # each predicted non-match gets a second, copied one
@@ -132,56 +150,20 @@ def test_weighted_distractors_match_a_gallery_with_copies_of_its_other_groups():
     pred = [{i} | set(m[q == i].tolist()) for i in range(c.n)]
     true = [set(np.flatnonzero(all_labels == labels[i]).tolist()) for i in range(c.n)]
     reference = f1_from_sets(pred, true)
-    assert weighted["f1"] == pytest.approx(reference["f1"]) and weighted["precision"] == pytest.approx(reference["precision"])
+    assert weighted["f1"] == pytest.approx(reference["f1"]) and weighted["precision"] == pytest.approx(
+        reference["precision"]
+    )
 
 
 def test_size_calibration_raises_thresholds_for_larger_galleries():
     c, labels = tiny_candidates(3, n=60)
-    result = tune(lambda s: c, labels, n_thresholds=41, blend_rounds=0)
+    result = tune(lambda s: c, labels, setup=setup(41))
     settings, fit = calibrate_size(result, labels, gallery_size=60, n_thresholds=41)
     assert settings.tuned_size == 60 and settings.thresholds == result.settings.thresholds
     assert set(settings.size_slopes) == set(settings.thresholds) | ({"min2_floor"} if settings.min2_on else set())
     assert sum(settings.size_slopes.values()) > 0  # more distractors: stricter
     for p in fit["points"]:  # each moved rule is at least as good as the tuned one at its size
         assert p["f1_moved"] >= p["f1_tuned"] - 1e-12
-
-
-def with_twins(c: Candidates, labels: np.ndarray, seed: int) -> Candidates:
-    """A gallery twice as large: each non-matching pair gets a twin from a copied group, its
-    similarities jittered."""
-    rng = np.random.default_rng(seed)
-    other = labels[c.query] != labels[c.match]
-    twins = c.take(other)
-    sims = {k: np.where(np.isfinite(v), v + 0.02 * rng.standard_normal(len(v)), v).astype(np.float32)
-            for k, v in twins.sims.items()}
-    return Candidates.concat([c, Candidates(twins.query, twins.match + c.n, sims, 2 * c.n)])
-
-
-def test_transductive_calibration_restores_the_tuned_matches_per_posting():
-    c, labels = tiny_candidates(5, n=60)
-    result = tune(lambda s: c, labels, n_thresholds=41, blend_rounds=0)
-    result.settings, _ = calibrate_size(result, labels, gallery_size=60, n_thresholds=41)
-    result.settings.match_rate = tuned_match_rate(result)
-    assert result.settings.match_rate == pytest.approx(decide(c, result.settings).sum() / 60)
-    own = transductive_doublings(c, result.settings, 60)  # its own gallery: the tuned rate again
-    assert decide(c, result.settings.moved(own)).sum() == decide(c, result.settings).sum()
-    big = with_twins(c, labels, 0)
-    d = transductive_doublings(big, result.settings, 60)
-    assert d > 0  # more distractors: stricter
-
-    def rate(x):
-        return decide(big, result.settings.moved(x)).sum() / 60
-
-    # The move is in the middle of those where the rate crosses the tuned one, on a brute-force grid.
-    grid = np.linspace(-3, 3, 601)
-    rates = np.array([rate(x) for x in grid])
-    first = grid[np.argmax(rates <= result.settings.match_rate)]
-    last = grid[np.argmax(rates < result.settings.match_rate)]
-    assert d == pytest.approx(0.5 * (first + last), abs=0.02)
-    moved = result.settings.moved(d)
-    assert moved.match_rate == 0 and not moved.size_slopes  # moved once, never again
-    off = dataclasses.replace(result.settings, match_rate=0.0)
-    assert transductive_doublings(big, off, 120) == off.doublings(120)  # without a rate: by the size
 
 
 @pytest.mark.parametrize("learn_all", [False, True])
@@ -201,7 +183,6 @@ def test_the_pair_model_learns_from_learn_rows_and_is_scored_on_rows(monkeypatch
     real = tuning.cross_fit
     monkeypatch.setattr(tuning, "cross_fit", spy)
     learn = np.ones(60, bool) if learn_all else None
-    result = tune(lambda s: c, labels, n_thresholds=21, blend_rounds=0, folds=folds, pair_model=True, rows=rows,
-                  learn_rows=learn, threads=1)
+    result = tune(lambda s: c, labels, folds, setup(21, pair=True), rows=rows, learn_rows=learn)
     np.testing.assert_array_equal(seen["rows"], learn if learn_all else rows)
     assert result.steps["final"]["rows"] == 45

@@ -9,7 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import ImageConfig, TextConfig, TrainConfig
+from pipeline.config import ImageConfig, TextConfig
+from pipeline.inference.embedding import forward
 from pipeline.models.encoders import (
     GeM,
     ImageEncoder,
@@ -19,7 +20,7 @@ from pipeline.models.encoders import (
     resolve_text_model,
     save_encoder,
 )
-from pipeline.training.embedding import forward
+from pipeline.training.config import TrainConfig
 
 MODALITIES = ["image", "text"]
 EMBED_DIM = 16
@@ -28,14 +29,20 @@ TITLES = ["Kaos Polos Cotton Combed 30s", "Botol Minum 500ml Stainless", "HP And
 
 
 def image_cfg(**kwargs) -> ImageConfig:
-    kwargs = {"backbone": "test_resnet", "pretrained": False, "image_size": IMAGE_SIZE, "embed_dim": EMBED_DIM,
-              **kwargs}
+    kwargs = {
+        "backbone": "test_resnet",
+        "pretrained": False,
+        "image_size": IMAGE_SIZE,
+        "embed_dim": EMBED_DIM,
+        **kwargs,
+    }
     return ImageConfig(**kwargs, train=TrainConfig(num_workers=0))
 
 
 def text_cfg(model_dir, **kwargs) -> TextConfig:
-    return TextConfig(model=str(model_dir), max_length=24, embed_dim=EMBED_DIM, train=TrainConfig(num_workers=0),
-                      **kwargs)
+    return TextConfig(
+        model=str(model_dir), max_length=24, embed_dim=EMBED_DIM, train=TrainConfig(num_workers=0), **kwargs
+    )
 
 
 def make_encoder(modality: str, bert_dir) -> ImageEncoder | TextEncoder:
@@ -105,7 +112,7 @@ def test_gem_matches_slow_reference(p):
     for b in range(2):
         for c in range(3):
             values = [max(float(v), 1e-6) for v in x[b, c].flatten()]
-            expected = (math.fsum(v ** p for v in values) / len(values)) ** (1 / p)
+            expected = (math.fsum(v**p for v in values) / len(values)) ** (1 / p)
             assert out[b, c].item() == pytest.approx(expected, rel=1e-5)
     if p == 1.0:
         torch.testing.assert_close(out, x.mean(dim=(2, 3)))
@@ -232,7 +239,7 @@ def test_tokenize_cleans_titles_and_pads_dynamically(tiny_bert_dir):
 def test_build_encoder_rejects_unknown_modality_and_wrong_config():
     with pytest.raises(ValueError, match="valid: image, text"):
         build_encoder("audio", image_cfg())
-    with pytest.raises(TypeError, match="TextConfig"):
+    with pytest.raises(TypeError, match="TextEncoderConfig"):
         build_encoder("text", image_cfg())
 
 

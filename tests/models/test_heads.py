@@ -115,14 +115,10 @@ def test_arcface_matches_per_sample_reference(subcenters, easy_margin, margin_ra
     embeddings, labels = clustered_batch(head, 40, seed=1)
 
     logits = head(embeddings, labels)
-    expected = reference_logits(
-        head, embeddings, labels, lambda c: arcface_target(c, margin_rad, easy_margin)
-    )
+    expected = reference_logits(head, embeddings, labels, lambda c: arcface_target(c, margin_rad, easy_margin))
 
     torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
-    assert F.cross_entropy(logits, labels).item() == pytest.approx(
-        reference_loss(expected, labels), abs=1e-5
-    )
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(reference_loss(expected, labels), abs=1e-5)
     if margin_rad == 1.0 and not easy_margin:
         target_cos = expected.gather(1, labels[:, None]) / head.scale
         theta = torch.acos(head.cosine(embeddings).gather(1, labels[:, None]).double())
@@ -134,16 +130,14 @@ def test_arcface_matches_per_sample_reference(subcenters, easy_margin, margin_ra
 @pytest.mark.parametrize("subcenters", [1, 3])
 def test_cosface_matches_per_sample_reference(subcenters):
     torch.manual_seed(0)
-    head = CosFace(16, 5, margin=0.35, subcenters=subcenters)
+    head = CosFace(16, 5, cosine_margin=0.35, subcenters=subcenters)
     embeddings, labels = clustered_batch(head, 40, seed=2)
 
     logits = head(embeddings, labels)
     expected = reference_logits(head, embeddings, labels, lambda c: cosface_target(c, 0.35))
 
     torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
-    assert F.cross_entropy(logits, labels).item() == pytest.approx(
-        reference_loss(expected, labels), abs=1e-5
-    )
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(reference_loss(expected, labels), abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", sorted(HEADS))
@@ -163,8 +157,12 @@ def test_no_labels_gives_scaled_cosine(kind, subcenters):
 
 def pml_arcface(head: ArcFace):
     """PML's loss holding a copy of the head's weight; PML takes degrees and a (D, C*K) weight."""
-    kwargs = dict(num_classes=head.n_classes, embedding_size=head.in_features,
-                  margin=math.degrees(head.margin_rad), scale=head.scale)
+    kwargs = dict(
+        num_classes=head.n_classes,
+        embedding_size=head.in_features,
+        margin=math.degrees(head.margin_rad),
+        scale=head.scale,
+    )
     if head.subcenters == 1:
         loss = ArcFaceLoss(**kwargs)
     else:
@@ -216,7 +214,7 @@ def test_arcface_loss_and_grads_match_pml_past_pi(subcenters):
 
 def test_cosface_loss_and_grads_match_pml():
     torch.manual_seed(0)
-    head = CosFace(32, 10, margin=0.35)
+    head = CosFace(32, 10, cosine_margin=0.35)
     embeddings, labels = random_batch(64, 32, 10, seed=6)
     pml = CosFaceLoss(num_classes=10, embedding_size=32, margin=0.35, scale=head.scale)
     pml.W.data = head.weight.detach().t().clone()
@@ -311,9 +309,13 @@ def test_margin_warmup_changes_only_the_target_logits():
     assert (logits[10][target] < logits[5][target] - 1.0).all()
 
 
-def test_margin_warmup_refuses_cosface():
-    with pytest.raises(TypeError, match="CosFace"):
-        MarginWarmup(0.0, 0.8, 10).apply(CosFace(4, 2), 3)
+def test_margin_warmup_ramps_each_heads_own_margin():
+    arc, cos = ArcFace(4, 2), CosFace(4, 2)
+    warmup = MarginWarmup(0.2, 0.6, 10)
+    assert warmup.apply(arc, 5) == pytest.approx(0.4) and arc.margin_rad == pytest.approx(0.4)
+    assert warmup.apply(cos, 10) == pytest.approx(0.6) and cos.cosine_margin == pytest.approx(0.6)
+    with pytest.raises(TypeError, match="ArcFace or CosFace"):
+        warmup.apply(torch.nn.Linear(2, 2), 3)
 
 
 @pytest.mark.parametrize("margin_rad", [-0.1, math.pi, 4.0])
@@ -396,16 +398,23 @@ def test_per_class_margins_match_per_sample_reference(kind, subcenters):
     embeddings, labels = clustered_batch(head, 40, seed=8)
     factors = torch.tensor([0.5, 1.0, 1.5, 0.8, 1.2])
     head.set_margin_factors(factors)
-    base = head.margin_rad if kind == "arcface" else head.margin
+    base = head.margin_rad if kind == "arcface" else head.cosine_margin
 
     logits = head(embeddings, labels)
     # Row by row: the reference head with the margin of that row's class.
-    expected = torch.cat([
-        reference_logits(head, embeddings[i:i + 1], labels[i:i + 1],
-                         (lambda c, m=base * float(factors[labels[i]]): arcface_target(c, m, False))
-                         if kind == "arcface" else (lambda c, m=base * float(factors[labels[i]]): cosface_target(c, m)))
-        for i in range(len(labels))
-    ])
+    expected = torch.cat(
+        [
+            reference_logits(
+                head,
+                embeddings[i : i + 1],
+                labels[i : i + 1],
+                (lambda c, m=base * float(factors[labels[i]]): arcface_target(c, m, False))
+                if kind == "arcface"
+                else (lambda c, m=base * float(factors[labels[i]]): cosface_target(c, m)),
+            )
+            for i in range(len(labels))
+        ]
+    )
     torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
     head.set_margin_factors(None)
     plain = head(embeddings, labels)
@@ -470,11 +479,14 @@ def test_sampled_head_is_the_softmax_over_the_sampled_classes():
     assert (grad[unsampled] == 0).all() and (grad[~unsampled].abs().sum(dim=(1, 2)) > 0).all()
 
 
-@pytest.mark.parametrize(("n_classes", "rate", "n_labels", "expected"), [
-    (1000, 0.1, 30, 100),   # ceil(0.1 * 1000) classes
-    (1000, 0.01, 30, None),  # fewer than the positives: the positives alone
-    (10, 0.55, 3, 6),
-])
+@pytest.mark.parametrize(
+    ("n_classes", "rate", "n_labels", "expected"),
+    [
+        (1000, 0.1, 30, 100),  # ceil(0.1 * 1000) classes
+        (1000, 0.01, 30, None),  # fewer than the positives: the positives alone
+        (10, 0.55, 3, 6),
+    ],
+)
 def test_sample_classes_keeps_every_positive_and_draws_the_rest(n_classes, rate, n_labels, expected):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, n_classes, (n_labels,), generator=g)

@@ -12,13 +12,22 @@ import torch
 from pipeline import stages
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.ensemble.members import EnsembleError
 from pipeline.kaggle.inference import predict_from_package
 from pipeline.kaggle.package import package_run
-from pipeline.matching.ensemble import EnsembleError
 from pipeline.paths import RunPaths
+from pipeline.reporting.compare import compare_runs
 
-COMMON = ["folds.n_splits=2", "match.cv_estimate=true", "match.k=20", "text.embed_dim=16", "text.train.epochs=1",
-          "text.train.num_workers=0", "text.train.batch_size=8", "baseline_untrained=false"]
+COMMON = [
+    "folds.n_splits=2",
+    "decision.cv_estimate=true",
+    "search.k=20",
+    "text.embed_dim=16",
+    "text.train.epochs=1",
+    "text.train.num_workers=0",
+    "text.train.batch_size=8",
+    "baseline_untrained=false",
+]
 ASSUMED = ["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"]
 
 
@@ -36,8 +45,9 @@ def runs(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("runs")
     a = load_config(None, ["modalities=[text,tfidf]", f"text.model={tiny_bert_dir}", *COMMON])
     # The second member: another seed, and its test set embedded by both fold models, averaged.
-    b = load_config(None, ["modalities=[text]", f"text.model={tiny_bert_dir}", "seed=7", "text.train.final=folds",
-                           *COMMON])
+    b = load_config(
+        None, ["modalities=[text]", f"text.model={tiny_bert_dir}", "seed=7", "text.train.final=folds", *COMMON]
+    )
     stages.run_all(data, root / "a", a, progress=False)
     stages.run_all(data, root / "b", b, progress=False)
     ensemble = stages.make_ensemble([root / "a", root / "b"], root / "e", weights=[1.0, 2.0])
@@ -62,8 +72,8 @@ def test_ensemble_embeddings_combine_the_members_fold_by_fold(runs):
 @pytest.mark.slow
 def test_fold_averaged_test_embeddings_are_the_mean_of_the_fold_models(runs):
     data, root = runs
+    from pipeline.inference.embedding import embed_items
     from pipeline.models.encoders import load_encoder
-    from pipeline.training.embedding import embed_items
 
     b = RunPaths(root / "b")
     assert not b.model("text", None).model.exists()  # final=folds: no full model was trained
@@ -125,18 +135,18 @@ def test_retune_with_overrides_updates_the_config_and_retires_the_submission(run
     run = tmp_path / "a"
     shutil.copytree(root / "a", run)
     assert (run / "submission.csv").exists()
-    assert main(["tune", "--run", str(run), "match.pair_model=false", "match.k=10"]) == 0
+    assert main(["tune", "--run", str(run), "pair.enabled=false", "search.k=10"]) == 0
     cfg = load_config(run / "config.yaml")
-    assert cfg.match.pair_model is False and cfg.match.k == 10
+    assert cfg.pair.enabled is False and cfg.search.k == 10
     assert "pair" not in json.loads((run / "thresholds.json").read_text())["settings"]["thresholds"]
     assert not (run / "submission.csv").exists()  # made with the earlier settings
     report = json.loads((run / "report.json").read_text())
     assert report["submission"] is None and report["submission_status"].startswith("none")
-    assert report["tune_overrides"] == ["match.pair_model=false", "match.k=10"]
+    assert report["tune_overrides"] == ["pair.enabled=false", "search.k=10"]
     capsys.readouterr()
     # Keys that need new models are refused, and nothing changes.
     assert main(["tune", "--run", str(run), "text.train.epochs=3"]) == 2
-    assert "match.* and tfidf.*" in capsys.readouterr().err
+    assert "search.*, fusion.*, decision.*, pair.*, tfidf.*, phash.*" in capsys.readouterr().err
     assert load_config(run / "config.yaml").text.train.epochs == 1
     # The same settings again: a new submission stays current.
     assert main(["predict", "--run", str(run)]) == 0
@@ -155,7 +165,9 @@ def test_report_explains_the_rule_and_leads_with_the_cross_validated_f1(runs):
     assert rule["union"]["count"] == len(rule["applied_thresholds"]) == report["steps"]["union"]["signals"]
     assert set(rule["solo_best_thresholds"]) >= {"text", "tfidf"} and "jointly" in rule["why_they_differ"]
     assert rule["min2"]["in_words"]
-    assert sum(v["postings"] for v in report["by_group_size"]["cross_validated"].values()) == report["data"]["train_rows"]
+    assert (
+        sum(v["postings"] for v in report["by_group_size"]["cross_validated"].values()) == report["data"]["train_rows"]
+    )
     log = pd.read_csv(paths.model("text", 0).log_csv)
     assert report["training"]["text/fold0"]["seconds"] == pytest.approx(log["seconds"].sum(), abs=0.01)
     md = paths.report_md.read_text()
@@ -178,6 +190,6 @@ def test_compare_prints_one_table_with_the_leaderboard_column(runs, capsys):
         assert column in header
     assert "0.731" in out and "seed=7" in out and "text.train.final=folds" in out and "ensemble=a*1+b*2" in out
     assert json.loads((root / "a" / "leaderboard.json").read_text())["latest"] == 0.731
-    table = stages.compare_runs([root / "a", root / "b"])
+    table = compare_runs([root / "a", root / "b"])
     assert list(table["run"]) == [str(root / "a"), str(root / "b")] and table["f1_cv"].notna().all()
     assert main(["compare", "--lb", f"{root / 'a'}=abc"]) == 2

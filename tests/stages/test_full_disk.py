@@ -1,4 +1,4 @@
-"""Issue 13, a fault test: the disk fills up during a run. The run stops with one line naming the
+"""A fault test: the disk fills up during a run. The run stops with one line naming the
 file it could not write, and leaves no partial file and no stale output.
 
 A full disk is simulated portably: a child process with a small RLIMIT_FSIZE and SIGXFSZ ignored,
@@ -26,35 +26,71 @@ def run_with_small_disk(*args: str) -> subprocess.CompletedProcess:
         resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env,
-                          preexec_fn=small_disk, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=small_disk,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_a_run_that_fills_the_disk_stops_cleanly(tiny_synth, tmp_path):
     run = tmp_path / "run"
-    p = run_with_small_disk("run", "--data", str(tiny_synth["root"]), "--out", str(run), "--modalities",
-                            "tfidf,phash", "folds.n_splits=2", "match.cv_estimate=false")
+    p = run_with_small_disk(
+        "run",
+        "--data",
+        str(tiny_synth["root"]),
+        "--out",
+        str(run),
+        "--modalities",
+        "tfidf,phash",
+        "folds.n_splits=2",
+        "decision.cv_estimate=false",
+    )
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert len(errors) == 1 and f"cannot write {run}/" in errors[0] and "disk full" in errors[0]
     paths = RunPaths(run)
     # No temporary file, and none of the stage's outputs beside the others: the stage is undone.
     assert not [q for q in run.rglob(".*") if q != paths.lock]
-    assert not [q for q in (paths.thresholds, paths.tune_report, paths.pair_model, paths.threshold_plot,
-                            paths.submission, paths.report) if q.exists()]
+    assert not [
+        q
+        for q in (
+            paths.thresholds,
+            paths.tune_report,
+            paths.pair_model,
+            paths.threshold_plot,
+            paths.submission,
+            paths.report,
+        )
+        if q.exists()
+    ]
     assert paths.config.exists() and paths.folds.exists()  # prepare's outputs are whole
 
 
 def test_prepare_that_cannot_write_its_config_leaves_no_folder(tiny_synth, tmp_path):
     run = tmp_path / "run"
     # A limit of 200 bytes stops prepare's first file; the folder it created goes with it.
-    p = subprocess.run([sys.executable, "-c", f"""
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
 from pipeline.cli import main
 sys.exit(main(["prepare", "--data", {str(tiny_synth["root"])!r}, "--out", {str(run)!r}, "--modalities", "tfidf"]))
-"""], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "disk full" in p.stderr and str(run) in p.stderr
     assert not run.exists()

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import stages
 from pipeline.config import load_config
 from pipeline.paths import RunPaths
-from pipeline import stages
+from pipeline.reporting.report import write_report
+from pipeline.runs.folder import StageError
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +21,20 @@ def text_run(tmp_path_factory, tiny_bert_dir):
     from pipeline.data.synth import make_synthetic
 
     make_synthetic(data, n_groups=18, seed=5, image_size=32, progress=False)
-    cfg = load_config(None, [
-        "modalities=[text,tfidf]", "folds.n_splits=2", "match.cv_estimate=false", "match.k=20",
-        f"text.model={tiny_bert_dir}", "text.embed_dim=16", "text.train.epochs=2", "text.train.num_workers=0",
-        "text.train.batch_size=8",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "modalities=[text,tfidf]",
+            "folds.n_splits=2",
+            "decision.cv_estimate=false",
+            "search.k=20",
+            f"text.model={tiny_bert_dir}",
+            "text.embed_dim=16",
+            "text.train.epochs=2",
+            "text.train.num_workers=0",
+            "text.train.batch_size=8",
+        ],
+    )
     run = tmp_path_factory.mktemp("run")
     report = stages.run_all(data, run, cfg, progress=False)
     return data, run, report
@@ -65,12 +76,12 @@ def test_stages_out_of_order_say_what_to_run(tmp_path, text_run):
     data, _, _ = text_run
     cfg = load_config(None, ["modalities=[text]", "folds.n_splits=2"])
     stages.prepare(data, tmp_path / "r", cfg)
-    with pytest.raises(stages.StageError, match="run `python -m pipeline train-text"):
+    with pytest.raises(StageError, match="run `python -m pipeline train-text"):
         stages.embed(tmp_path / "r", progress=False)
-    with pytest.raises(stages.StageError, match="run `python -m pipeline tune"):
+    with pytest.raises(StageError, match="run `python -m pipeline tune"):
         stages.predict(tmp_path / "r", progress=False)
-    with pytest.raises(stages.StageError, match="thresholds.json missing: run `python -m pipeline tune"):
-        stages.write_report(tmp_path / "r")
+    with pytest.raises(StageError, match="thresholds.json missing: run `python -m pipeline tune"):
+        write_report(tmp_path / "r")
 
 
 def test_predict_on_another_data_folder_embeds_it_and_keeps_the_run(text_run, tmp_path):

@@ -17,22 +17,22 @@ import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from pipeline import cli, stages
+from pipeline import cli, distributed, stages
 from pipeline.config import HeadConfig, ImageConfig, TextConfig, TrainConfig, load_config
 from pipeline.data.datasets import make_dataset
+from pipeline.distributed import GlobalBatchNorm, RankBatches, epoch_order, global_batchnorm
+from pipeline.inference.embedding import embed_items, forward
 from pipeline.models.encoders import build_encoder, load_encoder
 from pipeline.paths import RunPaths
-from pipeline.training import distributed
-from pipeline.training.distributed import GlobalBatchNorm, RankBatches, epoch_order, global_batchnorm
-from pipeline.training.embedding import embed_items, forward
 from pipeline.training.loop import train_encoder
 
 EPOCHS = 3
@@ -57,9 +57,17 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, fn: Callable, queue) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TOKENIZERS_PARALLELISM": "false",
-                       "CUDA_VISIBLE_DEVICES": ""})  # gloo on the CPU, as in CI, even on a GPU machine
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+    )  # gloo on the CPU, as in CI, even on a GPU machine
     torch.set_num_threads(1)
     try:
         # Pickled here by value: a queue would share tensors through file descriptors, which die
@@ -109,12 +117,12 @@ def bert_without_dropout(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 def make_cfg(modality: str, bert_dir: Path, **head_kwargs) -> ImageConfig | TextConfig:
-    train = TrainConfig(epochs=EPOCHS, batch_size=8, lr=3e-3, head_lr=3e-2, num_workers=0, amp="off",
-                        keep_last=True)
+    train = TrainConfig(epochs=EPOCHS, batch_size=8, lr=3e-3, head_lr=3e-2, num_workers=0, amp="off", keep_last=True)
     head = HeadConfig(margin_start_rad=0.1, margin_rad=0.3, margin_warmup_epochs=1.0, **head_kwargs)
     if modality == "image":
-        return ImageConfig(backbone="test_resnet", pretrained=False, image_size=32, embed_dim=16, train=train,
-                           head=head)
+        return ImageConfig(
+            backbone="test_resnet", pretrained=False, image_size=32, embed_dim=16, train=train, head=head
+        )
     return TextConfig(model=str(bert_dir), max_length=24, embed_dim=16, train=train, head=head)
 
 
@@ -153,8 +161,17 @@ class Setup:
 
     def train(self, name: str, kill_at_call: int | None = None, resume: bool = False) -> dict:
         try:
-            return train_encoder(self.modality, self.cfg, self.items, self.labels, self.root / name, seed=3,
-                                 progress=False, resume=resume, eval_fn=probe(self.probe_items, kill_at_call))
+            return train_encoder(
+                self.modality,
+                self.cfg,
+                self.items,
+                self.labels,
+                self.root / name,
+                seed=3,
+                progress=False,
+                resume=resume,
+                eval_fn=probe(self.probe_items, kill_at_call),
+            )
         except Killed:
             return {"killed": True}
 
@@ -181,13 +198,17 @@ def training_mode_embeddings(path: Path, items: list) -> torch.Tensor:
 def assert_same_training(setup: Setup, a: dict, b: dict, b_name: str) -> None:
     assert [r["steps"] for r in a["history"]] == [r["steps"] for r in b["history"]]
     assert [r["loss"] for r in b["history"]] == pytest.approx([r["loss"] for r in a["history"]], rel=LOSS_RTOL)
-    assert [r["val_probe"] for r in b["history"]] == pytest.approx([r["val_probe"] for r in a["history"]],
-                                                                   rel=EVAL_RTOL)
+    assert [r["val_probe"] for r in b["history"]] == pytest.approx(
+        [r["val_probe"] for r in a["history"]], rel=EVAL_RTOL
+    )
     assert setup.weights("single").keys() == setup.weights(b_name).keys()
     items = setup.items[:12]
-    torch.testing.assert_close(training_mode_embeddings(setup.root / b_name / "model.pt", items),
-                               training_mode_embeddings(setup.root / "single" / "model.pt", items),
-                               atol=EMBEDDING_ATOL, rtol=0)
+    torch.testing.assert_close(
+        training_mode_embeddings(setup.root / b_name / "model.pt", items),
+        training_mode_embeddings(setup.root / "single" / "model.pt", items),
+        atol=EMBEDDING_ATOL,
+        rtol=0,
+    )
 
 
 # --- the tests ----------------------------------------------------------------------------------------------
@@ -284,8 +305,13 @@ def test_distributed_batches_split_each_global_batch_of_the_one_process_order():
     # The order is the one torch's RandomSampler gives under a DataLoader seeded alike, which the
     # loop used before: a run started before DDP existed resumes on the same batches.
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(range(n), batch_size=batch, sampler=RandomSampler(range(n), generator=generator),
-                        generator=generator, drop_last=True)
+    loader = DataLoader(
+        range(n),
+        batch_size=batch,
+        sampler=RandomSampler(range(n), generator=generator),
+        generator=generator,
+        drop_last=True,
+    )
     assert [b.tolist() for b in loader] == one
     assert sorted(epoch_order(n, seed)) == list(range(n))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
@@ -306,10 +332,25 @@ def test_distributed_init_is_a_no_op_outside_torchrun(monkeypatch):
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "pipeline", *args]
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pipeline",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -318,14 +359,23 @@ def test_distributed_cli_trains_under_torchrun_and_embed_stage_shards(tiny_synth
     """``torchrun --nproc_per_node 2 -m pipeline train-text --run-dir R``: every model once, one log
     line per epoch (rank 0's); then the embed stage on 2 ranks gives one process's embeddings.
     (``--run`` would be taken by torchrun's own parser for its ``--run-path``.)"""
-    cfg = load_config(None, [
-        "modalities=[text,tfidf]", "folds.n_splits=2", f"text.model={tiny_bert_dir}", "text.embed_dim=16",
-        "text.train.epochs=2", "text.train.num_workers=0", "text.train.batch_size=8", "text.train.final=fold0",
-        "baseline_untrained=false",
-        # The embed stage below runs in forked ranks: a stage that grew their OpenMP pool past the
-        # one thread _rank_main set would hang in a pool the parent left behind (libgomp is not fork-safe).
-        "threads=1",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "modalities=[text,tfidf]",
+            "folds.n_splits=2",
+            f"text.model={tiny_bert_dir}",
+            "text.embed_dim=16",
+            "text.train.epochs=2",
+            "text.train.num_workers=0",
+            "text.train.batch_size=8",
+            "text.train.final=fold0",
+            "baseline_untrained=false",
+            # The embed stage below runs in forked ranks: a stage that grew their OpenMP pool past the
+            # one thread _rank_main set would hang in a pool the parent left behind (libgomp is not fork-safe).
+            "threads=1",
+        ],
+    )
     run = tmp_path / "run"
     stages.prepare(tiny_synth["root"], run, cfg)
 
@@ -346,7 +396,6 @@ def test_distributed_cli_trains_under_torchrun_and_embed_stage_shards(tiny_synth
         vec_alone, ids_alone = RunPaths(tmp_path / "alone").embeddings("text", name)
         np.testing.assert_allclose(np.load(vec), np.load(vec_alone), atol=1e-5)
         assert ids.read_text() == ids_alone.read_text()
-
 
 
 def test_distributed_cli_refuses_the_other_stages_under_torchrun(tmp_path, monkeypatch, capsys):

@@ -13,15 +13,18 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import HeadConfig, ImageConfig, TextConfig, TrainConfig
+from pipeline.config import ImageConfig, TextConfig
 from pipeline.data import DataError
 from pipeline.data.datasets import ImageDataset, TitleCollate, TitleDataset, label_index, make_dataset, train_transform
 from pipeline.device import autocast_dtype, pick_device
+from pipeline.inference.embedding import embed_items, make_loader
+from pipeline.models.config import HeadConfig
 from pipeline.models.encoders import build_encoder, load_encoder
 from pipeline.training.checkpoint import ADDED_KEYS, RunStateError, check_same_run
-from pipeline.training.embedding import embed_items, make_loader
-from pipeline.training.loop import build_optimizer, build_scheduler, train_encoder
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import train_encoder
 from pipeline.training.progress import format_duration
+from pipeline.training.session import build_optimizer, build_scheduler
 
 MODALITIES = ["image", "text"]
 EPOCHS = 4
@@ -29,12 +32,23 @@ LOG_COLUMNS = {"epoch", "steps", "loss", "lr", "head_lr", "margin", "seconds", "
 
 
 def make_cfg(modality: str, bert_dir, epochs: int = EPOCHS, **train_kwargs) -> ImageConfig | TextConfig:
-    train = TrainConfig(**{"epochs": epochs, "batch_size": 8, "lr": 3e-3, "head_lr": 3e-2, "warmup_frac": 0.1,
-                           "num_workers": 0, "amp": "off", **train_kwargs})
+    train = TrainConfig(
+        **{
+            "epochs": epochs,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "head_lr": 3e-2,
+            "warmup_frac": 0.1,
+            "num_workers": 0,
+            "amp": "off",
+            **train_kwargs,
+        }
+    )
     head = HeadConfig(scale=30.0, margin_start_rad=0.1, margin_rad=0.3, margin_warmup_epochs=2.0)
     if modality == "image":
-        return ImageConfig(backbone="test_resnet", pretrained=False, image_size=32, embed_dim=16, train=train,
-                           head=head)
+        return ImageConfig(
+            backbone="test_resnet", pretrained=False, image_size=32, embed_dim=16, train=train, head=head
+        )
     return TextConfig(model=str(bert_dir), max_length=24, embed_dim=16, train=train, head=head)
 
 
@@ -82,8 +96,16 @@ def runs(request, tmp_path_factory, tiny_synth, tiny_bert_dir) -> dict:
         train(root / "resumed", eval_fn=held_out_eval(modality, tiny_synth, kill_at_call=3))
     shutil.copytree(root / "resumed", root / "killed")
     resumed = train(root / "resumed", eval_fn=held_out_eval(modality, tiny_synth), resume=True)
-    return {"modality": modality, "cfg": cfg, "root": root, "items": items, "labels": labels, "full": full,
-            "resumed": resumed, "train": train}
+    return {
+        "modality": modality,
+        "cfg": cfg,
+        "root": root,
+        "items": items,
+        "labels": labels,
+        "full": full,
+        "resumed": resumed,
+        "train": train,
+    }
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -122,7 +144,8 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], atol=1e-6, rtol=0, msg=key)
     assert [r["loss"] for r in runs["resumed"]["history"]] == pytest.approx(
-        [r["loss"] for r in runs["full"]["history"]], abs=1e-6)
+        [r["loss"] for r in runs["full"]["history"]], abs=1e-6
+    )
 
 
 def test_finished_run_is_skipped_unless_config_differs(runs, tiny_bert_dir):
@@ -130,8 +153,9 @@ def test_finished_run_is_skipped_unless_config_differs(runs, tiny_bert_dir):
     assert again["skipped"] and again["history"] == runs["full"]["history"]
     other = make_cfg(runs["modality"], tiny_bert_dir, lr=1e-4)
     with pytest.raises(RuntimeError, match="train.lr"):
-        train_encoder(runs["modality"], other, runs["items"], runs["labels"], runs["root"] / "full", seed=7,
-                      progress=False)
+        train_encoder(
+            runs["modality"], other, runs["items"], runs["labels"], runs["root"] / "full", seed=7, progress=False
+        )
 
 
 def test_unfinished_run_needs_resume_or_overwrite(runs, tiny_bert_dir):
@@ -140,20 +164,31 @@ def test_unfinished_run_needs_resume_or_overwrite(runs, tiny_bert_dir):
         runs["train"](killed)
     other = make_cfg(runs["modality"], tiny_bert_dir, batch_size=4)
     with pytest.raises(RuntimeError, match="train.batch_size"):
-        train_encoder(runs["modality"], other, runs["items"], runs["labels"], killed, seed=7, resume=True,
-                      progress=False)
+        train_encoder(
+            runs["modality"], other, runs["items"], runs["labels"], killed, seed=7, resume=True, progress=False
+        )
     with pytest.raises(RuntimeError, match="seed: 7 there, 8 now"):
-        train_encoder(runs["modality"], runs["cfg"], runs["items"], runs["labels"], killed, seed=8, resume=True,
-                      progress=False)
+        train_encoder(
+            runs["modality"], runs["cfg"], runs["items"], runs["labels"], killed, seed=8, resume=True, progress=False
+        )
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_overwrite_starts_over(modality, tiny_synth, tiny_bert_dir, tmp_path):
     items, labels = items_of(modality, tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
-    train_encoder(modality, make_cfg(modality, tiny_bert_dir, epochs=1), items, labels, tmp_path, seed=0,
-                  progress=False)
-    result = train_encoder(modality, make_cfg(modality, tiny_bert_dir, epochs=2), items, labels, tmp_path, seed=0,
-                           progress=False, overwrite=True)
+    train_encoder(
+        modality, make_cfg(modality, tiny_bert_dir, epochs=1), items, labels, tmp_path, seed=0, progress=False
+    )
+    result = train_encoder(
+        modality,
+        make_cfg(modality, tiny_bert_dir, epochs=2),
+        items,
+        labels,
+        tmp_path,
+        seed=0,
+        progress=False,
+        overwrite=True,
+    )
     assert not result["skipped"] and len(pd.read_csv(tmp_path / "log.csv")) == 2
 
 
@@ -207,8 +242,7 @@ def test_embed_of_nothing_writes_an_empty_array(tiny_bert_dir, tmp_path):
 
 
 @pytest.mark.parametrize(("modality", "epochs"), [("image", 30), ("text", 8)])
-def test_trained_embeddings_group_the_training_rows(modality, epochs, tiny_synth, tiny_bert_dir, tmp_path,
-                                                    monkeypatch):
+def test_trained_embeddings_group_the_training_rows(modality, epochs, tiny_synth, tiny_bert_dir, tmp_path, monkeypatch):
     """The loss could fall through the head alone; the embeddings themselves must learn the groups.
 
     Image augmentations are switched off: a from-scratch 32 px CNN needs far more than a test's
@@ -222,8 +256,10 @@ def test_trained_embeddings_group_the_training_rows(modality, epochs, tiny_synth
     torch.manual_seed(0)
     untrained = build_encoder(modality, cfg)
     result = train_encoder(modality, cfg, items, labels, tmp_path, seed=7, progress=False)
-    before, after = (top1(embed_items(m, items, batch_size=16, progress=False), labels)
-                     for m in (untrained, load_encoder(result["model_path"])))
+    before, after = (
+        top1(embed_items(m, items, batch_size=16, progress=False), labels)
+        for m in (untrained, load_encoder(result["model_path"]))
+    )
     assert after >= 0.75 and after > before + 0.2, (before, after)
 
 
@@ -329,15 +365,18 @@ def test_pick_device_prefers_accelerators():
     assert pick_device().type == expected
 
 
-@pytest.mark.parametrize(("device", "amp", "expected"), [
-    ("cpu", "auto", None),
-    ("cpu", "off", None),
-    ("cpu", "bf16", torch.bfloat16),
-    ("cpu", "fp16", torch.float16),
-    ("mps", "auto", None),
-    ("cuda", "off", None),
-    ("cuda", "fp16", torch.float16),
-])
+@pytest.mark.parametrize(
+    ("device", "amp", "expected"),
+    [
+        ("cpu", "auto", None),
+        ("cpu", "off", None),
+        ("cpu", "bf16", torch.bfloat16),
+        ("cpu", "fp16", torch.float16),
+        ("mps", "auto", None),
+        ("cuda", "off", None),
+        ("cuda", "fp16", torch.float16),
+    ],
+)
 def test_autocast_dtype(device, amp, expected):
     assert autocast_dtype(device, amp) is expected
 
@@ -360,13 +399,24 @@ def test_autocast_dtype_rejects_unknown_mode():
 def test_each_epoch_logs_one_line_with_loss_f1_seconds_and_eta(tiny_synth, tiny_bert_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="pipeline")
     items, labels = items_of("text", tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
-    result = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=3), items, labels, tmp_path, seed=0,
-                           progress=False, eval_fn=held_out_eval("text", tiny_synth), label="text fold0",
-                           later_row_epochs=2 * 3 * len(items))  # two more models of this size
+    result = train_encoder(
+        "text",
+        make_cfg("text", tiny_bert_dir, epochs=3),
+        items,
+        labels,
+        tmp_path,
+        seed=0,
+        progress=False,
+        eval_fn=held_out_eval("text", tiny_synth),
+        label="text fold0",
+        later_row_epochs=2 * 3 * len(items),
+    )  # two more models of this size
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training"]
     assert len(lines) == 3
-    pattern = (r"text fold0 epoch (\d)/3: loss \d+\.\d{4}, val_top1 [01]\.\d{4}, \d+\.\ds; "
-               r"ETA (\d+)s for this model, (\d+)s for the stage")
+    pattern = (
+        r"text fold0 epoch (\d)/3: loss \d+\.\d{4}, val_top1 [01]\.\d{4}, \d+\.\ds; "
+        r"ETA (\d+)s for this model, (\d+)s for the stage"
+    )
     for k, (line, row) in enumerate(zip(lines, result["history"], strict=True), start=1):
         match = re.fullmatch(pattern, line)
         assert match, line
@@ -375,10 +425,19 @@ def test_each_epoch_logs_one_line_with_loss_f1_seconds_and_eta(tiny_synth, tiny_
     assert re.search(r"ETA 0s for this model", lines[-1])
 
     caplog.clear()
-    again = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=3), items, labels, tmp_path, seed=0,
-                          progress=False, label="text fold0")
+    again = train_encoder(
+        "text",
+        make_cfg("text", tiny_bert_dir, epochs=3),
+        items,
+        labels,
+        tmp_path,
+        seed=0,
+        progress=False,
+        label="text fold0",
+    )
     assert again["skipped"] and [r.getMessage() for r in caplog.records] == [
-        f"text fold0: finished earlier in {tmp_path}, skipped"]
+        f"text fold0: finished earlier in {tmp_path}, skipped"
+    ]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (42, "42s"), (185, "3m05s"), (7620, "2h07m")])
@@ -388,20 +447,31 @@ def test_format_duration(seconds, text):
 
 def test_keep_last_keeps_the_checkpoint_and_is_not_part_of_the_run(tiny_synth, tiny_bert_dir, tmp_path):
     items, labels = items_of("text", tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
-    kept = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=1, keep_last=True), items, labels, tmp_path,
-                         seed=0, progress=False)
+    kept = train_encoder(
+        "text",
+        make_cfg("text", tiny_bert_dir, epochs=1, keep_last=True),
+        items,
+        labels,
+        tmp_path,
+        seed=0,
+        progress=False,
+    )
     assert (tmp_path / "last.pt").exists() and (tmp_path / "model.pt").exists()
-    again = train_encoder("text", make_cfg("text", tiny_bert_dir, epochs=1), items, labels, tmp_path, seed=0,
-                          progress=False)
+    again = train_encoder(
+        "text", make_cfg("text", tiny_bert_dir, epochs=1), items, labels, tmp_path, seed=0, progress=False
+    )
     assert again["skipped"] and again["history"] == kept["history"]
 
 
 def test_runs_saved_before_a_key_existed_match_its_neutral_value(tmp_path):
     """A run saved before e.g. head.sample_rate existed is the same run as one with the value that
     reproduces it (1.0, the full head), and another run otherwise."""
-    now = {"cfg": {"train": {"lr": 0.1, "keep_last": False, "sample_weight_power": 0.0},
-                   "head": {"sample_rate": 1.0, "margin_size_power": 0.0, "margin_size_min": 0.5,
-                            "margin_size_max": 1.5}}}
+    now = {
+        "cfg": {
+            "train": {"lr": 0.1, "keep_last": False, "sample_weight_power": 0.0},
+            "head": {"sample_rate": 1.0, "margin_size_power": 0.0, "margin_size_min": 0.5, "margin_size_max": 1.5},
+        }
+    }
     saved = {"cfg": {"train": {"lr": 0.1}, "head": {}}}
     check_same_run(saved, now, tmp_path)
     assert set(ADDED_KEYS) == {f"{s}.{k}" for s, keys in now["cfg"].items() for k in keys if k != "lr"}

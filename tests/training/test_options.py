@@ -1,4 +1,4 @@
-"""The loop's options for long-tailed groups (issue 11): row weights by class size, class-size
+"""The loop's options for long-tailed groups: row weights by class size, class-size
 margins, large ramped margins with the head's learning rate and gradient clipping; and their config
 checks. Every option is off by default."""
 
@@ -11,9 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, HeadConfig, TrainConfig, load_config
+from pipeline.config import ConfigError, load_config
+from pipeline.models.config import HeadConfig
 from pipeline.models.heads import ArcFace
-from pipeline.training.loop import build_optimizer, class_loss_weights, train_encoder, train_step
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import train_encoder, train_step
+from pipeline.training.session import build_optimizer, class_loss_weights
 from tests.training.test_loop import items_of, make_cfg
 
 
@@ -74,8 +77,14 @@ def test_large_ramped_margins_with_every_option_train(modality, tiny_synth, tiny
     the margin stops growing (epoch 3); the 32 px image CNN, from scratch through augmentations,
     learns too little in 18 steps at these margins for its loss to say anything."""
     cfg = make_cfg(modality, tiny_bert_dir, epochs=6, sample_weight_power=0.4, grad_clip=1.0)
-    cfg.head = HeadConfig(margin_start_rad=0.2, margin_rad=1.0, margin_warmup_epochs=2.0, margin_size_power=0.5,
-                          margin_size_max=1.5, sample_rate=0.5)
+    cfg.head = HeadConfig(
+        margin_start_rad=0.2,
+        margin_rad=1.0,
+        margin_warmup_epochs=2.0,
+        margin_size_power=0.5,
+        margin_size_max=1.5,
+        sample_rate=0.5,
+    )
     items, labels = items_of(modality, tiny_synth), tiny_synth["train"]["label_group"].to_numpy()
     result = train_encoder(modality, cfg, items, labels, tmp_path, seed=1, progress=False)
     losses = [row["loss"] for row in result["history"]]
@@ -84,14 +93,17 @@ def test_large_ramped_margins_with_every_option_train(modality, tiny_synth, tiny
     assert result["final"]["margin"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("text.head.sample_rate=0", "head.sample_rate"),
-    ("text.head.sample_rate=1.5", "head.sample_rate"),
-    ("image.head.margin_size_power=-1", "head.margin_size_power"),
-    ("image.head.margin_size_min=1.2", "margin_size_min"),
-    ("text.train.sample_weight_power=-0.4", "train.sample_weight_power"),
-    ("text.train.batch_size=0", "train.batch_size"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("text.head.sample_rate=0", "head.sample_rate"),
+        ("text.head.sample_rate=1.5", "head.sample_rate"),
+        ("image.head.margin_size_power=-1", "head.margin_size_power"),
+        ("image.head.margin_size_min=1.2", "margin_size_min"),
+        ("text.train.sample_weight_power=-0.4", "train.sample_weight_power"),
+        ("text.train.batch_size=0", "train.batch_size"),
+    ],
+)
 def test_option_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -99,7 +111,8 @@ def test_option_config_errors_name_the_key(override, message):
 
 def test_class_size_margins_must_stay_below_pi():
     with pytest.raises(ConfigError, match="below pi"):
-        load_config(None, ["text.head.margin_rad=1.0", "text.head.margin_size_power=0.5",
-                           "text.head.margin_size_max=3.2"])
+        load_config(
+            None, ["text.head.margin_rad=1.0", "text.head.margin_size_power=0.5", "text.head.margin_size_max=3.2"]
+        )
     cfg = load_config(None, ["text.head.margin_rad=1.0", "text.head.margin_size_power=0.5"])
     assert cfg.text.head.margin_size_max == 1.5 and cfg.text.head.sample_rate == 1.0

@@ -15,7 +15,6 @@ Randomness: every family, group and posting draws from its own generator seeded 
 does not change when ``n_groups`` grows.
 """
 
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,14 +26,29 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.synth.catalogue import (
-    ID_HIGH, ID_LOW, IDS, ORDER, POSTING, Group, make_families, make_group, split_families,
+    ID_HIGH,
+    ID_LOW,
+    IDS,
+    ORDER,
+    POSTING,
+    Group,
+    make_families,
+    make_group,
+    split_families,
 )
 from pipeline.data.synth.pictures import seller_photo
 from pipeline.data.synth.titles import posting_title
 from pipeline.io import atomic_path, write_csv
 
-def make_synthetic(out_dir, n_groups: int = 200, seed: int = 0, image_size: int = 128,
-                   test_fraction: float = 0.25, progress: bool = True) -> dict:
+
+def make_synthetic(
+    out_dir,
+    n_groups: int = 200,
+    seed: int = 0,
+    image_size: int = 128,
+    test_fraction: float = 0.25,
+    progress: bool = True,
+) -> dict:
     """Writes a synthetic Shopee-style dataset and returns a small summary.
 
     Writes ``train.csv``, ``test.csv``, ``test_truth.csv``, ``train_images/`` and ``test_images/``
@@ -115,8 +129,16 @@ def _make_postings(groups: list[Group], test_families: set[int], seed: int) -> l
         split = "test" if group.family.index in test_families else "train"
         for k in range(group.size):
             i = len(postings)
-            postings.append({"group": group, "k": k, "split": split, "label_group": label,
-                             "posting_id": f"{split}_{post_ids[i]}", "image": f"{images[i]}.jpg"})
+            postings.append(
+                {
+                    "group": group,
+                    "k": k,
+                    "split": split,
+                    "label_group": label,
+                    "posting_id": f"{split}_{post_ids[i]}",
+                    "image": f"{images[i]}.jpg",
+                }
+            )
     return postings
 
 
@@ -144,9 +166,13 @@ def _write_tables(postings: list[dict], out_dir: Path, seed: int, n_families: in
     write_csv(train, paths["train.csv"])
 
     def split_summary(part: pd.DataFrame, mask: pd.Series, split: str) -> dict:
-        return {"rows": len(part), "groups": int(part["label_group"].nunique()),
-                "families": int(family[mask].nunique()), "csv": str(out_dir / f"{split}.csv"),
-                "images": str(out_dir / f"{split}_images")}
+        return {
+            "rows": len(part),
+            "groups": int(part["label_group"].nunique()),
+            "families": int(family[mask].nunique()),
+            "csv": str(out_dir / f"{split}.csv"),
+            "images": str(out_dir / f"{split}_images"),
+        }
 
     return {
         "out_dir": str(out_dir),

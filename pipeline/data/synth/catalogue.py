@@ -86,18 +86,60 @@ _PRODUCT_TYPES = (
 )
 
 _PATTERNS = ("plain", "stripes", "dots", "checks")
-_BRAND_SYLLABLES = ("ka", "zu", "mi", "lo", "ve", "ra", "no", "ta", "xi", "do", "re", "sa", "pe",
-                    "go", "ri", "fu", "na", "bo", "le", "yo", "ki", "ma", "tu", "se")
-TITLE_PROMOS = ("PROMO", "READY STOCK", "BISA COD", "TERMURAH", "ORIGINAL", "Murah", "Best Seller",
-                 "100% ORI", "Grosir", "Diskon", "Free Bubble Wrap", "NEW")
+_BRAND_SYLLABLES = (
+    "ka",
+    "zu",
+    "mi",
+    "lo",
+    "ve",
+    "ra",
+    "no",
+    "ta",
+    "xi",
+    "do",
+    "re",
+    "sa",
+    "pe",
+    "go",
+    "ri",
+    "fu",
+    "na",
+    "bo",
+    "le",
+    "yo",
+    "ki",
+    "ma",
+    "tu",
+    "se",
+)
+TITLE_PROMOS = (
+    "PROMO",
+    "READY STOCK",
+    "BISA COD",
+    "TERMURAH",
+    "ORIGINAL",
+    "Murah",
+    "Best Seller",
+    "100% ORI",
+    "Grosir",
+    "Diskon",
+    "Free Bubble Wrap",
+    "NEW",
+)
 TITLE_FILLERS = ("untuk", "dan", "bisa", "yang", "ori", "baru", "grosir", "asli", "new", "murah")
 SEPARATORS = (" - ", " | ", " / ", ", ", " ")
-STICKERS = ("SALE 50%", "COD", "GRATIS ONGKIR", "READY", "PROMO", "ORI 100%", "DISKON 30%",
-             "BEST SELLER")
+STICKERS = ("SALE 50%", "COD", "GRATIS ONGKIR", "READY", "PROMO", "ORI 100%", "DISKON 30%", "BEST SELLER")
 
 # Width, height of the product's bounding box as a fraction of the drawing canvas.
-SHAPE_BOX = {"bottle": (0.38, 0.86), "box": (0.66, 0.62), "shirt": (0.82, 0.76),
-              "phone": (0.46, 0.84), "bag": (0.72, 0.72), "jar": (0.6, 0.56), "shoe": (0.86, 0.42)}
+SHAPE_BOX = {
+    "bottle": (0.38, 0.86),
+    "box": (0.66, 0.62),
+    "shirt": (0.82, 0.76),
+    "phone": (0.46, 0.84),
+    "bag": (0.72, 0.72),
+    "jar": (0.6, 0.56),
+    "shoe": (0.86, 0.42),
+}
 
 # Share of postings that re-upload an earlier picture of the same group, as sellers copy photos.
 REUPLOAD_P = 0.08
@@ -153,7 +195,6 @@ class Group:
             return 1.0
         rank = self.family.variants.index(self.variant) / max(len(self.family.variants) - 1, 1)
         return 0.78 + 0.22 * rank
-
 
 
 def make_families(n_groups: int, seed: int) -> list[Family]:
@@ -220,7 +261,6 @@ def split_families(families: list[Family], test_fraction: float, seed: int) -> s
     return test
 
 
-
 def random_shot(rng: np.random.Generator) -> Shot:
     kind = rng.choice(["white", "plain", "gradient"], p=[0.3, 0.3, 0.4])
     if kind == "white":
@@ -229,11 +269,14 @@ def random_shot(rng: np.random.Generator) -> Shot:
         backdrop = ("plain", random_colour(rng))
     else:
         backdrop = ("gradient", random_colour(rng), random_colour(rng), float(rng.uniform(0, 2 * np.pi)))
-    return Shot(backdrop, scale=float(rng.uniform(0.6, 1.05)), angle_deg=float(rng.uniform(-14, 14)),
-                 dx=float(rng.uniform(-0.12, 0.12)), dy=float(rng.uniform(-0.12, 0.12)))
-
+    return Shot(
+        backdrop,
+        scale=float(rng.uniform(0.6, 1.05)),
+        angle_deg=float(rng.uniform(-14, 14)),
+        dx=float(rng.uniform(-0.12, 0.12)),
+        dy=float(rng.uniform(-0.12, 0.12)),
+    )
 
 
 def random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))
-

@@ -8,8 +8,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from pipeline.data.synth.catalogue import (
-    REUPLOAD_P, SHAPE_BOX, STICKERS, STUDIO_P, Family, Group, Shot, random_colour, random_shot,
+    REUPLOAD_P,
+    SHAPE_BOX,
+    STICKERS,
+    STUDIO_P,
+    Family,
+    Group,
+    Shot,
+    random_colour,
+    random_shot,
 )
+
 
 @functools.lru_cache(maxsize=64)
 def _font(size: int) -> ImageFont.FreeTypeFont:
@@ -17,8 +26,9 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(size, 6))
 
 
-def seller_photo(group: Group, earlier: list[Image.Image], rng: np.random.Generator,
-                  size: int) -> tuple[Image.Image, int]:
+def seller_photo(
+    group: Group, earlier: list[Image.Image], rng: np.random.Generator, size: int
+) -> tuple[Image.Image, int]:
     """One posting's picture (RGB, ``size`` square) and the JPEG quality to save it with.
 
     Most sellers reuse the supplier's studio shot with light edits; the rest take their own
@@ -104,12 +114,23 @@ def _label(draw: ImageDraw.ImageDraw, box, group: Group) -> None:
     x0, y0, x1, y1 = box
     height = y1 - y0
     ink = (255, 255, 255) if sum(fam.accent) < 380 else (20, 20, 20)
-    draw.text(((x0 + x1) / 2, y0 + 0.3 * height), fam.logo, fill=fam.accent, anchor="mm",
-              font=_font(int(0.42 * height)), stroke_width=1, stroke_fill=ink)
+    draw.text(
+        ((x0 + x1) / 2, y0 + 0.3 * height),
+        fam.logo,
+        fill=fam.accent,
+        anchor="mm",
+        font=_font(int(0.42 * height)),
+        stroke_width=1,
+        stroke_fill=ink,
+    )
     if fam.axis == "colour":
         return
-    text = {"volume": f"{group.variant}ml", "weight": f"{group.variant}g", "count": f"x{group.variant}",
-            "storage": f"{group.variant}GB"}.get(fam.axis, str(group.variant))
+    text = {
+        "volume": f"{group.variant}ml",
+        "weight": f"{group.variant}g",
+        "count": f"x{group.variant}",
+        "storage": f"{group.variant}GB",
+    }.get(fam.axis, str(group.variant))
     font = _font(int(0.3 * height))
     cx, cy = (x0 + x1) / 2, y0 + 0.75 * height
     left, top, right, bottom = draw.textbbox((cx, cy), text, font=font, anchor="mm")
@@ -139,8 +160,9 @@ def _box(body, top, box, accent):
     body.rectangle(front, fill=255)
     body.polygon([(x0, front[1]), (x0 + 0.22 * w, y0), (x1, y0), (front[2], front[1])], fill=255)
     body.polygon([(front[2], front[1]), (x1, y0), (x1, y1 - 0.22 * h), (front[2], y1)], fill=255)
-    top.polygon([(front[2], front[1]), (x1, y0), (x1, y1 - 0.22 * h), (front[2], y1)],
-                fill=(0, 0, 0, 70))  # the side in shade gives the box depth
+    top.polygon(
+        [(front[2], front[1]), (x1, y0), (x1, y1 - 0.22 * h), (front[2], y1)], fill=(0, 0, 0, 70)
+    )  # the side in shade gives the box depth
     fw, fh = front[2] - front[0], front[3] - front[1]
     return (front[0] + 0.1 * fw, front[1] + 0.2 * fh, front[2] - 0.1 * fw, front[3] - 0.15 * fh)
 
@@ -148,8 +170,18 @@ def _box(body, top, box, accent):
 def _shirt(body, top, box, accent):
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    pts = [(0.35, 0), (0.65, 0), (1, 0.18), (0.88, 0.42), (0.78, 0.36), (0.78, 1), (0.22, 1),
-           (0.22, 0.36), (0.12, 0.42), (0, 0.18)]
+    pts = [
+        (0.35, 0),
+        (0.65, 0),
+        (1, 0.18),
+        (0.88, 0.42),
+        (0.78, 0.36),
+        (0.78, 1),
+        (0.22, 1),
+        (0.22, 0.36),
+        (0.12, 0.42),
+        (0, 0.18),
+    ]
     body.polygon([(x0 + px * w, y0 + py * h) for px, py in pts], fill=255)
     top.ellipse((x0 + 0.38 * w, y0 - 0.06 * h, x1 - 0.38 * w, y0 + 0.1 * h), fill=accent)
     return (x0 + 0.3 * w, y0 + 0.28 * h, x1 - 0.3 * w, y0 + 0.62 * h)
@@ -169,11 +201,12 @@ def _phone(body, top, box, accent):
 def _bag(body, top, box, accent):
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    top.arc((x0 + 0.2 * w, y0, x1 - 0.2 * w, y0 + 0.6 * h), 180, 360, fill=accent,
-            width=max(int(0.06 * w), 2))
+    top.arc((x0 + 0.2 * w, y0, x1 - 0.2 * w, y0 + 0.6 * h), 180, 360, fill=accent, width=max(int(0.06 * w), 2))
     body.rounded_rectangle((x0, y0 + 0.3 * h, x1, y1), radius=0.1 * w, fill=255)
-    top.polygon([(x0, y0 + 0.3 * h), (x1, y0 + 0.3 * h), (x1, y0 + 0.5 * h), (x0 + 0.5 * w, y0 + 0.6 * h),
-                 (x0, y0 + 0.5 * h)], fill=(0, 0, 0, 60))  # flap
+    top.polygon(
+        [(x0, y0 + 0.3 * h), (x1, y0 + 0.3 * h), (x1, y0 + 0.5 * h), (x0 + 0.5 * w, y0 + 0.6 * h), (x0, y0 + 0.5 * h)],
+        fill=(0, 0, 0, 60),
+    )  # flap
     return (x0 + 0.15 * w, y0 + 0.58 * h, x1 - 0.15 * w, y1 - 0.05 * h)
 
 
@@ -193,13 +226,11 @@ def _shoe(body, top, box, accent):
     pts = [(0, 0.85), (0, 0.3), (0.12, 0), (0.38, 0), (0.5, 0.35), (0.85, 0.45), (1, 0.65), (1, 0.85)]
     body.polygon([(x0 + px * w, y0 + py * h) for px, py in pts], fill=255)
     top.rectangle((x0, y0 + 0.82 * h, x1, y1), fill=(240, 240, 240, 255))
-    top.line([(x0 + 0.45 * w, y0 + 0.35 * h), (x0 + 0.3 * w, y0 + 0.12 * h)], fill=accent,
-             width=max(int(0.03 * w), 2))
+    top.line([(x0 + 0.45 * w, y0 + 0.35 * h), (x0 + 0.3 * w, y0 + 0.12 * h)], fill=accent, width=max(int(0.03 * w), 2))
     return (x0 + 0.1 * w, y0 + 0.35 * h, x0 + 0.6 * w, y0 + 0.8 * h)
 
 
-_SHAPES = {"bottle": _bottle, "box": _box, "shirt": _shirt, "phone": _phone, "bag": _bag,
-           "jar": _jar, "shoe": _shoe}
+_SHAPES = {"bottle": _bottle, "box": _box, "shirt": _shirt, "phone": _phone, "bag": _bag, "jar": _jar, "shoe": _shoe}
 
 
 def _backdrop(canvas: int, backdrop: tuple) -> Image.Image:
@@ -216,6 +247,7 @@ def _backdrop(canvas: int, backdrop: tuple) -> Image.Image:
 
 def _colour_jitter(photo: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
     """Brightness, contrast, saturation and hue shifts; ``strength`` 1 is a phone camera's worst."""
+
     def factor(spread: float) -> float:
         return 1.0 + strength * rng.uniform(-spread, spread)
 
@@ -237,9 +269,15 @@ def _sticker(photo: Image.Image, rng: np.random.Generator) -> None:
     x = int(rng.integers(0, max(photo.width - (right - left), 1)))
     y = int(rng.integers(0, max(photo.height - (bottom - top), 1)))
     # (plate, ink) pairs that stay readable; no plate means the text sits on the photo itself.
-    plate, ink = ((None, (255, 255, 255)), (None, (220, 20, 30)), (None, (250, 220, 0)),
-                  ((220, 20, 30), (255, 255, 255)), ((250, 200, 0), (20, 20, 20)),
-                  ((20, 20, 20), (250, 220, 0)), ((255, 120, 0), (255, 255, 255)))[rng.integers(7)]
+    plate, ink = (
+        (None, (255, 255, 255)),
+        (None, (220, 20, 30)),
+        (None, (250, 220, 0)),
+        ((220, 20, 30), (255, 255, 255)),
+        ((250, 200, 0), (20, 20, 20)),
+        ((20, 20, 20), (250, 220, 0)),
+        ((255, 120, 0), (255, 255, 255)),
+    )[rng.integers(7)]
     if plate is not None:
         draw.rectangle((x + left - 2, y + top - 2, x + right + 2, y + bottom + 2), fill=plate)
     draw.text((x, y), text, fill=ink, font=font)

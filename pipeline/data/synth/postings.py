@@ -23,7 +23,8 @@ def clustered_postings(n: int, dim: int, seed: int = 0, chunk: int = 65536) -> t
         for start in range(0, n, chunk):  # in chunks: no full-size temporaries at a million postings
             rows = slice(start, start + chunk)
             part = centres[labels[rows]] + np.float32(noise / np.sqrt(dim)) * rng.standard_normal(
-                (len(labels[rows]), dim), dtype=np.float32)
+                (len(labels[rows]), dim), dtype=np.float32
+            )
             x[rows] = _unit(part)
         vectors[name] = x
         del centres

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.synth.catalogue import COLOURS, Group, TITLE_FILLERS, TITLE_PROMOS, SEPARATORS
+from pipeline.data.synth.catalogue import COLOURS, SEPARATORS, TITLE_FILLERS, TITLE_PROMOS, Group
+
 
 def posting_title(group: Group, rng: np.random.Generator) -> str:
     """One seller's title: the family's words, dropped, reordered, decorated and re-cased."""
@@ -36,6 +37,7 @@ def posting_title(group: Group, rng: np.random.Generator) -> str:
 
 def _variant_text(axis: str, value, rng: np.random.Generator) -> str:
     """The variant as some seller writes it (``500ml``, ``0.5 L``, ``64 gb``, ``uk XL`` ...)."""
+
     def pick(options: list) -> str:
         return str(options[rng.integers(len(options))])
 
@@ -73,5 +75,5 @@ def _typo(text: str, rng: np.random.Generator) -> str:
     i = long[rng.integers(len(long))]
     j = int(rng.integers(1, len(words[i]) - 1))
     w = words[i]
-    words[i] = w[:j] + w[j + 1:] if rng.random() < 0.5 else w[:j] + w[j] + w[j:]
+    words[i] = w[:j] + w[j + 1 :] if rng.random() < 0.5 else w[:j] + w[j] + w[j:]
     return " ".join(words)

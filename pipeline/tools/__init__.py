@@ -1,0 +1,1 @@
+"""Tools around the stages: the demo (:mod:`.demo`) and the predict-path benchmark (:mod:`.bench`)."""

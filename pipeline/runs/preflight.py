@@ -1,0 +1,43 @@
+"""What ``prepare`` checks before it writes a run folder: that the data and config can make a run,
+and what in valid data will teach nothing. Each check fails now, not hours later in a stage."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.data import DataError, Dataset
+from pipeline.data.folds import gallery_rows
+from pipeline.matching.signals import tfidf_vectors
+
+log = logging.getLogger("pipeline")
+
+
+def check_tfidf(data: Dataset, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Config) -> None:
+    """Fit TF-IDF's vocabulary on every gallery it will be fitted on (the out-of-fold ones and
+    test.csv), so that a config or titles that leave it no term fail now, not after training."""
+    galleries = [
+        (data.train_csv, train["title"].to_numpy()[gallery_rows(cfg.folds.gallery, folds, f)])
+        for f in (range(cfg.folds.n_splits) if cfg.folds.gallery == "fold" else [0])
+    ]
+    for path, titles in [*galleries, (data.test_csv, test["title"].to_numpy())]:
+        try:
+            tfidf_vectors(list(titles), cfg.tfidf)
+        except DataError as e:
+            raise DataError(f"{path}, column 'title': {e}") from None
+
+
+def data_warnings(data: Dataset, train: pd.DataFrame) -> list[str]:
+    """Warnings about data that is valid but teaches nothing; logged and kept in the report."""
+    out = []
+    if train["label_group"].nunique() == len(train):
+        out.append(
+            f"{data.train_csv}: every label_group holds a single posting, so no two postings match: the "
+            "encoders have nothing to learn, and out-of-fold F1 only rewards predicting each posting alone"
+        )
+    for w in out:
+        log.warning("warning: %s", w)
+    return out

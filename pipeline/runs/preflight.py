@@ -12,8 +12,33 @@ from pipeline.config import Config
 from pipeline.data import DataError, Dataset
 from pipeline.data.folds import gallery_rows
 from pipeline.matching.signals import tfidf_vectors
+from pipeline.runs import libraries
+from pipeline.runs.folder import StageError
 
 log = logging.getLogger("pipeline")
+# The pair model's library: on Kaggle it comes from a wheel at the version that will save the model,
+# not from the image, so it is imported like any added library (lightgbm imports narwhals, say).
+PAIR_MODULE = "pipeline.matching.pair_model"
+
+
+def check_libraries() -> None:
+    """Every library any stage imports (tune, predict, the pair model, the bundled title model
+    included) must import here, so a missing one stops ``prepare``, not ``tune`` after the training.
+
+    Raises:
+        StageError: naming each missing library, the stage modules that import it, and what to install.
+    """
+    pair = {libraries.norm(libraries.distribution(m.split(".")[0])) for m in libraries.imports_of(PAIR_MODULE)}
+    missing = libraries.missing_libraries(libraries.stage_imports(), libraries.KAGGLE_IMAGE - pair)
+    if missing:
+        names = " ".join(m.dist for m in missing)
+        raise StageError(
+            "the later stages import libraries this Python cannot import; nothing was written: "
+            + "; ".join(map(str, missing))
+            + f". Install them (`pip install {names}`); in a Kaggle notebook, add their wheels to the code "
+            f"dataset (`pip download {names} --no-deps -d CODE_DIR`, or write the whole dataset again with "
+            "`python -m pipeline kaggle-code --out CODE_DIR`)"
+        )
 
 
 def check_tfidf(data: Dataset, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Config) -> None:

@@ -16,20 +16,22 @@ from pipeline.data.folds import make_folds
 from pipeline.device import bound_threads
 from pipeline.runs import provenance
 from pipeline.runs.folder import Run, log, run_log, writing
-from pipeline.runs.preflight import check_tfidf, data_warnings
+from pipeline.runs.preflight import check_libraries, check_tfidf, data_warnings
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     """Validate the data, assign GroupKFold folds, and write the resolved config and manifest.
 
-    Nothing is written when the data or config cannot make a run: the CSVs break the contract, an
-    image does not decode, a local weights file is missing, or TF-IDF would find no term. In a
-    folder that holds an earlier run, whatever that run built from other data or config is
-    removed (trained models excepted; see :mod:`pipeline.runs.provenance`).
+    Nothing is written when the data, config or Python cannot make a run: a library some stage
+    imports is missing, the CSVs break the contract, an image does not decode, a local weights file
+    is missing, or TF-IDF would find no term. In a folder that holds an earlier run, whatever that
+    run built from other data or config is removed (trained models excepted; see
+    :mod:`pipeline.runs.provenance`).
     """
     t0 = time.perf_counter()
     bound_threads(cfg.threads)
     check_local_files(cfg)
+    check_libraries()
     data = Dataset(Path(data_dir).resolve())
     train = data.read("train", check_images=cfg.needs_images, workers=cfg.threads)
     test = data.read("test", check_images=cfg.needs_images, workers=cfg.threads)

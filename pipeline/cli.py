@@ -209,6 +209,18 @@ def _add_package_and_ensembles(add: Callable[..., argparse.ArgumentParser]) -> N
     )
 
     p = add(
+        "kaggle-code",
+        _kaggle_code,
+        "Write the code dataset for a Kaggle notebook: the project's wheel and every wheel Kaggle's image lacks.",
+        "The wheels are those the stages and the offline inference import (read from the code), downloaded "
+        "with pip at the versions installed here; upload the folder as a Kaggle dataset.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to write (new or empty)")
+    p.add_argument("--python-version", default=None, help="Python of Kaggle's image (default 3.11)")
+    p.add_argument("--platform", default=None, help="pip platform tag for Kaggle (default manylinux_2_28_x86_64)")
+    p.add_argument("--title", default="shopee-pipeline-code", help="Kaggle dataset title/slug")
+
+    p = add(
         "ensemble",
         _ensemble,
         "Combine trained runs with the same folds into one run folder to tune, predict and package.",
@@ -425,6 +437,17 @@ def _bench(args) -> int:
             )
         )
     )
+    return 0
+
+
+def _kaggle_code(args) -> int:
+    from pipeline.kaggle.code_dataset import KAGGLE_PLATFORM, KAGGLE_PYTHON, write_code_dataset
+
+    done = write_code_dataset(
+        args.out, args.python_version or KAGGLE_PYTHON, args.platform or KAGGLE_PLATFORM, title=args.title
+    )
+    wheels = [done["project_wheel"], *(f"{w['dist']}=={w['version']}" for w in done["wheels"])]
+    print(json.dumps({"folder": done["folder"], "wheels": wheels}))
     return 0
 
 

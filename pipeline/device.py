@@ -68,7 +68,8 @@ def autocast_dtype(device: torch.device | str, amp: str) -> torch.dtype | None:
 
     Args:
         device: where the model runs.
-        amp: ``auto`` picks bf16 on CUDA where the GPU supports it, else fp16, and fp32 on CPU and
+        amp: ``auto`` picks bf16 on CUDA GPUs with native bf16 (compute capability 8.0 and up:
+            A100, H100, L4, RTX 30xx...), fp16 on older ones (T4, P100, V100), and fp32 on CPU and
             MPS (CPU autocast is slower than fp32 on most CPUs, and MPS autocast coverage is thin).
             ``bf16`` and ``fp16`` are taken as asked on any device: CPU autocast supports bf16
             (fast on CPUs with AMX/AVX512-BF16) and, in recent torch, fp16. ``off`` is fp32.
@@ -88,5 +89,20 @@ def autocast_dtype(device: torch.device | str, amp: str) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return None
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether a CUDA GPU computes bf16 in hardware: compute capability 8.0 (Ampere) and up.
+
+    Not ``torch.cuda.is_bf16_supported()``: recent torch says True where bf16 is only emulated (a
+    T4 or P100), which trains slower than fp16 and slower than the time estimate assumes.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8

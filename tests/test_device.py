@@ -62,3 +62,19 @@ def test_every_stage_applies_the_configs_threads(tiny_synth, tmp_path, restore_t
     )
     assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
     assert "threads: 1" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((6, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+    ids=["P100", "T4", "A100", "H100"],
+)
+def test_amp_auto_takes_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, capability, expected):
+    from pipeline.device import autocast_dtype
+
+    # torch says bf16 is supported on a T4 or P100 too (emulated, slower than fp16): not the test.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype(torch.device("cuda"), "auto") is expected
+    assert autocast_dtype(torch.device("cuda"), "fp16") is torch.float16  # asked for: taken as asked
+    assert autocast_dtype(torch.device("cpu"), "auto") is None

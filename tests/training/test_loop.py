@@ -381,13 +381,6 @@ def test_autocast_dtype(device, amp, expected):
     assert autocast_dtype(device, amp) is expected
 
 
-def test_autocast_dtype_auto_on_cuda_prefers_bf16(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert autocast_dtype("cuda", "auto") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert autocast_dtype("cuda", "auto") is torch.float16
-
-
 def test_autocast_dtype_rejects_unknown_mode():
     with pytest.raises(ValueError, match="auto, bf16, fp16, off"):
         autocast_dtype("cpu", "fp8")

@@ -4,7 +4,9 @@ loaders, moving batches to a device, and calling an encoder on a batch."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -18,6 +20,40 @@ from pipeline.data.datasets import make_dataset
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.distributed import RankBatches
 from pipeline.io import atomic_path
+
+log = logging.getLogger("pipeline")
+HEARTBEAT_S = 60.0  # without a progress bar, a line this often says how far an embedding is
+
+
+class Heartbeat:
+    """Logs how far a long embedding is, every ``every_s`` seconds, where no progress bar shows
+    (a notebook cell, a Kaggle log): items done, the rate and the time left.
+
+    Args:
+        total: items to embed.
+        enabled: False logs nothing (a progress bar shows instead, or another rank logs).
+        every_s: seconds between lines (default :data:`HEARTBEAT_S`).
+    """
+
+    def __init__(self, total: int, enabled: bool, every_s: float | None = None):
+        self.total, self.enabled = total, enabled
+        self.every_s = HEARTBEAT_S if every_s is None else every_s
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every_s or done >= self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        left = (self.total - done) / max(rate, 1e-9)
+        log.info(
+            "embedding: %s of %s items, %.1f/s, about %s left", f"{done:,}", f"{self.total:,}", rate, _minutes(left)
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def make_loader(
@@ -97,16 +133,17 @@ def embed_items(
     else:
         loader = make_loader(dataset, collate, batch_size, device=device, num_workers=num_workers)
 
-        def embed_into(out, model, progress):
-            _embed_into(out, model, loader, device, amp_dtype, progress)
+        def embed_into(out, model, progress, beat):
+            _embed_into(out, model, loader, device, amp_dtype, progress, beat)
 
     was_training = model.training
     model = to_device_model(model, device).eval()
+    beat = Heartbeat(shape[0], enabled=not progress and distributed.is_main())
     progress = progress and distributed.is_main()
     try:
         if out_path is None:
             out = np.empty(shape, dtype=np.float32)
-            embed_into(out, model, progress)
+            embed_into(out, model, progress, beat)
             return out
         if distributed.is_main():
             with atomic_path(out_path, suffix=".npy") as tmp:
@@ -114,11 +151,11 @@ def embed_items(
                     np.save(tmp, np.empty(shape, dtype=np.float32))  # a memmap cannot map zero bytes
                 else:
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                    embed_into(out, model, progress)
+                    embed_into(out, model, progress, beat)
                     out.flush()
                     del out  # close the map before the rename
         elif shape[0]:
-            embed_into(None, model, progress)  # embeds its share; rank 0 writes
+            embed_into(None, model, progress, beat)  # embeds its share; rank 0 writes
         distributed.barrier()  # the file is complete before any rank opens it
         return np.load(out_path, mmap_mode="r") if shape[0] else np.load(out_path)
     finally:
@@ -171,6 +208,7 @@ def _embed_into(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     progress: bool,
+    beat: Heartbeat,
 ) -> None:
     row = 0
     with torch.inference_mode(), autocast(device, amp_dtype):
@@ -178,6 +216,7 @@ def _embed_into(
             x = forward(model, to_device(inputs, device)).float().cpu().numpy()  # (B, D)
             out[row : row + len(x)] = x
             row += len(x)
+            beat(row)
     if row != len(out):
         raise RuntimeError(f"embedded {row} rows for {len(out)} items")
 
@@ -210,7 +249,7 @@ class _ShardedEmbedding:
         start = t * self.world * self.b + r * self.b
         return range(min(start, self.n), min(start + self.b, self.n))
 
-    def __call__(self, out: np.ndarray | None, model: nn.Module, progress: bool) -> None:
+    def __call__(self, out: np.ndarray | None, model: nn.Module, progress: bool, beat: Heartbeat) -> None:
         batches = iter(self.loader)
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
             for t in tqdm(range(self.rounds), desc="embed", disable=not progress, leave=False, dynamic_ncols=True):
@@ -220,6 +259,7 @@ class _ShardedEmbedding:
                     block[: len(mine)] = forward(model, to_device(next(batches), self.device)).float()
                 gathered = distributed.all_gather_rows(block).view(self.world, self.b, -1)  # (N, b, D)
                 rows = torch.cat([gathered[r, : len(self._slice(t, r))] for r in range(self.world)])
+                start = t * self.world * self.b
                 if out is not None:
-                    start = t * self.world * self.b
                     out[start : start + len(rows)] = rows.cpu().numpy()
+                beat(start + len(rows))

@@ -70,10 +70,23 @@ def predict_from_package(
             f"{package.encoders} has no encoder for {sorted(set(cfg.learned) - set(encoders))}; package the run again"
         )
     timings["load"] = time.perf_counter() - t0
+    log.info(
+        "[inference] loaded the settings%s and %s in %.0fs",
+        " and the pair model" if pair_model is not None else "",
+        ", ".join(f"{len(ms)} {m} member(s)" for m, ms in encoders.items()) or "no encoder",
+        timings["load"],
+    )
     t0 = time.perf_counter()
     test = data.read("test", check_images=cfg.needs_images)
     timings["read"] = time.perf_counter() - t0
+    log.info(
+        "[inference] %s: %s postings; embedding them (%s), then searching and matching",
+        data.test_csv,
+        f"{len(test):,}",
+        ", ".join(cfg.modalities),
+    )
     ids = test["posting_id"].to_numpy()
+    t0 = time.perf_counter()
     vectors = posting_vectors(cfg, test, data.images_dir("test"), encoders=encoders, progress=progress, timings=timings)
     sub = match_postings(
         vectors,
@@ -85,6 +98,7 @@ def predict_from_package(
         timings=timings,
         titles=test["title"].to_numpy(),
     )
+    log.info("[inference] embedded and matched in %.0fs", time.perf_counter() - t0)
     path = write_submission(sub, out_csv, ids)
     summary = {
         "rows": len(sub),

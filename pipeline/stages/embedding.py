@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from pipeline.ensemble.members import load_members, test_members
 from pipeline.inference.embedding import embed_items
 from pipeline.inference.tta import with_tta
 from pipeline.models.encoders import build_encoder, load_encoder
-from pipeline.runs.folder import Run, modality_cfg, open_run, stage
+from pipeline.runs.folder import Run, log, modality_cfg, open_run, stage
 from pipeline.training.checkpoint import seed_everything
 
 
@@ -31,7 +32,8 @@ def embed(run_dir: str | Path, modalities: Sequence[str] | None = None, progress
     the report.
 
     Under ``torchrun --nproc_per_node N`` every process runs this: each embeds a share of the
-    rows and rank 0 writes the files.
+    rows and rank 0 writes the files. Each embedding logs a line when it starts and when it ends
+    (and, without a progress bar, one a minute while it runs).
     """
     distributed.init_if_launched()
     run = open_run(run_dir)
@@ -65,6 +67,7 @@ def _embed_test(run: Run, modality: str, test: pd.DataFrame, progress: bool) -> 
     items, ids = encoder_inputs(modality, test, run.data.images_dir("test")), test["posting_id"].to_numpy()
     if len(member.encoders) == 1:
         return _embed_to(run, modality, "test", member.encoders[0], items, ids, progress)
+    t0 = _started(modality, "test", len(items) * len(member.encoders), f"{len(member.encoders)} fold models, averaged")
     batch_size = modality_cfg(run.cfg, modality).embed_batch_size
     train = modality_cfg(run.cfg, modality).train
     x = embed_members(
@@ -77,12 +80,24 @@ def _embed_test(run: Run, modality: str, test: pd.DataFrame, progress: bool) -> 
     with io.atomic_path(vec_path, suffix=".npy") as tmp:
         np.save(tmp, x)
     io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
+    _finished(modality, "test", len(items) * len(member.encoders), t0)
     return str(vec_path)
+
+
+def _started(modality: str, name: str, n: int, how: str = "") -> float:
+    log.info("[embed] %s %s: %s items%s", modality, name, f"{n:,}", f" ({how})" if how else "")
+    return time.perf_counter()
+
+
+def _finished(modality: str, name: str, n: int, t0: float) -> None:
+    seconds = time.perf_counter() - t0
+    log.info("[embed] %s %s: done in %.0fs (%.1f items/s)", modality, name, seconds, n / max(seconds, 1e-9))
 
 
 def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.ndarray, progress: bool) -> str:
     vec_path, ids_path = run.paths.embeddings(modality, name)
     mcfg = modality_cfg(run.cfg, modality)
+    t0 = _started(modality, name, len(items))
     embed_items(
         model,
         items,
@@ -94,4 +109,5 @@ def _embed_to(run: Run, modality: str, name: str, model, items: list, ids: np.nd
     )
     if distributed.is_main():
         io.write_csv(pd.DataFrame({"posting_id": ids}), ids_path)
+    _finished(modality, name, len(items), t0)
     return str(vec_path)

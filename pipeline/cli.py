@@ -235,8 +235,8 @@ def _add_package_and_ensembles(add: Callable[..., argparse.ArgumentParser]) -> N
     p = add(
         "compare",
         _compare,
-        "Tuned runs side by side: cross-validated F1 overall and per signal, time, the "
-        "leaderboard score, the config keys that differ.",
+        "Tuned runs side by side: cross-validated F1, each signal's F1 alone (tuned and scored on the same "
+        "rows), time, the leaderboard score (flagged when the run was tuned again since), the config keys that differ.",
     )
     p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="tuned run folders")
     p.add_argument(

@@ -1,8 +1,10 @@
 """``compare``: tuned runs side by side, and the leaderboard scores a user records for them.
 
 One row per run: the cross-validated F1 (the figure to compare by), the F1 tuned and scored on the
-same rows, each signal's F1 alone, the total stage time, the leaderboard score recorded with
-``compare --lb RUN=SCORE`` (kept in the run folder), and the config keys whose values differ.
+same rows, each signal's F1 alone (at its own best threshold, tuned and scored on the same rows:
+no cross-validated figure exists per signal), the total stage time, the leaderboard score recorded
+with ``compare --lb RUN=SCORE`` (kept in the run folder; flagged when the run was tuned again
+after it was recorded), and the config keys whose values differ.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from pipeline import io
 from pipeline.config import ConfigError
 from pipeline.matching.predict import ALL_SIGNALS
+from pipeline.reporting.report import settings_digest
 from pipeline.runs.folder import StageError, log, open_run, run_log
 
 
@@ -32,6 +35,8 @@ def record_leaderboard(run_dir: str | Path, score: float, note: str = "") -> dic
         "note": note,
         "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "submission_settings": run.manifest.get("submission_settings"),
+        # The tuning the score belongs to: a later re-tune makes it a score of other settings.
+        "tuned_settings": _tuned_digest(run.paths.thresholds),
     }
     io.write_json({"latest": entry["score"], "entries": [*entries, entry]}, path)
     with run_log(run.paths):
@@ -40,9 +45,10 @@ def record_leaderboard(run_dir: str | Path, score: float, note: str = "") -> dic
 
 
 def compare_runs(runs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run (see the module doc); columns ``f1_cv``, ``f1_same_rows``, ``f1 <signal>``,
-    ``seconds`` (an ensemble's include its members' training), ``lb`` and ``config`` (the differing
-    keys as ``key=value``)."""
+    """One row per run (see the module doc); columns ``f1_cv``, ``f1_same_rows``, ``f1 <signal>``
+    (same rows), ``seconds`` (an ensemble's include its members' training), ``lb``, ``lb_stale``
+    (the run was tuned again since the score was recorded) and ``config`` (the differing keys as
+    ``key=value``)."""
     reports = {}
     for r in runs:
         run = open_run(r)
@@ -60,7 +66,9 @@ def compare_runs(runs: Sequence[str | Path]) -> pd.DataFrame:
         }
         row.update({f"f1 {s}": rep["per_modality"].get(s, {}).get("f1") for s in signals})
         row["seconds"] = int(round(_seconds(rep)))
-        row["lb"] = (_leaderboard(name) or {}).get("latest")
+        entry = ((_leaderboard(name) or {}).get("entries") or [None])[-1]
+        row["lb"] = entry["score"] if entry else None
+        row["lb_stale"] = bool(entry) and _recorded_under(entry) not in (None, settings_digest(rep["thresholds"]))
         members = "+".join(f"{Path(m['run']).name}*{m['weight']:g}" for m in rep.get("ensemble") or [])
         row["config"] = " ".join(
             ([f"ensemble={members}"] if members else []) + [f"{k}={differing[k][name]}" for k in differing]
@@ -76,6 +84,15 @@ def _seconds(report: Mapping[str, Any]) -> float:
         timings = open_run(member["run"]).manifest.get("timings", {})
         total += sum(v for k, v in timings.items() if k.startswith(("prepare", "train", "embed")))
     return total
+
+
+def _tuned_digest(thresholds: Path) -> str | None:
+    return settings_digest(io.read_json(thresholds)["settings"]) if thresholds.exists() else None
+
+
+def _recorded_under(entry: Mapping[str, Any]) -> str | None:
+    """The digest of the tuned settings a leaderboard entry was recorded under (older entries: its submission's)."""
+    return entry.get("tuned_settings") or entry.get("submission_settings")
 
 
 def _leaderboard(run_dir: str) -> dict | None:
@@ -98,6 +115,7 @@ def differing_keys(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
 def format_table(table: pd.DataFrame) -> str:
     """The comparison as fixed-width text, best cross-validated F1 first; blanks where a figure is missing."""
     shown = table.sort_values("f1_cv", ascending=False, na_position="last")
+    stale = shown.pop("lb_stale") if "lb_stale" in shown else pd.Series(False, index=shown.index)
     cells = shown.map(
         lambda v: (
             ""
@@ -107,8 +125,11 @@ def format_table(table: pd.DataFrame) -> str:
             else str(v)
         )
     )
+    cells.loc[stale.astype(bool), "lb"] += " (earlier tuning)"
+    signals = {c: f"{c.removeprefix('f1 ')} alone (same rows)" for c in cells.columns if c.startswith("f1 ")}
     cells = cells.rename(
         columns={
+            **signals,
             "f1_cv": "F1 (cross-validated)",
             "f1_same_rows": "F1 (same rows)",
             "seconds": "time s",

@@ -8,6 +8,7 @@ stage writes it with :func:`save_figure` (atomic), headless or not.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,26 +81,21 @@ def plot_pairs(
     Args:
         pairs: rows with ``query_*`` / ``match_*`` ``title``, ``image``, ``group``, ``margin`` and
             ``decided_by`` (see :func:`pipeline.reporting.analysis.pairs_frame`), plus one column per signal.
-        images_dir: the folder holding the images; None draws the titles only (text-only runs).
+        images_dir: the folder holding the images; None draws the titles only (text-only runs), in
+            full up to :data:`TITLE_LINES` wrapped lines, in rows a few lines high.
         signals: the similarity columns to print under each pair.
+        max_chars: characters of a title shown above an image.
     """
     n = max(len(pairs), 1)
-    fig = Figure(figsize=(8, 2.9 * n if images_dir is not None else 1.5 * n + 0.6))
+    fig = Figure(figsize=(8, 2.9 * n) if images_dir is not None else (10, 1.05 * n + 0.5))
     axes = fig.subplots(n, 2, squeeze=False)
     for row, (_, p) in zip(axes, pairs.iterrows()):
         for ax, side in zip(row, ("query", "match")):
-            label = f"{str(p[f'{side}_title'])[:max_chars]}\n[{side} group {p[f'{side}_group']}]"
-            if images_dir is not None:
-                with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
-                    ax.imshow(im.convert("RGB"))
-                ax.set_title(label, fontsize=7)
-            else:
-                ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, wrap=True, transform=ax.transAxes)
-            ax.axis("off")
+            _draw_posting(ax, p, side, images_dir, max_chars)
         sims = "  ".join(f"{s} {p[s]:.2f}" if math.isfinite(p[s]) else f"{s} -" for s in signals if s in p)
         row[0].text(
             0.0,
-            -0.04 if images_dir is not None else 0.02,
+            -0.04 if images_dir is not None else 0.0,
             f"{sims}\ndecided by {p['decided_by']}, margin {p['margin']:+.3f}",
             transform=row[0].transAxes,
             ha="left",
@@ -109,8 +105,28 @@ def plot_pairs(
     for ax in axes.ravel()[2 * len(pairs) :]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
+    if images_dir is not None:
+        fig.tight_layout()
+    else:  # text boxes fill their axes; tight_layout would squeeze them for nothing
+        fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(), bottom=0.02, hspace=0.45)
     return fig
+
+
+TITLE_LINES = 3  # wrapped lines of a title drawn without its image
+TITLE_WIDTH = 60  # characters per wrapped line (half of a 10-inch figure at 7.5 pt)
+
+
+def _draw_posting(ax, p, side: str, images_dir: str | Path | None, max_chars: int) -> None:
+    """One posting of a pair: its image with a short title, or its title wrapped, and its group."""
+    group = f"[{side} group {p[f'{side}_group']}]"
+    if images_dir is not None:
+        with Image.open(Path(images_dir) / p[f"{side}_image"]) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"{str(p[f'{side}_title'])[:max_chars]}\n{group}", fontsize=7)
+    else:
+        lines = textwrap.wrap(str(p[f"{side}_title"]), TITLE_WIDTH, max_lines=TITLE_LINES, placeholder=" ...")
+        ax.text(0.0, 1.0, "\n".join([*lines, group]), ha="left", va="top", fontsize=7.5, transform=ax.transAxes)
+    ax.axis("off")
 
 
 def plot_data_overview(train) -> Figure:

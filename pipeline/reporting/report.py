@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.ensemble.members import read_members
+from pipeline.matching.decide import MatchSettings
 from pipeline.matching.predict import ALL_SIGNALS
 from pipeline.paths import ModelPaths
 from pipeline.reporting.text import report_markdown
@@ -64,6 +65,7 @@ def _write_report(run: Run) -> dict[str, Any]:
         "untrained": tune_report.get("untrained"),
         "training": _training_summary(run),
         "thresholds": settings,
+        "gallery_size": gallery_size_shift(settings, run.manifest["test_rows"]),
         "timings": run.manifest.get("timings", {}),
         "data": {k: run.manifest[k] for k in ("data_dir", "train_rows", "train_groups", "test_rows")},
         "warnings": run.manifest.get("warnings", []),
@@ -71,12 +73,30 @@ def _write_report(run: Run) -> dict[str, Any]:
         "leaderboard": io.read_json(run.paths.leaderboard) if run.paths.leaderboard.exists() else None,
         "ensemble": [{"run": str(r), "weight": w} for r, w in read_members(run.paths.root)] or None,
         "tune_overrides": tune_report.get("overrides") or None,
+        "figures": sorted(p.name for p in run.paths.plots.glob("*.png")),
         "config": run.cfg.to_dict(),
         "code_version": io.code_version(),
     }
     io.write_json(report, run.paths.report)
     io.write_text(report_markdown(report, run.paths.root), run.paths.report_md)
     return report
+
+
+def gallery_size_shift(settings: dict[str, Any], test_rows: int) -> dict[str, Any] | None:
+    """How the thresholds move with the size of the gallery matched, and where they land on this
+    run's test.csv; None without size calibration."""
+    tuned = MatchSettings.from_dict(settings)
+    if tuned.tuned_size <= 0 or not tuned.size_slopes:
+        return None
+    at_test = tuned.at_size(test_rows)
+    return {
+        "tuned_size": tuned.tuned_size,
+        "per_doubling": dict(tuned.size_slopes),
+        "test_rows": test_rows,
+        "doublings_at_test": round(tuned.doublings(test_rows), 4),
+        "thresholds_at_test": dict(at_test.thresholds),
+        "min2_floor_at_test": at_test.min2_floor if tuned.min2_on else None,
+    }
 
 
 def _rule(tune_report: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,23 @@ SIGNAL_WORDS = {
 }
 
 
+# What each figure in plots/ shows; report.md lists those the run has.
+FIGURE_WORDS = {
+    "threshold_f1.png": "F1 against each threshold",
+    "training.png": "loss and held-out F1 per epoch",
+    "f1_by_group_size.png": "F1 by the size of the true group",
+    "false_positives.png": "the hardest out-of-fold false matches, ranked by the margin of the score that decided them",
+    "false_negatives.png": "the true matches missed by least",
+}
+
+
 def report_markdown(r: Mapping[str, Any], root: Path) -> str:
     """The report in Markdown: headline, signals, the rule step by step, group sizes, training, files."""
     lines = [f"# Run report: `{root}`", ""]
     lines += _headline(r)
     lines += _signals(r)
     lines += _rule(r)
+    lines += _gallery_size(r)
     lines += _group_sizes(r)
     lines += _training(r)
     lines += _files(r)
@@ -129,6 +140,32 @@ def _rule(r: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _gallery_size(r: Mapping[str, Any]) -> list[str]:
+    g = r.get("gallery_size")
+    if not g:
+        return []
+    out = [
+        "## Thresholds and the gallery's size",
+        "",
+        f"The thresholds were tuned on galleries of {g['tuned_size']:,} postings. A larger gallery holds more "
+        "close non-matches, so `predict` moves each threshold by its slope per doubling of the gallery "
+        f"(log2 of the postings matched over {g['tuned_size']:,}). On this run's test.csv ({g['test_rows']:,} "
+        f"postings, {g['doublings_at_test']:+.2f} doublings):",
+        "",
+        "| threshold | per doubling | tuned | applied to test.csv |",
+        "|---|---|---|---|",
+    ]
+    tuned = r["rule"]["applied_thresholds"]
+    for name, at_test in g["thresholds_at_test"].items():
+        slope = g["per_doubling"].get(name, 0.0)
+        out.append(f"| {name} | {slope:+.4f} | {tuned[name]:.4f} | {at_test:.4f} |")
+    if g.get("min2_floor_at_test") is not None:
+        slope = g["per_doubling"].get("min2_floor", 0.0)
+        floor = r["rule"]["min2"]["floor"]
+        out.append(f"| min-2 floor | {slope:+.4f} | {floor:.4f} | {g['min2_floor_at_test']:.4f} |")
+    return out + [""]
+
+
 def _group_sizes(r: Mapping[str, Any]) -> list[str]:
     by = r.get("by_group_size") or {}
     table, kind = (
@@ -172,14 +209,13 @@ def _training(r: Mapping[str, Any]) -> list[str]:
 
 def _files(r: Mapping[str, Any]) -> list[str]:
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in r.get("timings", {}).items())
+    figures = [f"`{name}` ({FIGURE_WORDS.get(name, 'a figure')})" for name in r.get("figures", [])]
     return [
         "## Files",
         "",
         f"Stage times: {timings}.",
         "",
-        "Figures in `plots/`: `threshold_f1.png` (F1 against each threshold), `training.png` (loss and held-out "
-        "F1 per epoch), `f1_by_group_size.png`, `false_positives.png` and `false_negatives.png` (the hardest "
-        "out-of-fold mistakes, ranked by the margin of the score that decided them). Every stage's log lines "
-        "are in `run.log`.",
+        ("Figures in `plots/`: " + ", ".join(figures) + "." if figures else "No figures in `plots/`.")
+        + " Every stage's log lines are in `run.log`.",
         "",
     ]

@@ -186,7 +186,7 @@ def test_compare_prints_one_table_with_the_leaderboard_column(runs, capsys):
     assert main(["compare", str(root / "a"), str(root / "b"), str(root / "e"), "--lb", f"{root / 'a'}=0.731"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0]
-    for column in ("F1 (cross-validated)", "f1 text", "time s", "leaderboard", "config keys that differ"):
+    for column in ("F1 (cross-validated)", "text alone (same rows)", "time s", "leaderboard", "config keys"):
         assert column in header
     assert "0.731" in out and "seed=7" in out and "text.train.final=folds" in out and "ensemble=a*1+b*2" in out
     assert json.loads((root / "a" / "leaderboard.json").read_text())["latest"] == 0.731

@@ -28,17 +28,20 @@
 #   Kaggle with a GPU, and the `demo` preset (sized for a CPU) anywhere else. Name a preset or a
 #   YAML file to choose yourself; `OVERRIDES` changes single keys.
 # - `CODE_DIR`: where the install cell finds the project's wheels when `pipeline` is not
-#   installed (on Kaggle: the dataset you uploaded them as, see the README's Kaggle section).
+#   installed (on Kaggle: the dataset `python -m pipeline kaggle-code` wrote, see the README's
+#   Kaggle section); the last cell packages the run with them for the offline inference.
 # - `RUN_DIR`: the run folder. Rerunning the training cell in the same folder resumes: finished
 #   models are kept, and a model killed mid-training continues from its last epoch.
+# - `PACKAGE_DIR`: where the last cell writes the package for the inference notebook.
 
 # %% tags=["parameters"]
 DATA_DIR = None  # None: synthetic data in data/synthetic; on Kaggle: "../input/shopee-product-matching"
-RUN_DIR = None  # None: runs/notebook in the project (or /kaggle/working/runs/notebook on Kaggle)
+RUN_DIR = None  # None: runs/notebook in the working folder (/kaggle/working on Kaggle, else the project)
 SYNTH_GROUPS = 160  # size of the synthetic dataset when DATA_DIR is None
 CONFIG = None  # None: "kaggle" on Kaggle with a GPU, else "demo"; or a preset name / YAML file
 OVERRIDES: list[str] = []  # key=value pairs, e.g. ["text.train.epochs=5", "image.image_size=448"]
-CODE_DIR = "../input/shopee-pipeline-code"  # wheels of the project (and faiss-cpu, imagehash), if not installed
+CODE_DIR = "../input/shopee-pipeline-code"  # the project's wheel and those Kaggle lacks (kaggle-code)
+PACKAGE_DIR = None  # None: package/ in the working folder
 
 # %%
 # Install the project from uploaded wheels when it is not importable yet; nothing is downloaded.
@@ -76,6 +79,7 @@ print("pipeline", pipeline.__version__, "from", pipeline.__file__)
 # Figures: the library returns matplotlib Figures, and display(fig) draws them inline.
 # %matplotlib inline
 import logging  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -86,7 +90,7 @@ from pipeline import stages  # noqa: E402
 from pipeline.data import Dataset  # noqa: E402
 from pipeline.device import pick_device  # noqa: E402
 from pipeline.kaggle.presets import notebook_config  # noqa: E402
-from pipeline.paths import PROJECT_ROOT, RunPaths, working_dir  # noqa: E402
+from pipeline.paths import RunPaths, working_dir  # noqa: E402
 from pipeline.reporting import plots  # noqa: E402
 from pipeline.reporting.report import training_logs, write_report  # noqa: E402
 
@@ -100,7 +104,7 @@ transformers.utils.logging.disable_progress_bar()  # its weight-loading bars wou
 if DATA_DIR is None:
     from pipeline.data.synth import make_synthetic  # development tooling
 
-    DATA_DIR = PROJECT_ROOT / "data" / "synthetic"
+    DATA_DIR = working_dir() / "data" / "synthetic"
     make_synthetic(DATA_DIR, n_groups=SYNTH_GROUPS, seed=0, progress=False)
 DATA_DIR = Path(DATA_DIR)
 RUN_DIR = Path(RUN_DIR) if RUN_DIR is not None else working_dir() / "runs" / "notebook"
@@ -205,3 +209,24 @@ print(
     f"(tuned on the same rows: {report['oof_f1']:.4f}); submission at {submission}"
 )
 display(Markdown(RunPaths(RUN_DIR).report_md.read_text()))
+
+# %% [markdown]
+# ## 6. Package for the offline inference
+# One folder with the code, the wheels Kaggle's image lacks, the trained encoders, the thresholds
+# and the config: *Save Version*, then make a dataset of this notebook's output and give the
+# inference notebook its `package/` folder. `package` refuses, before writing anything, when a
+# library the inference imports would be missing there.
+
+# %%
+from pipeline.kaggle.package import package_run  # noqa: E402
+
+PACKAGE_DIR = Path(PACKAGE_DIR) if PACKAGE_DIR is not None else working_dir() / "package"
+if not Path(CODE_DIR).is_dir():
+    print(
+        f"no {CODE_DIR}: not packaged. Run `python -m pipeline package --run {RUN_DIR} --out DIR --wheels CODE_DIR` "
+        "with the folder `python -m pipeline kaggle-code` wrote"
+    )
+else:
+    if (PACKAGE_DIR / "manifest.json").exists():
+        shutil.rmtree(PACKAGE_DIR)  # a package this cell wrote before, from an earlier tuning
+    print("package written to", package_run(RUN_DIR, PACKAGE_DIR, wheels=CODE_DIR))

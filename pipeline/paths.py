@@ -20,8 +20,11 @@ def on_kaggle() -> bool:
 
 
 def working_dir() -> Path:
-    """Where outputs go: Kaggle's writable working folder, else the project root."""
-    return KAGGLE_WORKING if on_kaggle() else PROJECT_ROOT
+    """Where outputs go: Kaggle's writable working folder; else the project root of a source
+    checkout; else (the project installed as a wheel, whose root is site-packages) the current folder."""
+    if on_kaggle():
+        return KAGGLE_WORKING
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 @dataclass(frozen=True)

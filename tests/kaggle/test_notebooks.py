@@ -100,13 +100,23 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     ]
     nb = run_notebook(
         NOTEBOOKS / "training.ipynb",
-        {"DATA_DIR": str(data), "RUN_DIR": str(run), "SYNTH_GROUPS": 0, "CONFIG": "demo", "OVERRIDES": overrides},
+        {
+            "DATA_DIR": str(data),
+            "RUN_DIR": str(run),
+            "SYNTH_GROUPS": 0,
+            "CONFIG": "demo",
+            "OVERRIDES": overrides,
+            "CODE_DIR": str(tmp_path / "no_code_dataset"),
+            "PACKAGE_DIR": None,
+        },
         cwd=tmp_path,
     )
     text = outputs_text(nb)
     assert "cross-validated F1" in text and "config: demo" in text
     assert "[train-image] fold0" in text and "[train-text] fold1" in text  # the stages' log lines show
     assert "image fold0 epoch 1/1: loss" in text  # the stages' per-epoch lines show
+    assert "[embed] image oof_fold1: " in text and "[embed] text test: done in" in text  # and embed's
+    assert "not packaged" in text  # no code dataset here: the last cell says how to package instead
     test_ids = pd.read_csv(data / "test.csv")["posting_id"]
     validate_submission(pd.read_csv(run / "submission.csv"), test_ids)
     # Every cell that plots shows its figure.
@@ -136,7 +146,7 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     assert not (tmp_path / "refused").exists()
     package = package_run(
         run,
-        tmp_path / "package",
+        tmp_path / "output" / "package",  # as in a dataset made from the training notebook's output
         assume_installed=["faiss-cpu", "imagehash", "scikit-learn", "sparse-dot-topn", "rapidfuzz", "lightgbm"],
     )
     assert {p.name for p in package.iterdir()} >= {
@@ -160,15 +170,23 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
     monkeypatch.setenv("PYTHONPATH", str(guard))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # where the kernel installs the code
     work = tmp_path / "working"
     work.mkdir()
     nb = run_notebook(
         NOTEBOOKS / "inference.ipynb",
-        {"PACKAGE_DIR": str(package), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"},
+        # The dataset's folder, one level above package/: the notebook finds the manifest below it.
+        {"PACKAGE_DIR": str(package.parent), "DATA_DIR": str(data), "OUT_CSV": "submission.csv"},
         cwd=work,
     )
+    text = outputs_text(nb)
+    assert f"package: {package}" in text
+    assert "[inference] loaded the settings" in text and "postings; embedding them" in text  # progress shows
+    assert not list(temp.glob("pipeline_site_*"))  # the installed code is gone
     # The library came from the package's wheel, installed outside the working folder.
-    loaded = re.search(r"loaded from (\S+)", outputs_text(nb)).group(1)
+    loaded = re.search(r"loaded from (\S+)", text).group(1)
     assert Path(loaded).parent.name == "pipeline" and work not in Path(loaded).parents
     assert str(Path(__file__).resolve().parents[2]) not in loaded
     assert sorted(p.name for p in work.iterdir()) == ["submission.csv"]  # nothing else left behind
@@ -193,3 +211,15 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
     assert "DependencyError" in str(e.value) and "faiss-cpu" in str(e.value) and "nothing was embedded" in str(e.value)
     assert "check_dependencies(PACKAGE_DIR)" in str(e.value)  # the failing cell is the check, not the inference
     assert not (work2 / "submission.csv").exists()
+
+
+def test_installed_as_a_wheel_the_notebooks_outputs_go_to_the_working_folder(tmp_path, monkeypatch):
+    from pipeline import paths
+
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    assert paths.working_dir() == paths.PROJECT_ROOT  # a source checkout: the project
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path / "site-packages")  # a wheel: no pyproject.toml
+    monkeypatch.chdir(tmp_path)
+    assert paths.working_dir() == tmp_path
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert paths.working_dir() == paths.KAGGLE_WORKING

@@ -14,10 +14,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,11 +106,15 @@ class Run:
 
     def _trained(self, model: ModelPaths, modality: str) -> Path:
         if not model.model.exists() and self.paths.members.exists():
-            raise StageError(f"{self.paths.root} is an ensemble: its models stay in its members' folders "
-                             f"({self.paths.members}); train and embed the members, then run `python -m pipeline "
-                             "ensemble` again")
+            raise StageError(
+                f"{self.paths.root} is an ensemble: its models stay in its members' folders "
+                f"({self.paths.members}); train and embed the members, then run `python -m pipeline "
+                "ensemble` again"
+            )
         if not model.model.exists():
-            raise StageError(f"{model.model} missing: run `python -m pipeline train-{modality} --run {self.paths.root}` first")
+            raise StageError(
+                f"{model.model} missing: run `python -m pipeline train-{modality} --run {self.paths.root}` first"
+            )
         return model.model
 
     def embeddings(self, modality: str, name: str, expected_ids: np.ndarray) -> np.ndarray:
@@ -138,8 +143,14 @@ class Run:
             return {m: np.asarray(self.embeddings(m, f"oof_fold{fold}", ids[rows])) for m in self.cfg.learned}
 
         search = {"search": self.cfg.search, "blend_method": self.cfg.fusion.blend_method}
-        return oof_galleries(fold_of, self.cfg.folds.gallery, unsupervised, learned if self.cfg.learned else None,
-                             search, titles=df["title"].to_numpy())
+        return oof_galleries(
+            fold_of,
+            self.cfg.folds.gallery,
+            unsupervised,
+            learned if self.cfg.learned else None,
+            search,
+            titles=df["title"].to_numpy(),
+        )
 
     def tuned_settings(self) -> MatchSettings:
         for path in (self.paths.thresholds, self.paths.tune_report):
@@ -233,8 +244,7 @@ def stage(run: Run, name: str, data: Dataset | None = None, record: bool = True)
         if "provenance" not in run.manifest:
             log.warning("[%s] %s predates provenance records: its inputs are not checked", name, run.paths.manifest)
         else:
-            why = provenance.problem(run.manifest["provenance"], run.paths, run.cfg, name, run_fp,
-                                     run.rerun_commands())
+            why = provenance.problem(run.manifest["provenance"], run.paths, run.cfg, name, run_fp, run.rerun_commands())
             if why:
                 raise StageError(f"{name}: {why}")
         before = provenance.snapshot(run.paths, name)
@@ -266,8 +276,11 @@ def _forget(run: Run, name: str) -> None:
     prov = run.manifest["provenance"]
     provenance.invalidate(prov, run.paths, name)
     removed = provenance.sweep(prov, run.paths, run.cfg)
-    log.warning("[%s] failed after changing its outputs: removed them%s", name,
-                f" and those of {', '.join(removed)}" if removed else "")
+    log.warning(
+        "[%s] failed after changing its outputs: removed them%s",
+        name,
+        f" and those of {', '.join(removed)}" if removed else "",
+    )
     try:
         io.write_json(run.manifest, run.paths.manifest)
     except OSError as e:  # the stage's own error is the one to report

@@ -15,8 +15,8 @@ import fcntl
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 class RunLockedError(RuntimeError):
@@ -60,8 +60,9 @@ def _acquire(lock_file: Path, what: str) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said who it is"
         os.close(fd)
-        raise RunLockedError(f"{what} is being written by {holder}; wait for it to finish, or write to another "
-                             "folder") from None
+        raise RunLockedError(
+            f"{what} is being written by {holder}; wait for it to finish, or write to another folder"
+        ) from None
     except BaseException:
         os.close(fd)
         raise

@@ -50,10 +50,12 @@ def required(stage: str, cfg: Config) -> list[str]:
     if stage.startswith("train-"):
         return ["prepare"]
     embed = ["embed"] if cfg.learned else []
-    return {"embed": ["prepare"] + [f"train-{m}" for m in cfg.learned],
-            "tune": ["prepare"] + embed,
-            "predict": ["tune"] + embed,
-            "report": ["tune"]}[stage]
+    return {
+        "embed": ["prepare"] + [f"train-{m}" for m in cfg.learned],
+        "tune": ["prepare"] + embed,
+        "predict": ["tune"] + embed,
+        "report": ["tune"],
+    }[stage]
 
 
 def _optional(stage: str) -> list[str]:
@@ -66,8 +68,11 @@ def config_slice(stage: str, cfg: Config) -> dict[str, Any]:
     for embedding change no result, so they are left out)."""
     d = cfg.to_dict()
     if stage == "prepare":
-        return {"folds.n_splits": d["folds"]["n_splits"], "folds.seed": d["folds"]["seed"],
-                "needs_images": cfg.needs_images}
+        return {
+            "folds.n_splits": d["folds"]["n_splits"],
+            "folds.seed": d["folds"]["seed"],
+            "needs_images": cfg.needs_images,
+        }
     if stage.startswith("train-"):
         m = stage.removeprefix("train-")
         return {**_flat(d[m], f"{m}.", MODEL_IGNORED), "seed": d["seed"]}
@@ -77,9 +82,13 @@ def config_slice(stage: str, cfg: Config) -> dict[str, Any]:
             out.update(_flat(d[m], f"{m}.", MODEL_IGNORED - {"train.final"}))
         return out
     if stage in ("tune", "predict"):
-        return {"modalities": d["modalities"], "seed": d["seed"], "folds.gallery": d["folds"]["gallery"],
-                "baseline_untrained": d["baseline_untrained"],
-                **{k: v for section in MATCHING_SECTIONS for k, v in _flat(d[section], f"{section}.").items()}}
+        return {
+            "modalities": d["modalities"],
+            "seed": d["seed"],
+            "folds.gallery": d["folds"]["gallery"],
+            "baseline_untrained": d["baseline_untrained"],
+            **{k: v for section in MATCHING_SECTIONS for k, v in _flat(d[section], f"{section}.").items()},
+        }
     return {}
 
 
@@ -125,8 +134,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def build_record(stage: str, cfg: Config, data_fp: str, prov: dict[str, Any], paths: RunPaths,
-                 files: dict[str, str] | None = None) -> dict[str, Any]:
+def build_record(
+    stage: str, cfg: Config, data_fp: str, prov: dict[str, Any], paths: RunPaths, files: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The record of a finished stage; ``files`` (relative path -> digest) defaults to the
     digests of :meth:`RunPaths.stage_files` as they are now."""
     inputs = {u: prov[u]["id"] for u in required(stage, cfg) + _optional(stage) if u in prov}
@@ -138,8 +148,9 @@ def build_record(stage: str, cfg: Config, data_fp: str, prov: dict[str, Any], pa
     return rec
 
 
-def problem(prov: dict[str, Any], paths: RunPaths, cfg: Config, stage: str, data_fp: str,
-            rerun: dict[str, str]) -> str | None:
+def problem(
+    prov: dict[str, Any], paths: RunPaths, cfg: Config, stage: str, data_fp: str, rerun: dict[str, str]
+) -> str | None:
     """Why ``stage`` cannot use what the folder holds, naming what to rerun; None when it can.
 
     Args:
@@ -148,8 +159,10 @@ def problem(prov: dict[str, Any], paths: RunPaths, cfg: Config, stage: str, data
     if stage != "prepare":
         prep = prov.get("prepare")
         if prep is not None and prep["data"] != data_fp:
-            return (f"the data ({paths.root}'s train.csv, test.csv or images) changed since prepare: "
-                    f"rerun {rerun['prepare']}")
+            return (
+                f"the data ({paths.root}'s train.csv, test.csv or images) changed since prepare: "
+                f"rerun {rerun['prepare']}"
+            )
     for u in required(stage, cfg):
         why = _upstream_problem(prov, paths, cfg, u, rerun, check_files=True)
         if why:
@@ -157,8 +170,9 @@ def problem(prov: dict[str, Any], paths: RunPaths, cfg: Config, stage: str, data
     return None
 
 
-def _upstream_problem(prov: dict[str, Any], paths: RunPaths, cfg: Config, u: str, rerun: dict[str, str],
-                      check_files: bool) -> str | None:
+def _upstream_problem(
+    prov: dict[str, Any], paths: RunPaths, cfg: Config, u: str, rerun: dict[str, str], check_files: bool
+) -> str | None:
     rec = prov.get(u)
     if rec is None:
         return f"{u} has not run for this config (or its outputs were invalidated): run {rerun[u]} first"
@@ -198,7 +212,8 @@ def sweep(prov: dict[str, Any], paths: RunPaths, cfg: Config) -> list[str]:
         if rec is None:
             continue
         stale = _diff(rec["config"], config_slice(s, cfg)) or any(
-            prov.get(v, {}).get("id") != vid for v, vid in rec["inputs"].items())
+            prov.get(v, {}).get("id") != vid for v, vid in rec["inputs"].items()
+        )
         if stale:
             invalidate(prov, paths, s)
             removed.append(s)

@@ -28,8 +28,13 @@ with writing(sys.argv[1]):
 
 def hold(run: Path) -> subprocess.Popen:
     """Another process writing ``run``, until its stdin closes (or it is killed)."""
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -56,8 +61,11 @@ def test_every_writing_stage_is_refused_while_another_process_writes(tiny_synth,
     assert main(["prepare", "--data", str(tiny_synth["root"]), "--out", str(run), *TP]) == 0
     holder = hold(run)
     try:
-        for argv in (["tune", "--run", str(run)], ["train-text", "--run", str(run)],
-                     ["prepare", "--data", str(tiny_synth["root"]), "--out", str(run), *TP]):
+        for argv in (
+            ["tune", "--run", str(run)],
+            ["train-text", "--run", str(run)],
+            ["prepare", "--data", str(tiny_synth["root"]), "--out", str(run), *TP],
+        ):
             capsys.readouterr()
             assert main(argv) == 2
             assert f"pid {holder.pid}" in capsys.readouterr().err
@@ -73,8 +81,13 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
         with writing(run):  # run_all holds the folder while each stage takes it again
             pass
         # Still held by the outer block: another process is refused.
-        p = subprocess.run([sys.executable, "-c", HOLDER, str(run)], input="", capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        p = subprocess.run(
+            [sys.executable, "-c", HOLDER, str(run)],
+            input="",
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         assert p.returncode != 0 and f"pid {os.getpid()}" in p.stderr
     holder = hold(run)  # released: another process takes it
     holder.stdin.close()

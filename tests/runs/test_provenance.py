@@ -61,8 +61,9 @@ def test_every_artefact_records_config_data_inputs_and_digests(done_run):
     assert prov["predict"]["files"] == {"submission.csv": provenance._file_sha(done_run / "submission.csv")}
 
 
-def test_a_failed_rerun_on_other_data_leaves_nothing_old_beside_the_new_data(two_datasets, done_run, monkeypatch,
-                                                                             capsys):
+def test_a_failed_rerun_on_other_data_leaves_nothing_old_beside_the_new_data(
+    two_datasets, done_run, monkeypatch, capsys
+):
     import pipeline.stages.tuning as tuning
 
     def full_disk(*args, **kwargs):

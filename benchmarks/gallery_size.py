@@ -17,6 +17,11 @@ Variants (``--variants``), each tuned on the same galleries:
             thresholds and pair model meet the distractor density they will be used at. Its OOF
             figure is pair's (no padding at 1x). padded_learn: the pair model also learns from the
             pairs with those distractors (non-matches, as their groups are not the tuning part's).
+  g_*       after, then a group decision (pipeline.matching.groups) tuned after its pairs: average
+            linkage of the calibrated pair probabilities over every candidate pair (g_average), over
+            after's accepted pairs only (g_accepted), or of those at 1 (g_density); complete linkage
+            (g_complete). g_fixed: g_accepted with its cut fixed at 0.3 instead of tuned (the floor
+            still tuned). The variants that differ only in their group rule share one pair tuning.
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
@@ -46,21 +51,22 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import DEV_CSV
+from benchmarks.gallery_report import table, write_results
 from pipeline.config import Config, load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
+from pipeline.matching.groups import GroupConfig
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.pair_model import DEFAULT_GROUPS, PairModelConfig
-from pipeline.matching.predict import match_postings
+from pipeline.matching.predict import decide_lists, score_postings, uses_pair_model
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.matching.size_calibration import calibrate_size
-from pipeline.matching.tuning import TuneResult, TuneSetup, cross_validated, tune
+from pipeline.matching.tuning import TuneResult, TuneSetup, add_groups, cross_validated, tune
 from pipeline.metric import f1_from_sets, true_sets_from_labels
+from pipeline.submission import build_submission
 
 SIZES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT = list(DEFAULT_GROUPS)
-# The in-sample ceilings of --oracle: result key -> (table label, gallery size; None: the whole other part's).
-CEILINGS = {"oracle_1x": ("1.0x own", 1.0), "oracle_2x": ("2.0x own", 2.0), "oracle_whole": ("whole own", None)}
 
 
 class Variant(NamedTuple):
@@ -68,6 +74,7 @@ class Variant(NamedTuple):
     calibrate: bool  # thresholds moved with the gallery's size (calibrate_size)
     padded: bool = False  # tuned again per gallery, among the gallery's own postings as distractors
     learn_padding: bool = False  # the pair model also learns from the pairs with those distractors
+    group: GroupConfig = GroupConfig("none")  # the group decision after the pairs (rule none: the pairs decide)
 
 
 VARIANTS = {
@@ -76,6 +83,11 @@ VARIANTS = {
     "after": Variant(DEFAULT, True),
     "padded": Variant(DEFAULT, False, padded=True),
     "padded_learn": Variant(DEFAULT, False, padded=True, learn_padding=True),
+    "g_average": Variant(DEFAULT, True, group=GroupConfig("average", "prob", cut=None)),
+    "g_complete": Variant(DEFAULT, True, group=GroupConfig("complete", "prob", cut=None)),
+    "g_accepted": Variant(DEFAULT, True, group=GroupConfig("average", "accepted", cut=None)),
+    "g_density": Variant(DEFAULT, True, group=GroupConfig("average", "density", cut=None)),
+    "g_fixed": Variant(DEFAULT, True, group=GroupConfig("average", "accepted", cut=0.3)),
 }
 
 
@@ -125,11 +137,28 @@ def tuning_galleries(
 
 
 def tune_variant(
-    cfg: Config, galleries: OofGalleries, labels: np.ndarray, fold_of: np.ndarray, variant: Variant, seed: int, cv: bool
+    cfg: Config,
+    galleries: OofGalleries,
+    labels: np.ndarray,
+    fold_of: np.ndarray,
+    variant: Variant,
+    seed: int,
+    cv: bool,
+    cache: dict | None = None,
 ) -> tuple[TuneResult, dict]:
-    """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures."""
+    """Tune one variant; returns the result and its out-of-fold (and cross-validated) figures.
+
+    Args:
+        cache: the pairs' tuning by feature groups, shared by the variants that differ only in their
+            group rule (tuned after the pairs, on the same candidates).
+    """
     setup = variant_setup(cfg, variant, seed)
-    result = tune(galleries.candidates, labels, fold_of, setup, context=galleries.context)
+    cache = {} if cache is None else cache
+    key = tuple(variant.groups)
+    if key not in cache:
+        pairs_only = dataclasses.replace(setup, group=GroupConfig("none"))
+        cache[key] = tune(galleries.candidates, labels, fold_of, pairs_only, context=galleries.context)
+    result = add_groups(dataclasses.replace(cache[key]), labels, variant.group)
     figures: dict[str, Any] = {"oof": _prf(result.steps["final"])}
     if cv:
         figures["cv"] = _prf(cross_validated(galleries.candidates, labels, fold_of, setup, galleries.context))
@@ -141,30 +170,48 @@ def tune_variant(
             "tuned_size": fit["tuned_size"],
             "slopes": {k: round(v, 4) for k, v in fit["slopes"].items()},
         }
+        if "groups" in fit:
+            figures["size_fit"]["groups"] = {k: round(fit["groups"][k], 4) for k in ("threshold_slope", "floor_slope")}
+    if result.settings.group:
+        figures["groups"] = {k: v for k, v in result.settings.group.items() if k not in ("cal_x", "cal_y")}
+        figures["ece"] = {k: round(result.steps["groups"][k], 4) for k in ("ece_raw", "ece_calibrated")}
     return result, figures
 
 
 def variant_setup(cfg: Config, variant: Variant, seed: int) -> TuneSetup:
-    """The run's tuning setup with the variant's pair-model features, on one thread."""
+    """The run's tuning setup with the variant's pair-model features and group rule, on one thread."""
     pair = PairModelConfig(enabled=cfg.pair.enabled, features=list(variant.groups))
-    return dataclasses.replace(TuneSetup.from_config(cfg), pair=pair, seed=seed, threads=1)
+    return dataclasses.replace(TuneSetup.from_config(cfg), pair=pair, seed=seed, threads=1, group=variant.group)
 
 
-def match_part(cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarray | None) -> dict[str, float]:
-    """Match ``df`` as one gallery with the tuned rule; F1, precision and recall against its labels."""
-    vectors = unsupervised_vectors(cfg, df)
-    if text is not None:
-        vectors["text"] = text
+def match_part(
+    cfg: Config, df: pd.DataFrame, result: TuneResult, text: np.ndarray | None, cache: dict | None = None
+) -> dict[str, float]:
+    """Match ``df`` as one gallery with the tuned rule; F1, precision and recall against its labels.
+
+    Args:
+        cache: scored candidates by pair model, settings (but the group rule) and gallery, shared by
+            the variants that differ only in their group rule.
+    """
     ids = df["posting_id"].to_numpy()
-    sub = match_postings(
-        vectors,
-        ids,
-        result.settings,
-        cfg.search,
-        result.pair_model,
-        blend_method=cfg.fusion.blend_method,
-        titles=df["title"].to_numpy(),
-    )
+    pairs_only = json.dumps({**result.settings.to_dict(), "group": None}, sort_keys=True)
+    key = (id(result.pair_model), uses_pair_model(result.settings), pairs_only, hash(tuple(ids.tolist())))
+    cache = {} if cache is None else cache
+    if key not in cache:
+        vectors = unsupervised_vectors(cfg, df)
+        if text is not None:
+            vectors["text"] = text
+        cache[key] = score_postings(
+            vectors,
+            ids,
+            result.settings,
+            cfg.search,
+            result.pair_model,
+            blend_method=cfg.fusion.blend_method,
+            titles=df["title"].to_numpy(),
+        )
+    c, moved = cache[key]
+    sub = build_submission(ids, decide_lists(c, dataclasses.replace(moved, group=result.settings.group), len(ids)))
     pred = [set(s.split()) for s in sub["matches"]]
     truth = true_sets_from_labels(ids, df["label_group"].to_numpy())
     return _prf(f1_from_sets(pred, [truth[i] for i in sub["posting_id"]]))
@@ -174,14 +221,19 @@ def _prf(d: Mapping[str, float]) -> dict[str, float]:
     return {k: round(float(d[k]), 4) for k in ("f1", "precision", "recall")}
 
 
-def _oracle(cfg: Config, df: pd.DataFrame, seed: int) -> dict[str, float]:
-    """The ceiling at a gallery's size: the rule tuned on that gallery's own out-of-fold candidates
-    (every feature group) and scored on them, in-sample."""
+def _oracles(cfg: Config, df: pd.DataFrame, seed: int, key: str, group: str | None) -> dict[str, dict]:
+    """The ceilings at a gallery's size, under result key ``key``: the threshold rule (every feature
+    group) tuned on that gallery's own out-of-fold candidates and scored on them, in-sample; with
+    ``group``, that group variant's too (under ``group_`` + key), sharing the pairs' tuning."""
     labels = df["label_group"].to_numpy()
     fold_of = make_folds(labels, cfg.folds.n_splits, seed)
     galleries = tuning_galleries(cfg, df, fold_of, None)
-    _, figures = tune_variant(cfg, galleries, labels, fold_of, VARIANTS["pair"], seed, False)
-    return figures["oof"]
+    cache: dict = {}
+    out = {key: tune_variant(cfg, galleries, labels, fold_of, VARIANTS["pair"], seed, False, cache)[1]["oof"]}
+    if group is not None:
+        variant = VARIANTS[group]._replace(calibrate=False)  # nothing to move: scored where tuned
+        out[f"group_{key}"] = tune_variant(cfg, galleries, labels, fold_of, variant, seed, False, cache)[1]["oof"]
+    return out
 
 
 def padded_tune(
@@ -220,6 +272,7 @@ def run_protocol(
     cv: bool = False,
     oracle: bool = False,
     part: int | None = None,
+    oracle_group: str | None = None,
 ) -> dict[str, Any]:
     """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
     labels = df["label_group"].to_numpy()
@@ -232,22 +285,23 @@ def run_protocol(
         fold_of = text.folds  # the folds its fold models were trained on: out-of-fold means those
     galleries = tuning_galleries(cfg, a, fold_of, text.oof if text is not None else None)
     out: dict[str, Any] = {"seed": seed, "part": part, "tune_rows": len(a), "test_rows": len(b), "variants": {}}
-    tuned = {}
+    tuned, pairs, scored = {}, {}, {}  # scored: the galleries' candidates, shared as the pairs' tuning is
     for name in variants:
         t0 = time.perf_counter()
-        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, VARIANTS[name], seed, cv)
+        tuned[name], figures = tune_variant(cfg, galleries, a_labels, fold_of, VARIANTS[name], seed, cv, pairs)
         out["variants"][name] = {**figures, "tune_seconds": round(time.perf_counter() - t0, 1)}
     b_text = text.test if text is not None else None
 
     def match(name: str, result: TuneResult, rows: np.ndarray) -> dict[str, float]:
         if VARIANTS[name].padded and len(rows) > len(a):  # not larger: the plain tuning is the padded one
             result = padded_tune(cfg, a, fold_of, b.iloc[rows], VARIANTS[name], seed)
-        return match_part(cfg, b.iloc[rows].reset_index(drop=True), result, None if b_text is None else b_text[rows])
+        gallery = b.iloc[rows].reset_index(drop=True)
+        return match_part(cfg, gallery, result, None if b_text is None else b_text[rows], scored)
 
     for name, result in tuned.items():
         out["variants"][name]["whole"] = {"size": round(len(b) / len(a), 2), **match(name, result, np.arange(len(b)))}
     if oracle and text is None:
-        out["oracle_whole"] = _oracle(cfg, b, seed)
+        out.update(_oracles(cfg, b, seed, "oracle_whole", oracle_group))
     rng = np.random.default_rng(seed + 1)
     b_labels = b["label_group"].to_numpy()
     for mult in SIZES:
@@ -256,7 +310,7 @@ def run_protocol(
             continue
         draws = [sample_groups(b_labels, n_rows, rng) for _ in range(repeats)]
         if oracle and text is None and mult in (1.0, 2.0):
-            out[f"oracle_{mult:g}x"] = _oracle(cfg, b.iloc[draws[0]].reset_index(drop=True), seed)
+            out.update(_oracles(cfg, b.iloc[draws[0]].reset_index(drop=True), seed, f"oracle_{mult:g}x", oracle_group))
         for name, result in tuned.items():
             runs = [match(name, result, rows) for rows in draws]
             out["variants"][name].setdefault("sizes", []).append(
@@ -347,95 +401,6 @@ def write_split(data: Path, tune_share: float, seed: int, out: Path) -> None:
     print(f"{part_a.sum()} tuning rows, {(~part_a).sum()} other rows -> {out}")
 
 
-def table(results: list[dict]) -> str:
-    """Mean over splits: per variant, OOF, CV, the whole other part, each size and the loss; the ceilings."""
-    lines = ["variant  | gallery  | F1     | precision | recall | (mean over splits)"]
-    for name in results[0]["variants"]:
-        rows = [r["variants"][name] for r in results]
-
-        def mean(get, rows=rows) -> str:
-            vals = [get(r) for r in rows]
-            return " | ".join(f"{np.mean([v[k] for v in vals]):.4f}" for k in ("f1", "precision", "recall"))
-
-        lines.append(f"{name:8} | OOF 1x   | {mean(lambda r: r['oof'])}")
-        if "cv" in rows[0]:
-            lines.append(f"{name:8} | CV 1x    | {mean(lambda r: r['cv'])}")
-        lines.append(
-            f"{name:8} | whole {np.mean([r['whole']['size'] for r in rows]):.1f}x | {mean(lambda r: r['whole'])}"
-        )
-        for i, s in enumerate(rows[0].get("sizes", [])):
-            if all(len(r.get("sizes", [])) > i for r in rows):
-                lines.append(f"{name:8} | {s['size']:.1f}x     | {mean(lambda r, i=i: r['sizes'][i])}")
-        loss = 100 * np.array([r["oof"]["f1"] - r["whole"]["f1"] for r in rows])
-        spread = f" ± {loss.std(ddof=1) / np.sqrt(len(loss)):.2f} (standard error)" if len(loss) > 1 else ""
-        lines.append(f"{name:8} | loss     | OOF - whole: {loss.mean():.2f} points{spread} over {len(loss)} splits")
-    for key, (label, _) in CEILINGS.items():
-        if all(key in r for r in results):
-            lines.append(
-                f"ceiling  | {label:8} | "
-                + " | ".join(f"{np.mean([r[key][k] for r in results]):.4f}" for k in ("f1", "precision", "recall"))
-                + "  (tuned in-sample on that gallery: its first draw)"
-            )
-    return "\n".join(lines)
-
-
-def _ceiling_points(results: list[dict], key: str) -> list[tuple[float, float]]:
-    """(size, figure) of the in-sample ceilings (``--oracle``), each the mean over the splits."""
-    points = []
-    for name, (_, size) in CEILINGS.items():
-        if all(name in r for r in results):
-            sizes = [size or next(iter(r["variants"].values()))["whole"]["size"] for r in results]
-            points.append((float(np.mean(sizes)), float(np.mean([r[name][key] for r in results]))))
-    return sorted(points)
-
-
-def plot(results: list[dict], path: Path, title: str) -> Path:
-    from matplotlib.figure import Figure
-
-    from pipeline.io import save_figure
-
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, key in zip(axes, ("f1", "precision", "recall")):
-        for name in results[0]["variants"]:
-            rows = [r["variants"][name] for r in results]
-            n = min(len(r.get("sizes", [])) for r in rows)
-            x = [rows[0]["sizes"][i]["size"] for i in range(n)]
-            y = [np.mean([r["sizes"][i][key] for r in rows]) for i in range(n)]
-            whole = float(np.mean([r["whole"]["size"] for r in rows]))
-            if not x or whole > max(x) + 0.05:  # the whole other part, larger than every draw
-                x, y = x + [whole], y + [np.mean([r["whole"][key] for r in rows])]
-            line = ax.plot(x, y, marker="o", label=f"{name}: unseen groups")[0]
-            ax.plot(
-                [1.0],
-                [np.mean([r["oof"][key] for r in rows])],
-                marker="*",
-                markersize=12,
-                color=line.get_color(),
-                linestyle="none",
-                label=f"{name}: out-of-fold (tuning part)",
-            )
-        ceiling = _ceiling_points(results, key)
-        if ceiling:
-            ax.plot(
-                *zip(*ceiling),
-                marker="x",
-                markersize=9,
-                color="black",
-                linestyle="--",
-                label="ceiling: tuned in-sample on that gallery itself",
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([0.5, 1, 2, 3, 4], ["0.5x", "1x", "2x", "3x", "4x"])
-        ax.set_xlabel("gallery size / tuning gallery size")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
-    fig.suptitle(title, fontsize=9)
-    save_figure(fig, path)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["split"]:
@@ -474,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also tune on the first 1x and 2x draws and the whole other part themselves "
         "(in-sample: the ceiling at each size)",
     )
+    parser.add_argument(
+        "--oracle-group",
+        default=None,
+        choices=[v for v in VARIANTS if VARIANTS[v].group.rule != "none"],
+        help="with --oracle, also the in-sample ceilings of this group variant",
+    )
     parser.add_argument("--text-run", type=Path, default=None, help="run trained on the tuning part (see above)")
     parser.add_argument("--test-embed", default="full", choices=["full", "folds"])
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.txt and the plot")
@@ -495,7 +466,17 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             results.append(
                 run_protocol(
-                    cfg, df, args.tune_share, seed, args.repeats, args.variants, text, args.cv, args.oracle, part
+                    cfg,
+                    df,
+                    args.tune_share,
+                    seed,
+                    args.repeats,
+                    args.variants,
+                    text,
+                    args.cv,
+                    args.oracle,
+                    part,
+                    args.oracle_group,
                 )
             )
             print(json.dumps(results[-1]), flush=True)
@@ -508,13 +489,6 @@ def main(argv: list[str] | None = None) -> int:
             f"matched on the others (seeds {args.seeds}, {args.repeats} draws per size)",
         )
     return 0
-
-
-def write_results(results: list[dict], out: Path, title: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.txt").write_text(table(results) + "\n")
-    print(f"plot: {plot(results, out / 'gallery_size.png', title)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pipeline.data.contract import LEARNED_MODALITIES, MODALITIES
 from pipeline.data.folds import FoldsConfig
 from pipeline.device import default_threads
 from pipeline.matching.fusion import FusionConfig
+from pipeline.matching.groups import GroupConfig
 from pipeline.matching.neighbours import SearchConfig
 from pipeline.matching.pair_model import PairModelConfig
 from pipeline.matching.signals import PhashConfig, TfidfConfig
@@ -90,6 +91,7 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     pair: PairModelConfig = field(default_factory=PairModelConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modalities if m not in MODALITIES]

@@ -37,3 +37,14 @@ def test_margin_rows_from_several_seeds_are_averaged_per_setting(tmp_path):
     assert list(out) == ["base", "k3"]
     assert out["base"]["f1"] == pytest.approx(0.85) and out["base"]["seed_f1"] == [0.8, 0.9]
     assert out["k3"]["per_fold_f1"] == pytest.approx([0.65, 1.0]) and out["k3"]["seeds"] == [42, 43]
+
+
+def test_every_experiment_is_a_valid_config_that_says_what_it_tries():
+    from benchmarks.experiment import EXPERIMENTS, experiment_names
+    from pipeline.config import load_config
+
+    names = experiment_names()
+    assert "dev_tfidf_phash" in names
+    for name in names:
+        load_config(EXPERIMENTS / f"{name}.yaml")
+        assert (EXPERIMENTS / f"{name}.yaml").read_text().startswith("# ")

@@ -40,6 +40,9 @@ class MatchSettings:
     # Per threshold (signal name, or "min2_floor"): its move per doubling of the gallery.
     size_slopes: dict[str, float] = field(default_factory=dict)
     tuned_size: int = 0  # postings per gallery the thresholds were tuned on; 0 = no size calibration
+    # The group decision after the pairs (pipeline.matching.groups.GroupSettings as a dict); empty
+    # or rule "none": each posting's matches are its accepted pairs.
+    group: dict[str, Any] = field(default_factory=dict)
 
     @property
     def min2_on(self) -> bool:

@@ -21,6 +21,7 @@ from pipeline.ensemble.combine import EncoderMember, embed_members
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings, decide, match_lists, prediction_floors
 from pipeline.matching.fusion import FUSED_SIGNALS, gallery_neighbours
+from pipeline.matching.groups import GroupSettings, group_lists
 from pipeline.matching.neighbours import Neighbours, SearchConfig
 from pipeline.matching.pair_features import PairContext
 from pipeline.matching.pair_model import DEFAULT_THREADS, PAIR_SIGNAL, PairModel, PairModelError
@@ -52,7 +53,12 @@ class PredictError(ValueError):
 
 
 def uses_pair_model(settings: MatchSettings) -> bool:
-    return PAIR_SIGNAL in settings.thresholds or settings.min2_signal == PAIR_SIGNAL
+    """Whether the settings read the pair score: as a threshold, for min-2, or in a group rule."""
+    return (
+        PAIR_SIGNAL in settings.thresholds
+        or settings.min2_signal == PAIR_SIGNAL
+        or GroupSettings.from_dict(settings.group).on
+    )
 
 
 def load_pair_model(path: str | Path, settings: MatchSettings, threads: int = DEFAULT_THREADS) -> PairModel | None:
@@ -159,6 +165,42 @@ def match_postings(
 ) -> pd.DataFrame:
     """Neighbours, fusion, blending, pair scores and the decision on one gallery; the submission frame.
 
+    Args: as :func:`score_postings`.
+    """
+    timings = {} if timings is None else timings
+    c, moved = score_postings(
+        vectors,
+        ids,
+        settings,
+        search,
+        pair_model,
+        blend_method=blend_method,
+        timings=timings,
+        lists=lists,
+        titles=titles,
+    )
+    matched = decide_lists(c, moved, len(ids), timings)
+    t0 = time.perf_counter()
+    sub = build_submission(ids, matched)
+    timings["build_submission"] = time.perf_counter() - t0
+    return sub
+
+
+def score_postings(
+    vectors: Mapping[str, Any],
+    ids: np.ndarray,
+    settings: MatchSettings,
+    search: SearchConfig,
+    pair_model: PairModel | None = None,
+    *,
+    blend_method: str = "graph",
+    timings: dict[str, float] | None = None,
+    lists: Callable[[str, Neighbours], None] | None = None,
+    titles: Sequence[str] | None = None,
+) -> tuple[Candidates, MatchSettings]:
+    """Neighbours, fusion, blending and pair scores on one gallery: its candidate pairs and the
+    settings moved to its size (ready for :func:`decide_lists`).
+
     Args:
         vectors: per signal, one row per posting (see :func:`posting_vectors`).
         search: the index, its parameters, ``k`` and ``threads``, and whether to search above floors.
@@ -174,14 +216,25 @@ def match_postings(
     n = len(ids)
     settings = settings.at_size(n)  # thresholds tuned on galleries of another size, moved by the size
     c = _candidates(vectors, n, settings, search, pair_model, blend_method, timings, lists, titles)
+    return c, settings
+
+
+def decide_lists(
+    c: Candidates, settings: MatchSettings, n: int, timings: dict[str, float] | None = None
+) -> list[np.ndarray]:
+    """Per posting of a gallery of ``n``, its matches (best first) on the candidates of
+    :func:`score_postings`: the threshold rule's pairs, then the group decision when the settings hold one."""
+    timings = {} if timings is None else timings
     t0 = time.perf_counter()
     mask = decide(c, settings)
     matched = match_lists(c, mask, n, score=next(iter(settings.thresholds), None))
     timings["decide"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sub = build_submission(ids, matched)
-    timings["build_submission"] = time.perf_counter() - t0
-    return sub
+    group = GroupSettings.from_dict(settings.group)
+    if group.on:
+        t0 = time.perf_counter()
+        matched = group_lists(c.query, c.match, c.sims[PAIR_SIGNAL], mask, group.at_size(n), matched)
+        timings["groups"] = time.perf_counter() - t0
+    return matched
 
 
 def _check_inputs(

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
+from pipeline.matching.group_tuning import calibrate_group_size
+from pipeline.matching.groups import GroupSettings
+from pipeline.matching.pair_model import PAIR_SIGNAL
 from pipeline.matching.scoring import Scorer, threshold_grid
 from pipeline.matching.tuning import TuneResult
 
@@ -38,6 +41,9 @@ def calibrate_size(
     Args:
         result: a :func:`tune` result (its candidates carry the out-of-fold pair scores).
         gallery_size: postings each tuned query was searched among (the train set for ``folds.gallery=all``).
+
+    A group rule's cut and floor get slopes of their own
+    (:func:`~pipeline.matching.group_tuning.calibrate_group_size`).
 
     Returns:
         The settings with ``size_slopes`` and ``tuned_size``, and a record of the fit.
@@ -66,7 +72,13 @@ def calibrate_size(
         d = np.array([(p["min2_floor"] if key == "min2_floor" else p["thresholds"][key]) - base for p in points])
         slopes[key] = float((x * d).sum() / (x * x).sum())
     calibrated = dataclasses.replace(settings, size_slopes=slopes, tuned_size=int(gallery_size))
-    return calibrated, {"tuned_size": int(gallery_size), "slopes": slopes, "points": points}
+    record = {"tuned_size": int(gallery_size), "slopes": slopes, "points": points}
+    if GroupSettings.from_dict(settings.group).on:
+        grouped, record["groups"] = calibrate_group_size(
+            c, labels, c.sims[PAIR_SIGNAL], calibrated, result.rows, gallery_size
+        )
+        calibrated.group = grouped.to_dict()
+    return calibrated, record
 
 
 def _retune_values(

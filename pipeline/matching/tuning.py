@@ -18,6 +18,8 @@ import numpy as np
 from pipeline.matching.candidates import Candidates
 from pipeline.matching.decide import MatchSettings, Min2, decide, union_mask
 from pipeline.matching.fusion import BLENDABLE_SIGNALS, FusionConfig
+from pipeline.matching.group_tuning import held_out_groups, tune_groups
+from pipeline.matching.groups import GroupConfig, GroupSettings
 from pipeline.matching.pair_features import PairContext
 from pipeline.matching.pair_model import DEFAULT_THREADS, PAIR_SIGNAL, PairModel, PairModelConfig, cross_fit
 from pipeline.matching.scoring import Curve, Scorer, threshold_grid
@@ -57,12 +59,13 @@ class TuneSetup:
     pair: PairModelConfig = field(default_factory=PairModelConfig)
     seed: int = 0  # the pair model's random state
     threads: int = DEFAULT_THREADS  # the pair model's threads
+    group: GroupConfig = field(default_factory=GroupConfig)  # the group decision after the pairs
 
     @classmethod
     def from_config(cls, cfg: Any) -> TuneSetup:
         """The setup of a run's :class:`~pipeline.config.Config` (its ``decision``, ``fusion``,
-        ``pair``, ``seed`` and ``threads``)."""
-        return cls(cfg.decision, cfg.fusion, cfg.pair, cfg.seed, cfg.threads)
+        ``pair``, ``seed``, ``threads`` and ``group``)."""
+        return cls(cfg.decision, cfg.fusion, cfg.pair, cfg.seed, cfg.threads, cfg.group)
 
 
 @dataclass
@@ -153,7 +156,7 @@ def tune(
 
     settings, min2_rule = _tune_rule(scorer, base, curves, decision, steps)
     curves["fused"] = _shift_curve(scorer, settings, min2_rule)
-    return TuneResult(
+    result = TuneResult(
         settings=settings,
         steps=steps,
         curves=curves,
@@ -162,6 +165,28 @@ def tune(
         candidates=c,
         rows=rows,
     )
+    return add_groups(result, labels, setup.group)
+
+
+def add_groups(result: TuneResult, labels: np.ndarray, group: GroupConfig) -> TuneResult:
+    """``result`` with the group decision ``group`` tuned after its pairs (a new result sharing the
+    candidates and models); its F1 becomes the final step's, the pairs' stays as ``pairs_final``.
+
+    Like every tuning step, the group decision is kept only when it does not lower the out-of-fold
+    F1; a step left out is recorded with ``kept: false``. Rule ``none`` gives ``result`` itself;
+    without a pair score the skip is recorded in the steps."""
+    if group.rule == "none":
+        return result
+    c = result.candidates
+    if PAIR_SIGNAL not in c.sims:
+        return dataclasses.replace(result, steps={**result.steps, "groups": {"skipped": "no pair model"}})
+    accepted = decide(c, result.settings)
+    grouped, record = tune_groups(c, labels, c.sims[PAIR_SIGNAL], accepted, group, result.rows)
+    if record["f1"] < result.steps["final"]["f1"]:
+        return dataclasses.replace(result, steps={**result.steps, "groups": {**record, "kept": False}})
+    settings = dataclasses.replace(result.settings, group=grouped.to_dict())
+    steps = {**result.steps, "pairs_final": result.steps["final"], "groups": record, "final": record}
+    return dataclasses.replace(result, settings=settings, steps=steps)
 
 
 def _fit_pair_model(
@@ -354,6 +379,12 @@ def held_out_score(
         c.sims[PAIR_SIGNAL] = result.pair_model.predict(c, context(result.settings) if context else None)
     scorer = Scorer(c, labels, held_out)
     mask = decide(c, result.settings)
+    group = GroupSettings.from_dict(result.settings.group)
+    if group.on:
+        figures, f1 = held_out_groups(c, labels, c.sims[PAIR_SIGNAL], mask, group, held_out)
+        if per_posting is not None:
+            per_posting[held_out] = f1[held_out]
+        return figures
     if per_posting is not None:
         per_posting[held_out] = f1_from_pairs(
             c.query[mask], scorer.same[mask], scorer.group_size, subset=held_out, per_posting=True

@@ -98,6 +98,23 @@ def _signals(r: Mapping[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _groups_in_words(steps: Mapping[str, Any]) -> str:
+    """The group step (``group.rule``) in one sentence: used, left out, or skipped."""
+    g = steps["groups"]
+    if "skipped" in g:
+        return f"no group decision ({g['skipped']})."
+    if g.get("kept") is False:
+        return (
+            f"clustering the accepted pairs scored {g['f1']:.4f}, below the pairs' own "
+            f"{steps['final']['f1']:.4f}, so each posting keeps its accepted pairs."
+        )
+    return (
+        "the accepted pairs are clustered (linkage of the pair model's calibrated probabilities) and each "
+        f"posting's matches are its group: F1 {steps['pairs_final']['f1']:.4f} with the pairs, "
+        f"{g['f1']:.4f} with the groups."
+    )
+
+
 def _rule(r: Mapping[str, Any]) -> list[str]:
     rule, steps = r["rule"], r["steps"]
     out = ["## The rule, step by step", ""]
@@ -125,6 +142,8 @@ def _rule(r: Mapping[str, Any]) -> list[str]:
                 else "here the rule is better without it, so it is not used."
             )
         )
+    if "groups" in steps:
+        out.append(f"5. **Groups**: {_groups_in_words(steps)}")
     out += ["", f"Final rule, tuned and scored on the same rows: F1 {steps['final']['f1']:.4f}.", ""]
     contributions = rule.get("contributions") or {}
     parts = [(k.removeprefix("without "), v) for k, v in contributions.items() if k.startswith("without ")]

@@ -30,7 +30,7 @@ from pipeline.runs.folder import Run, log, open_run, stage
 
 # What a re-tune may change: everything it computes from the saved embeddings. Other sections
 # (folds, encoders, seeds) need new models or embeddings, so a new run.
-TUNE_OVERRIDE_SECTIONS = ("search.", "fusion.", "decision.", "pair.", "tfidf.", "phash.")
+TUNE_OVERRIDE_SECTIONS = ("search.", "fusion.", "decision.", "pair.", "group.", "tfidf.", "phash.")
 
 
 def tune_stage(run_dir: str | Path, progress: bool = True, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -138,7 +138,11 @@ def _overridden(run: Run, overrides: Sequence[str]) -> Config:
 
 
 def _summary(steps: dict[str, dict]) -> str:
-    return ", ".join(f"{k} {v['f1']:.3f}" for k, v in steps.items() if k != "final" and "f1" in v)
+    return ", ".join(
+        f"{k} {v['f1']:.3f}" + (" (not kept)" if v.get("kept") is False else "")
+        for k, v in steps.items()
+        if k != "final" and "f1" in v
+    )
 
 
 def _untrained_scores(run: Run, df: pd.DataFrame, fold_of: np.ndarray, labels: np.ndarray) -> dict[str, dict]:

@@ -28,6 +28,7 @@ from pipeline.data.synth.postings import clustered_postings
 from pipeline.matching.candidates import Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.fusion import DENSE_SIGNALS, FusionConfig, gallery_neighbours
+from pipeline.matching.groups import GroupConfig, GroupSettings
 from pipeline.matching.neighbours import Neighbours, SearchConfig
 from pipeline.matching.pair_features import PairContext
 from pipeline.matching.pair_model import PairModel
@@ -70,6 +71,7 @@ def run_bench(
     recall_sample: int = 1000,
     search_overrides: dict | None = None,
     pair_fit_n: int = 3000,
+    group: GroupConfig | None = None,
 ) -> dict:
     """Time the predict path; returns seconds per step, peak RSS, the F1 on the known groups and recall.
 
@@ -82,6 +84,8 @@ def run_bench(
         blend_method: see ``fusion.blend_method``.
         recall_sample: queries whose lists are checked against exact search (0: no check).
         search_overrides: other ``search`` settings (``nprobe``, ``ef_search``, ``threads`` ...).
+        group: with ``pair``, the group rule after the pairs at a fixed cut and floor (default: the
+            config's ``group``), timed as the step ``groups``.
     """
     t0 = time.perf_counter()
     vectors, labels = clustered_postings(n, dim, seed)
@@ -96,11 +100,7 @@ def run_bench(
         search=search,
         fusion=FusionConfig(blend_method=blend_method),
     )
-    settings = bench_settings(tfidf)
-    pair_model = None
-    if pair:
-        settings.thresholds["pair"] = 0.5
-        pair_model = _fit_pair_model(pair_fit_n, dim, settings, seed + 1, cfg)
+    settings, pair_model = _bench_rule(cfg, tfidf, pair, pair_fit_n, dim, seed, group)
     # Only the rows whose recall is checked are kept: whole lists would outlive the path they time.
     queries = recall_queries(n, recall_sample, seed) if recall_sample else np.empty(0, np.int64)
     lists: dict[str, Neighbours] = {}
@@ -118,6 +118,7 @@ def run_bench(
         "index": index,
         **{key: getattr(search, key) for key in ("nprobe", "ef_search", "hnsw_fp16", "threads")},
         "pair_model": pair,
+        "group": settings.group.get("rule", "none"),
         "tfidf": tfidf,
         "blend_method": blend_method,
         "seconds": {key: round(v, 3) for key, v in timings.items()},
@@ -136,6 +137,23 @@ def run_bench(
         )
         out["recall_seconds"] = round(time.perf_counter() - t1, 2)
     return out
+
+
+def _bench_rule(
+    cfg: Config, tfidf: bool, pair: bool, pair_fit_n: int, dim: int, seed: int, group: GroupConfig | None
+) -> tuple[MatchSettings, PairModel | None]:
+    """The decision bench times: fixed thresholds, and with ``pair`` a pair model fitted on other
+    postings (untimed) at a threshold of 0.5, then the group rule (``group``, default the config's)
+    at a fixed cut and floor."""
+    settings = bench_settings(tfidf)
+    if not pair:
+        return settings, None
+    settings.thresholds["pair"] = 0.5
+    pair_model = _fit_pair_model(pair_fit_n, dim, settings, seed + 1, cfg)
+    rule = cfg.group if group is None else group
+    if rule.rule != "none":
+        settings.group = GroupSettings(rule.rule, rule.weights, threshold=0.5, min2_floor=0.5).to_dict()
+    return settings, pair_model
 
 
 def _timed_predict(

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import pickle
 
@@ -10,10 +11,12 @@ from pipeline.matching import pair_model as pairs
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.fusion import FusionConfig, NeighbourCache, gallery_neighbours
+from pipeline.matching.groups import GroupConfig, GroupSettings
 from pipeline.matching.neighbours import SearchConfig
 from pipeline.matching.pair_features import COMMON_K, FEATURE_GROUPS, PairContext, feature_names, pair_features
 from pipeline.matching.pair_model import PAIR_SIGNAL, PairModel, PairModelConfig, PairModelError, cross_fit
-from pipeline.matching.predict import PredictError, load_pair_model
+from pipeline.matching.predict import PredictError, load_pair_model, match_postings
+from pipeline.matching.size_calibration import calibrate_size
 from pipeline.matching.tuning import DecisionConfig, TuneSetup, cross_validated, tune
 
 
@@ -226,3 +229,64 @@ def test_tampered_or_foreign_files_are_refused(clustered, tmp_path):
         path.write_bytes(raw)
         with pytest.raises(PairModelError, match=message):
             PairModel.load(path)
+
+
+def test_a_group_rule_is_tuned_after_the_pairs_and_predict_gives_whole_groups(clustered):
+    """The group rule is tuned after the pairs, survives thresholds.json, moves with the gallery, is
+    cross-validated, and predict's lists are then whole groups: everyone in a posting's set has the
+    same set."""
+    build, context, labels, folds = clustered
+    setup = dataclasses.replace(with_pair_model(21), group=GroupConfig("average", "accepted", cut=None))
+    result = tune(build, labels, folds, setup, context=context)
+    group = GroupSettings.from_dict(result.settings.group)
+    assert group.rule == "average" and group.cal_x and result.steps["final"] is result.steps["groups"]
+    assert result.steps["pairs_final"]["f1"] > 0 and result.steps["groups"]["ece_calibrated"] <= 0.01
+    settings, fit = calibrate_size(result, labels, 400, n_thresholds=21)
+    assert MatchSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    assert fit["groups"]["tuned_size"] == 400 and GroupSettings.from_dict(settings.group).tuned_size == 400
+    cv = cross_validated(build, labels, folds, setup, context)
+    assert 0 < cv["f1"] <= 1 and len(cv["per_fold_f1"]) == 3
+
+    vectors, _ = clustered_postings(400, dim=32, seed=4)
+    titles = np.array(synthetic_titles(labels, seed=4), dtype=object)
+    ids = np.array([f"p{i}" for i in range(400)])
+    sub = match_postings(vectors, ids, settings, SearchConfig(index="flat", k=20), result.pair_model, titles=titles)
+    sets = {pid: frozenset(m.split()) for pid, m in zip(sub["posting_id"], sub["matches"])}
+    grouped = [s for s in sets.values() if len(s) > 2]  # pairs may be a lone posting's min-2
+    assert grouped and all(sets[other] == s for s in grouped for other in s)
+    # Rule none: the pairs' own decision, as before the group step existed.
+    pairs_only = dataclasses.replace(settings, group={})
+    plain = match_postings(vectors, ids, pairs_only, SearchConfig(index="flat", k=20), result.pair_model, titles=titles)
+    assert not plain.equals(sub)
+
+
+def test_without_a_pair_model_the_group_rule_is_skipped_and_says_so(clustered):
+    build, context, labels, folds = clustered
+    setup = TuneSetup(
+        DecisionConfig(n_thresholds=11),
+        FusionConfig(blend_rounds=0),
+        PairModelConfig(enabled=False),
+        group=GroupConfig("average", "prob", cut=None),
+    )
+    result = tune(build, labels, folds, setup, context=context)
+    assert result.steps["groups"] == {"skipped": "no pair model"} and not result.settings.group
+
+
+def test_a_group_rule_that_lowers_the_out_of_fold_f1_is_left_out(clustered, monkeypatch):
+    """Like every tuning step, the group decision stays only when it does not lower the F1."""
+    from pipeline.matching import tuning
+
+    build, context, labels, folds = clustered
+    pairs = tune(
+        build, labels, folds, dataclasses.replace(with_pair_model(21), group=GroupConfig("none")), context=context
+    )
+    real = tuning.tune_groups
+
+    def worse(*args, **kwargs):
+        settings, record = real(*args, **kwargs)
+        return settings, {**record, "f1": pairs.steps["final"]["f1"] - 0.01}
+
+    monkeypatch.setattr(tuning, "tune_groups", worse)
+    result = tuning.add_groups(pairs, labels, GroupConfig("average", "accepted", 0.3))
+    assert result.settings == pairs.settings and not result.settings.group
+    assert result.steps["groups"]["kept"] is False and result.steps["final"] == pairs.steps["final"]

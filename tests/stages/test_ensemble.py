@@ -146,7 +146,7 @@ def test_retune_with_overrides_updates_the_config_and_retires_the_submission(run
     capsys.readouterr()
     # Keys that need new models are refused, and nothing changes.
     assert main(["tune", "--run", str(run), "text.train.epochs=3"]) == 2
-    assert "search.*, fusion.*, decision.*, pair.*, tfidf.*, phash.*" in capsys.readouterr().err
+    assert "search.*, fusion.*, decision.*, pair.*, group.*, tfidf.*, phash.*" in capsys.readouterr().err
     assert load_config(run / "config.yaml").text.train.epochs == 1
     # The same settings again: a new submission stays current.
     assert main(["predict", "--run", str(run)]) == 0

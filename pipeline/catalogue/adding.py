@@ -125,18 +125,13 @@ def add_postings(
     """
     digest = batch_digest(df)
     with cat.writer():
-        known = cat.ids_of(df["posting_id"].tolist())
+        known = cat.ids_of(df["posting_id"].tolist(), removed=True)
         if known:
             seq = _same_batch(cat, digest)
             if seq is not None:
                 return decisions_of(cat, seq)
             if not skip_existing:
-                i = int(df["posting_id"].isin(known).to_numpy().argmax())
-                pid = df["posting_id"].iat[i]
-                raise CatalogueError(
-                    f"{source or 'batch'}, row {i + 1}, column 'posting_id': {pid!r} is already in "
-                    "the catalogue; pass --skip-existing to leave such rows out"
-                )
+                _refuse_known(cat, df, known, source)
             keep = ~df["posting_id"].isin(known).to_numpy()
             df = df[keep].reset_index(drop=True)
             vectors = None if vectors is None else {k: v[np.flatnonzero(keep)] for k, v in vectors.items()}
@@ -145,6 +140,18 @@ def add_postings(
                 return pd.DataFrame(columns=DECISION_COLUMNS)
         vectors = embed(cat.rule, cat.vocabulary, df, images_dir, cat.encoders) if vectors is None else vectors
         return _commit_batch(cat, df, vectors, images_dir, source, digest, labels)
+
+
+def _refuse_known(cat: Catalogue, df: pd.DataFrame, known: dict[str, int], source: str) -> None:
+    """Name the first row whose posting id the catalogue holds, or held (ids are never reused)."""
+    i = int(df["posting_id"].isin(known).to_numpy().argmax())
+    pid = df["posting_id"].iat[i]
+    gone = cat.con.execute("SELECT removed FROM postings WHERE id = ?", (known[pid],)).fetchone()[0]
+    state = "is already in the catalogue" if gone is None else f"was removed from the catalogue (batch {gone})"
+    raise CatalogueError(
+        f"{source or 'batch'}, row {i + 1}, column 'posting_id': {pid!r} {state}; a posting id is added once "
+        "(pass --skip-existing to leave such rows out)"
+    )
 
 
 def _same_batch(cat: Catalogue, digest: str) -> int | None:

@@ -164,15 +164,15 @@ class Catalogue:
     def column_titles(self, ids: np.ndarray) -> list[str]:
         return self.column_of(ids, "title")
 
-    def ids_of(self, posting_ids: list[str]) -> dict[str, int]:
+    def ids_of(self, posting_ids: list[str], removed: bool = False) -> dict[str, int]:
+        """Catalogue ids of the live ``posting_ids`` found (with ``removed``: of removed ones too)."""
+        live = "" if removed else " AND removed IS NULL"
         out: dict[str, int] = {}
         for start in range(0, len(posting_ids), 900):
             chunk = posting_ids[start : start + 900]
             marks = ",".join("?" * len(chunk))
             out.update(
-                self.con.execute(
-                    f"SELECT posting_id, id FROM postings WHERE posting_id IN ({marks}) AND removed IS NULL", chunk
-                )
+                self.con.execute(f"SELECT posting_id, id FROM postings WHERE posting_id IN ({marks}){live}", chunk)
             )
         return out
 

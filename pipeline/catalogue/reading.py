@@ -190,7 +190,8 @@ def explain_text(info: dict[str, Any]) -> str:
             lines.append(f"    {name:8s} {ev['sims'][name]:.4f} (no threshold)")
         if ev.get("min2"):
             lines.append(
-                f"    accepted by min-2: its best {ev['min2_signal']} pair, above the floor {ev['min2_floor']}"
+                f"    min-2 accepts it (the best pair by {ev['min2_signal']}, above the floor {ev['min2_floor']}); "
+                + ("it joins groups" if link["accepted"] else "min-2 pairs do not join groups here")
             )
         for name, value, contrib in ev.get("features", []):
             lines.append(f"    feature {name} = {value}: {contrib:+.3f} log-odds")

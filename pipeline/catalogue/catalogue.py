@@ -82,7 +82,15 @@ class Catalogue:
             raise CatalogueError(str(e)) from None
 
     def recover(self) -> None:
-        """Cut what an uncommitted batch left, redo committed journals, load the indexes (writer only)."""
+        """Cut what an uncommitted batch left, redo committed journals, load the indexes (writer only).
+
+        A catalogue that this object already holds at the last committed batch (a service's next
+        write) is not reloaded: what a failed batch left past that batch (log rows, a journal, a
+        TF-IDF block) is overwritten by the next batch, which takes the same sequence number and ids.
+        """
+        committed = schema.last_batch(self.con)
+        if self.loaded and self.store.applied == committed and self.lists.applied == committed:
+            return
         with schema.snapshot(self.con):
             committed, n_ids, live, replay = self._state(after=self._snapshot_floor())
         self.lists.open(committed)

@@ -66,6 +66,7 @@ def _writing_actions(action: Callable[..., argparse.ArgumentParser]) -> None:
     q.add_argument("--port", type=int, default=8000)
     q.add_argument("--low", type=float, default=0.2, help="review queue: probabilities from (default 0.2)")
     q.add_argument("--high", type=float, default=0.8, help="review queue: probabilities up to (default 0.8)")
+    q.add_argument("--images", type=Path, help="the images folder of postings added through the service")
     _threads(q)
 
 
@@ -109,8 +110,8 @@ def _read(args, cat) -> tuple:
     from pipeline.data.contract import read_postings
 
     needs_images = "image" in cat.rule.learned() or cat.rule.phash_source == "image"
-    images = args.images if needs_images else None
-    return read_postings(args.postings, labelled=False, images_dir=images), images
+    df = read_postings(args.postings, labelled=False, images_dir=args.images if needs_images else None)
+    return df, args.images  # kept with the postings either way, for the review page
 
 
 def _init(args) -> int:
@@ -215,6 +216,6 @@ def _serve(args) -> int:
     if not token:
         token = secrets.token_urlsafe(16)
         print(f"no ${TOKEN_ENV} set; this session's write token: {token}", file=sys.stderr)
-    app = create_app(args.catalogue, token=token, review_bounds=(args.low, args.high), threads=args.threads)
+    app = create_app(args.catalogue, token, (args.low, args.high), args.images, args.threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

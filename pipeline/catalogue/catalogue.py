@@ -109,6 +109,8 @@ class Catalogue:
         if not self.loaded:
             self.load()
             return True
+        if schema.last_batch(self.con) == self.store.applied:
+            return False  # the common case of a service's reads: no O(N) query
         with schema.snapshot(self.con):
             committed, _, _, replay = self._state(after=self.store.applied)
         for r in replay:

@@ -46,6 +46,7 @@ CREATE TABLE postings (
     removed INTEGER REFERENCES batches(seq)
 );
 CREATE INDEX postings_group ON postings(group_id);
+CREATE INDEX postings_removed ON postings(removed);  -- tombstones are few: finding them reads no other row
 CREATE TABLE links (                  -- accepted pairs (and the doubtful ones, for review)
     id INTEGER PRIMARY KEY,
     batch INTEGER NOT NULL REFERENCES batches(seq),

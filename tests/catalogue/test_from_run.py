@@ -46,8 +46,9 @@ def test_batches_agree_with_one_batch_and_with_predict(synth_run, data, tmp_path
         assert check(cat) == []
         scores[batch] = f1_of(export_groups(cat, only=test["posting_id"].tolist()), truth)
         cat.close()
-    # The groups do not depend on how the postings were batched.
-    assert scores[10] == pytest.approx(scores[len(test)], abs=1e-9)
+    # Batching changes little: a pair is scored once, when its later posting arrives, where one batch
+    # scores it from both sides (identical on this data; 0.016 apart on 30 groups: docs/catalogue.md).
+    assert scores[10] == pytest.approx(scores[len(test)], abs=0.03)
     # Far better than leaving every posting alone, and near the run's own predict (transitive groups
     # and min-2 pairs that do not join cost some recall: docs/catalogue.md).
     assert scores[10] > score_matches(singles, truth)["f1"] + 0.3

@@ -1,5 +1,6 @@
-"""SIGKILL in the middle of ``add``, at each point where the files and the database disagree:
-after the restart the integrity check passes and the batch, sent again, gives what a clean add gives."""
+"""SIGKILL in the middle of ``add``, just before and just after the commit: after the restart the
+integrity check passes and the batch, sent again, gives what a clean add gives. test_adding.py
+faults every crash point in-process; benchmarks/catalogue_kills.py kills at 20 random moments."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ add_postings(cat, postings(sys.argv[3].split(",")), vectors={"text": np.load(sys
 """
 
 
-@pytest.mark.parametrize("point", ["appended", "journaled", "committed", "applied"])
+@pytest.mark.parametrize("point", ["journaled", "committed"])
 def test_a_killed_add_is_repaired_on_restart(catalogue, space, tmp_path, point):
     ids = ["p", "q", "r"]
     x = np.vstack([space.near("A", "B"), space.near("D"), space.far()])
@@ -42,7 +43,7 @@ def test_a_killed_add_is_repaired_on_restart(catalogue, space, tmp_path, point):
     cat = open_catalogue(root, write=True)
     with cat.writer():  # the restart: the next writer repairs
         assert check(cat) == []
-        if point in ("appended", "journaled"):
+        if point == "journaled":
             assert export_groups(cat).equals(before)
         else:
             assert cat.live_count() == len(before) + len(ids)

@@ -200,6 +200,14 @@ def open_catalogue(root: str | Path, write: bool = False, threads: int = 1) -> C
     return Catalogue(Path(root), write, threads)
 
 
+def check_new_folder(root: Path) -> None:
+    """Refuse a folder that holds a catalogue or anything else: a catalogue is created once, in a new folder."""
+    if (root / "catalogue.json").exists() or (root / "catalogue.db").exists():
+        raise CatalogueError(f"{root} already holds a catalogue; choose another --out")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise CatalogueError(f"{root} exists and is not an empty folder; choose another --out")
+
+
 def create_catalogue(
     root: str | Path,
     rule: Rule,
@@ -209,10 +217,7 @@ def create_catalogue(
 ) -> Catalogue:
     """An empty catalogue applying ``rule``; ``dims`` gives each dense stored signal's width."""
     root = Path(root)
-    if (root / "catalogue.json").exists() or (root / "catalogue.db").exists():
-        raise CatalogueError(f"{root} already holds a catalogue; choose another --out")
-    if root.exists() and any(root.iterdir()):
-        raise CatalogueError(f"{root} exists and is not empty; choose another --out")
+    check_new_folder(root)
     searched = set(rule.searched())
     specs = []
     for name in rule.stored():

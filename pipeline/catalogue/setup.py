@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.catalogue.adding import add_postings, embed
-from pipeline.catalogue.catalogue import Catalogue, create_catalogue
+from pipeline.catalogue.catalogue import Catalogue, check_new_folder, create_catalogue
 from pipeline.catalogue.indexes import IndexConfig
 from pipeline.catalogue.rule import Rule, rule_of_run
 from pipeline.catalogue.vocabulary import TitleVocabulary
@@ -41,6 +41,7 @@ def init_from_run(
     """
     from pipeline.runs.folder import open_run
 
+    check_new_folder(Path(out))  # before the embedding, which can take hours
     run = open_run(run_dir)
     rule = rule_of_run(run_dir, index or IndexConfig(), size, **rule_options)
     vocabulary = TitleVocabulary.fit(run.train_df()["title"].tolist(), rule.tfidf) if "tfidf" in rule.stored() else None

@@ -6,10 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.catalogue import CatalogueError, add_postings, check, export_groups, open_catalogue
+from pipeline.catalogue import CatalogueError, add_postings, check, export_groups, match_postings, open_catalogue
 from pipeline.catalogue import adding as adding_module
 
 from .conftest import postings
+
+
+def fault_at(point: str):
+    """A stand-in for ``crash_point`` that raises at ``point`` instead of killing the process."""
+
+    def fault(name: str) -> None:
+        if name == point:
+            raise RuntimeError(f"fault at {name}")
+
+    return fault
 
 
 def groups_by_id(cat) -> dict[str, int]:
@@ -77,11 +87,7 @@ def test_a_fault_mid_batch_leaves_the_batch_all_or_nothing(catalogue, space, mon
     df, x = postings(["p", "q", "r"]), np.vstack([space.near("A", "B"), space.near("D"), space.far()])
     before, root = export_groups(catalogue), catalogue.root
 
-    def fault(name):
-        if name == point:
-            raise RuntimeError(f"fault at {name}")
-
-    monkeypatch.setattr(adding_module, "crash_point", fault)
+    monkeypatch.setattr(adding_module, "crash_point", fault_at(point))
     with pytest.raises(RuntimeError):
         add_postings(catalogue, df, vectors={"text": x})
     monkeypatch.undo()
@@ -98,3 +104,20 @@ def test_a_fault_mid_batch_leaves_the_batch_all_or_nothing(catalogue, space, mon
     assert retried.set_index("posting_id")["action"].to_dict() == {"p": "merge", "q": "join", "r": "new"}
     assert check(cat) == []
     cat.close()
+
+
+@pytest.mark.parametrize("point", ["appended", "journaled", "committed", "applied"])
+def test_a_service_retries_a_failed_batch_on_the_same_open_catalogue(catalogue, space, monkeypatch, point):
+    """A long-lived writer (the service) does not reload at each write; after a failed batch its
+    next write must still see the catalogue as the database has it."""
+    df, x = postings(["p", "q", "r"]), np.vstack([space.near("A", "B"), space.near("D"), space.far()])
+    monkeypatch.setattr(adding_module, "crash_point", fault_at(point))
+    with pytest.raises(RuntimeError):
+        add_postings(catalogue, df, vectors={"text": x})
+    monkeypatch.undo()
+    retried = add_postings(catalogue, df, vectors={"text": x})
+    assert retried.set_index("posting_id")["action"].to_dict() == {"p": "merge", "q": "join", "r": "new"}
+    later = add_postings(catalogue, postings(["s"]), vectors={"text": space.near("D")}).iloc[0]
+    assert later["action"] == "join" and check(catalogue) == []
+    found = match_postings(catalogue, postings(["t"]), vectors={"text": space.near("D")}, top=10)[0]
+    assert {"q", "s"} <= {c.posting_id for c in found.candidates}

@@ -25,7 +25,7 @@ from pipeline.catalogue.store import VectorStore
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import decide, union_mask
 from pipeline.matching.fusion import graph_blend
-from pipeline.matching.neighbours import EXACT, Neighbours, search
+from pipeline.matching.neighbours import Neighbours, search
 from pipeline.matching.pair_features import PairContext
 from pipeline.matching.pair_model import PAIR_SIGNAL
 
@@ -68,7 +68,9 @@ def search_batch(
     for s in rule.searched():
         sim_c, ids_c = store.search(s, vectors[s], k)
         if within:
-            nb = search(s, vectors[s], k, EXACT)
+            # Among the batch as predict searches its gallery: the run's index (``auto``: exact up
+            # to 30,000 rows, HNSW above), so an init of a big first batch is not quadratic.
+            nb = search(s, vectors[s], k, rule.search)
             own_ids = np.where(nb.idx >= 0, batch_ids[np.maximum(nb.idx, 0)], -1)
             own_sim = nb.sim
         else:

@@ -94,3 +94,14 @@ def test_bad_input_exits_2_naming_the_place_and_writes_nothing(loop, synth_run, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "bad.csv" in err and where in err, err
     assert state(loop) == before
+
+
+def test_init_with_bad_postings_creates_nothing(synth_run, capsys, tmp_path):
+    df = pd.read_csv(synth_run["data"] / "train.csv", dtype=str, keep_default_na=False)
+    df.loc[2, "label_group"] = "not a number"
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    args = ["catalogue", "init", "--run", str(synth_run["run"]), "--out", str(tmp_path / "C")]
+    assert main([*args, "--postings", str(tmp_path / "bad.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "bad.csv, row 3" in err and "label_group" in err, err
+    assert not (tmp_path / "C").exists()

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline import stages
+from pipeline.catalogue import CatalogueError
+from pipeline.catalogue.commands import add_catalogue_parser
 from pipeline.config import ConfigError, load_config
 from pipeline.data import MODALITIES, DataError
 from pipeline.io import WRITE_ERRNOS
@@ -24,7 +26,7 @@ from pipeline.submission import SubmissionError, score_submission
 
 EPILOG_OVERRIDES = "Trailing key=value pairs override the config, e.g. text.train.epochs=3 search.k=30."
 # What bad input, a busy run folder or a full disk raise: exit 2 with one line, not a traceback.
-USER_ERRORS = (DataError, ConfigError, StageError, SubmissionError, PredictError, PackageError)
+USER_ERRORS = (DataError, ConfigError, StageError, SubmissionError, PredictError, PackageError, CatalogueError)
 
 
 # The stages that run under torchrun with several processes (every rank works, rank 0 writes).
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_stages(add)
     _add_tools(add)
     _add_package_and_ensembles(add)
+    add_catalogue_parser(add)
     return parser
 
 

@@ -105,8 +105,8 @@ def _groups_in_words(steps: Mapping[str, Any]) -> str:
         return f"no group decision ({g['skipped']})."
     if g.get("kept") is False:
         return (
-            f"clustering the accepted pairs scored {g['f1']:.4f}, below the pairs' own "
-            f"{steps['final']['f1']:.4f}, so each posting keeps its accepted pairs."
+            f"clustering the accepted pairs scored {g['f1']:.4f}, more than the tolerance below the pairs' "
+            f"own {steps['final']['f1']:.4f}, so each posting keeps its accepted pairs."
         )
     return (
         "the accepted pairs are clustered (linkage of the pair model's calibrated probabilities) and each "

@@ -272,8 +272,9 @@ def test_without_a_pair_model_the_group_rule_is_skipped_and_says_so(clustered):
     assert result.steps["groups"] == {"skipped": "no pair model"} and not result.settings.group
 
 
-def test_a_group_rule_that_lowers_the_out_of_fold_f1_is_left_out(clustered, monkeypatch):
-    """Like every tuning step, the group decision stays only when it does not lower the F1."""
+@pytest.mark.parametrize("drop, kept", [(0.005, True), (0.02, False)])
+def test_a_group_rule_that_lowers_the_out_of_fold_f1_too_much_is_left_out(clustered, monkeypatch, drop, kept):
+    """The group step stays unless it lowers the out-of-fold F1 by more than GROUP_TOLERANCE."""
     from pipeline.matching import tuning
 
     build, context, labels, folds = clustered
@@ -284,9 +285,13 @@ def test_a_group_rule_that_lowers_the_out_of_fold_f1_is_left_out(clustered, monk
 
     def worse(*args, **kwargs):
         settings, record = real(*args, **kwargs)
-        return settings, {**record, "f1": pairs.steps["final"]["f1"] - 0.01}
+        return settings, {**record, "f1": pairs.steps["final"]["f1"] - drop}
 
     monkeypatch.setattr(tuning, "tune_groups", worse)
+    assert tuning.GROUP_TOLERANCE == 0.01
     result = tuning.add_groups(pairs, labels, GroupConfig("average", "accepted", 0.3))
-    assert result.settings == pairs.settings and not result.settings.group
-    assert result.steps["groups"]["kept"] is False and result.steps["final"] == pairs.steps["final"]
+    if kept:
+        assert result.settings.group and result.steps["final"]["f1"] == pytest.approx(pairs.steps["final"]["f1"] - drop)
+    else:
+        assert result.settings == pairs.settings and not result.settings.group
+        assert result.steps["groups"]["kept"] is False and result.steps["final"] == pairs.steps["final"]

@@ -81,10 +81,12 @@ class SearchConfig:
         reduced_dims: ``bf16`` shortlists from this many principal components (0: all of them),
             ``reduced_shortlist`` rows per query, rescored with the full vectors.
         reduced_shortlist: rows per query shortlisted from the reduced vectors.
-        tfidf_search: ``exact`` (sparse_dot_topn over every term), ``sketch`` (candidates from a
-            dense sketch, exact cosines of those pairs), ``split`` (candidates from the rare terms,
-            rescored exactly) or ``auto`` (exact or sketch by predicted seconds, logged).
-        tfidf_candidates: candidates per row of the ``sketch`` and ``split`` TF-IDF searches.
+        tfidf_search: ``exact`` (sparse_dot_topn over every term), ``split`` (candidates from the
+            product of all but the ``tfidf_dense_terms`` commonest terms, rescored exactly),
+            ``sketch`` (candidates from a dense bfloat16 sketch, exact cosines of those pairs; needs
+            torch) or ``auto`` (exact or split, the cheaper by predicted seconds, logged).
+        tfidf_candidates: candidates per row of the ``split`` and ``sketch`` TF-IDF searches.
+        tfidf_dense_terms: the commonest terms ``split`` leaves out of its sparse product.
         nprobe: inverted lists visited per query (ivf, ivfpq).
         ef_search: HNSW's candidate list per query: the smallest whose recall of the bench's
             candidate pairs above the floors reached 0.99 (docs/speed.md).
@@ -107,7 +109,8 @@ class SearchConfig:
     reduced_dims: int = 0
     reduced_shortlist: int = 100
     tfidf_search: str = "auto"
-    tfidf_candidates: int = 100
+    tfidf_candidates: int = 150
+    tfidf_dense_terms: int = 384
     nprobe: int = 16
     ef_search: int = 224
     hnsw_fp16: bool = True
@@ -127,6 +130,7 @@ class SearchConfig:
         require(0.0 < self.required_recall <= 1.0, "required_recall", "in (0, 1]", self.required_recall)
         require(self.k >= 2, "k", ">= 2 (a posting and one neighbour)", self.k)
         require_positive(self, "batch_size", "nprobe", "ef_search", "refine", "reduced_shortlist", "tfidf_candidates")
+        require(self.tfidf_dense_terms >= 0, "tfidf_dense_terms", ">= 0", self.tfidf_dense_terms)
         for key in ("nlist", "pq_m", "threads", "reduced_dims"):
             require(getattr(self, key) >= 0, key, ">= 0 (0 = automatic)", getattr(self, key))
 
@@ -169,7 +173,9 @@ def search(name: str, vectors: Any, k: int, settings: SearchConfig = EXACT) -> N
     if sp.issparse(vectors):
         from pipeline.matching.tfidf_search import tfidf_knn
 
-        return tfidf_knn(vectors, k, settings.n_threads, settings.tfidf_search, settings.tfidf_candidates)
+        return tfidf_knn(
+            vectors, k, settings.n_threads, settings.tfidf_search, settings.tfidf_candidates, settings.tfidf_dense_terms
+        )
     return dense_knn(vectors, k, settings)
 
 

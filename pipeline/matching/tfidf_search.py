@@ -9,8 +9,8 @@ The split search keeps the cosine exact and only the candidate generation approx
 
     cos(q, d) = <q_R, d_R> + <q_F, d_F>
 
-with F the commonest terms (document frequency >= ``dense_share`` of the rows, at most
-``max_dense_terms``) held as a dense (N, |F|) float32 block, and R the rest, sparse.
+with F the ``dense_terms`` commonest terms held as a dense (N, |F|) float32 block, and R the rest,
+sparse.
 
 1. Candidates: each row's ``candidates`` best by the rare part, with sparse_dot_topn's top-n
    product over R alone (which also returns <q_R, d_R> of each candidate, exactly).
@@ -21,8 +21,13 @@ with F the commonest terms (document frequency >= ``dense_share`` of the rows, a
 A pair is missed only when it is not among the row's best ``candidates`` by the rare part, so
 the search is exact for rows whose ``candidates``-th rare score plus the most the frequent part
 can add (``|q_F|`` times the largest ``|d_F|``) is below the k-th full cosine found;
-:func:`certified_rows` counts them. Rows that share no rare term with any other row get their
-candidates from an exact dense search of the frequent block instead.
+:func:`split_stats` counts them. Rows with fewer than k rare candidates (short titles of common
+words) are searched exactly, over every term.
+
+The sketch search (:func:`sketch_knn`, torch) takes its candidates from a dense bfloat16 sketch
+instead and computes their cosines with sparse_dot_topn restricted to them. ``auto``
+(:func:`choose_tfidf_search`) takes the exact or the split search, whichever its multiply-adds
+and a timed probe predict to be cheaper.
 
 The cosines are sums in another order than sparse_dot_topn's, so they can differ from the exact
 search's in the 7th decimal even where the neighbours are the same.
@@ -30,7 +35,6 @@ search's in the 7th decimal even where the neighbours are the same.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -48,15 +52,16 @@ class SplitSettings:
     """Settings of :func:`split_knn`.
 
     Attributes:
-        dense_share: a term in at least this share of the rows is held densely (frequent).
-        max_dense_terms: at most this many frequent terms (the dense block is N x this float32).
-        candidates: rare-part candidates per row, in multiples of k (rescored exactly).
+        dense_terms: the commonest terms, held densely (the dense block is N x this float32). More
+            of them make the rare product cheaper and its candidates worse: on 20,000 bench titles
+            256 / 384 / 512 left 0.20 / 0.13 / 0.09 of the exact product's multiply-adds, and with
+            150 candidates kept 0.9969 / 0.9904 / 0.97 of the exact pairs above 0.4 (docs/speed.md).
+        candidates: rare-part candidates per row (rescored exactly).
         block: query rows per sparse product.
     """
 
-    dense_share: float = 0.01
-    max_dense_terms: int = 1024
-    candidates: float = 2.0
+    dense_terms: int = 384
+    candidates: int = 150
     block: int = 8192
 
 
@@ -75,12 +80,12 @@ class SplitMatrix:
     columns: np.ndarray
 
 
-def split_columns(x: sp.csr_matrix, dense_share: float, max_dense_terms: int) -> SplitMatrix:
-    """Split ``x``'s columns into the frequent ones (dense) and the rest (sparse)."""
+def split_columns(x: sp.csr_matrix, dense_terms: int) -> SplitMatrix:
+    """Split ``x``'s columns into the ``dense_terms`` commonest (dense) and the rest (sparse)."""
     n, v = x.shape
     df = np.bincount(x.indices, minlength=v)
     order = np.argsort(-df, kind="stable")
-    f = int(min(max_dense_terms, (df >= max(1.0, dense_share * n)).sum()))
+    f = int(min(dense_terms, (df > 0).sum()))
     columns = np.sort(order[:f])
     is_frequent = np.zeros(v, dtype=bool)
     is_frequent[columns] = True
@@ -111,8 +116,8 @@ def split_knn(
     x.sort_indices()
     n = x.shape[0]
     k = min(k, n)
-    m = min(n, max(k, int(round(settings.candidates * k))))
-    s = split_columns(x, settings.dense_share, settings.max_dense_terms)
+    m = min(n, max(k, settings.candidates))
+    s = split_columns(x, settings.dense_terms)
     rare_t = sp.csr_matrix(s.rare.T)
     f = s.frequent.shape[1]
     idx = np.full((n, k), -1, dtype=np.int64)
@@ -301,23 +306,21 @@ def sketch_knn(
     return nb
 
 
-def tfidf_knn(x: sp.spmatrix, k: int, threads: int, method: str = "exact", candidates: int = 100) -> Neighbours:
+def tfidf_knn(
+    x: sp.spmatrix, k: int, threads: int, method: str = "exact", candidates: int = 150, dense_terms: int = 384
+) -> Neighbours:
     """Top-k TF-IDF neighbours by ``method``: ``exact`` (sparse_dot_topn over every term), ``split``
-    (:func:`split_knn`), ``sketch`` (:func:`sketch_knn`) or ``auto`` (the cheaper of exact and
-    sketch by predicted seconds, :func:`choose_tfidf_search`)."""
+    (:func:`split_knn` with ``dense_terms`` and ``candidates``), ``sketch`` (:func:`sketch_knn`) or
+    ``auto`` (exact or split, the cheaper by predicted seconds, :func:`choose_tfidf_search`)."""
     from pipeline.matching.neighbours import sparse_knn
 
+    split = SplitSettings(dense_terms=dense_terms, candidates=candidates)
     if method == "auto":
-        method = choose_tfidf_search(x, k, threads, candidates)["method"]
+        method = choose_tfidf_search(x, k, threads, split)["method"]
     if method == "exact":
         return sparse_knn(x, k, threads=threads)
     if method == "split":
-        return split_knn(
-            x,
-            k,
-            threads,
-            SplitSettings(dense_share=0.0, max_dense_terms=512, candidates=max(1.0, candidates / max(k, 1))),
-        )
+        return split_knn(x, k, threads, split)
     if method == "sketch":
         return sketch_knn(x, k, threads, candidates=candidates)
     raise ValueError(f"unknown TF-IDF search {method!r}")
@@ -325,37 +328,37 @@ def tfidf_knn(x: sp.spmatrix, k: int, threads: int, method: str = "exact", candi
 
 # Galleries whose exact TF-IDF search is predicted under this many seconds are searched exactly.
 EXACT_BELOW_S = 2.0
-# The sketch search's restricted products cost about this share of the exact product (70,000
-# bench titles: the union of a block's candidate lists held 10% of the rows).
-SKETCH_PRODUCT_SHARE = 0.12
 
 
-def choose_tfidf_search(x: sp.spmatrix, k: int, threads: int, candidates: int = 100, probe_rows: int = 512) -> dict:
-    """Predicted seconds of the exact and the sketch search, from the product's multiply-adds
-    (sum over terms of df², counted exactly) and two timed probes; the cheaper is taken and logged.
+def choose_tfidf_search(
+    x: sp.spmatrix, k: int, threads: int, split: SplitSettings | None = None, probe_rows: int = 512
+) -> dict:
+    """Predicted seconds of the exact and the split search; the cheaper is taken and logged.
 
-    Probe: ``probe_rows`` rows' exact product (their multiply-adds are counted), and the bfloat16
-    sketch search of up to 4,096 rows (only where torch is installed; its first product is untimed).
-    Galleries whose exact search is predicted under ``EXACT_BELOW_S`` are searched exactly.
+    Both are sparse_dot_topn products, whose cost is their multiply-adds: the sum over terms of
+    their document frequency squared, counted exactly, over every term (exact) or over the terms
+    the split leaves sparse. The seconds per multiply-add come from a timed probe: ``probe_rows``
+    evenly spaced rows' exact product. Galleries whose exact search is predicted under
+    ``EXACT_BELOW_S`` are searched exactly.
     """
     from sparse_dot_topn import sp_matmul_topn
 
+    split = split or SplitSettings()
     t0 = time.perf_counter()
     x = sp.csr_matrix(x, dtype=np.float32)
     n = x.shape[0]
     df = np.bincount(x.indices, minlength=x.shape[1]).astype(np.float64)
-    madds = float((df**2).sum())
+    squares = np.sort(df**2)[::-1]
+    madds = {"exact": float(squares.sum()), "split": float(squares[split.dense_terms :].sum())}
     probe = x[np.arange(0, n, max(1, n // probe_rows))[:probe_rows]]
     xt = sp.csr_matrix(x.T)
     t1 = time.perf_counter()
     sp_matmul_topn(probe, xt, top_n=min(k, n), threshold=0.0, sort=True, n_threads=threads)
     per_madd = (time.perf_counter() - t1) / max(1.0, float(df[probe.indices].sum()))
     del xt
-    predicted = {"exact": madds * per_madd}
-    if predicted["exact"] > EXACT_BELOW_S and importlib.util.find_spec("torch") is not None:
-        predicted["sketch"] = (
-            n * n * _sketch_s_per_pair(x, candidates, threads) + SKETCH_PRODUCT_SHARE * predicted["exact"]
-        )
+    predicted = {"exact": madds["exact"] * per_madd}
+    if predicted["exact"] > EXACT_BELOW_S:
+        predicted["split"] = madds["split"] * per_madd
     method = min(predicted, key=predicted.__getitem__)
     out = {
         "method": method,
@@ -366,20 +369,6 @@ def choose_tfidf_search(x: sp.spmatrix, k: int, threads: int, candidates: int = 
     }
     log.info("[search] TF-IDF N=%d: %s", n, out)
     return out
-
-
-def _sketch_s_per_pair(x: sp.csr_matrix, candidates: int, threads: int, rows: int = 4096) -> float:
-    """Seconds per (query, row) pair of the sketch's bfloat16 shortlists, on ``rows`` evenly spaced rows."""
-    from pipeline.matching.gemm_search import bf16_shortlists
-
-    sample = sketch(x[np.arange(0, x.shape[0], max(1, x.shape[0] // rows))[:rows]])
-    m = min(candidates, len(sample))
-    for _ in bf16_shortlists(sample[:64], min(m, 64), threads):  # torch's import and oneDNN's first call
-        pass
-    t0 = time.perf_counter()
-    for _ in bf16_shortlists(sample, m, threads):
-        pass
-    return (time.perf_counter() - t0) / len(sample) ** 2
 
 
 def merge_reverse(nb: Neighbours) -> Neighbours:

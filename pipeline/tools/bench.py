@@ -54,6 +54,7 @@ SEARCH_KEYS = (
     "reduced_dims",
     "tfidf_search",
     "tfidf_candidates",
+    "tfidf_dense_terms",
 )
 
 

@@ -48,7 +48,7 @@ def test_tfidf_searches_find_the_exact_pairs_above_a_floor(titles_tfidf, method)
     fast = (
         sketch_knn(x, 20, candidates=60)
         if method == "sketch"
-        else split_knn(x, 20, settings=SplitSettings(dense_share=0.0, max_dense_terms=64, candidates=3))
+        else split_knn(x, 20, settings=SplitSettings(dense_terms=64, candidates=60))
     )
     above = [(i, j) for i in range(len(exact.idx)) for j, s in zip(exact.idx[i], exact.sim[i]) if s >= 0.5]
     found = np.mean([j in set(fast.idx[i]) for i, j in above])
@@ -123,7 +123,8 @@ def test_tfidf_auto_predicts_both_searches_and_logs_its_choice(titles_tfidf, mon
     monkeypatch.setattr(tfidf_search, "EXACT_BELOW_S", -1.0)  # probe the sketch too, on a tiny gallery
     with caplog.at_level("INFO", logger="pipeline"):
         out = tfidf_search.choose_tfidf_search(titles_tfidf, 10, 1)
-    assert set(out["predicted_s"]) == {"exact", "sketch"} and out["method"] in out["predicted_s"]
+    assert set(out["predicted_s"]) == {"exact", "split"} and out["method"] in out["predicted_s"]
+    assert out["madds"]["split"] < out["madds"]["exact"]
     assert out["method"] == min(out["predicted_s"], key=out["predicted_s"].get)
     assert any("[search] TF-IDF N=1200" in r.getMessage() for r in caplog.records)
 

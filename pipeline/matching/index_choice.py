@@ -1,6 +1,6 @@
 """The dense index chosen by measured cost on the machine that runs, not by a fixed N.
 
-At start-up (``match.index=auto``) a few small timed probes on the gallery's own vectors give the
+At start-up (``search.index=auto``) a few small timed probes on the gallery's own vectors give the
 machine's rates, each search's seconds at N are predicted from them, and the cheapest index whose
 recall above the floors is known to reach ``required_recall`` is taken. The choice, the predicted
 seconds and the measured rates are logged and returned, so a run says why it searched as it did.
@@ -11,19 +11,24 @@ seconds and the measured rates are logged and returned, so a run says why it sea
   (:mod:`pipeline.matching.gemm_search`); only where torch is installed. Probe as flat's, timing
   apart the product and chunk maxima (per pair) and the selection and rescoring (per query):
   seconds ~ N² · (per pair) + N · (per query).
-- ``hnsw``: float16 HNSW, efSearch ``ef_search``, rescored. Probe: build on 600 rows and
-  search them; seconds ~ N · (per-row build + per-query search) · (N / 600)^0.37.
+- ``hnsw``: float16 HNSW, efSearch ``ef_search``, rescored. Probe (only where its recall
+  qualifies): build on 600 rows and search 128 of them; seconds ~ N · (per-row build + per-query
+  search) · (N / 600)^0.37.
 - ``ivfpq``: never probed (its k-means alone exceeds the budget): predicted from bench's
   measured seconds per million rows, scaled by N and by nprobe.
 
 Recall: exact indexes reach 1.0. An approximate index is a candidate only where a recall table
 (bench's measurements: index, parameter, N, recall above the floors) holds an entry at this N or
 above that reaches ``required_recall``; HNSW's recall falls as N grows at a fixed efSearch, so an
-entry measured at a smaller N is not taken as evidence. A hand-set index (``match.index`` other
-than ``auto``) is never overridden.
+entry measured at a smaller N is not taken as evidence. So beyond the largest N of the table
+(70,000) ``auto`` searches exactly: at a million postings that is about an hour per modality on
+2 cores; set ``search.index=ivfpq`` (or hnsw) there by hand, knowing its recall. A hand-set index
+(``search.index`` other than ``auto``) is never overridden.
 
-The probes cost 0.2-1.5 s; galleries whose predicted exact cost is under ``EXACT_BELOW_S`` seconds
-by the first probe are searched exactly without the others.
+The probes cost about 1 s, more where bf16's is the process's first use of torch (its import and
+oneDNN's first call, several seconds on a busy machine, are then paid by the probe rather than by
+the search). Galleries whose predicted exact cost is under ``EXACT_BELOW_S`` seconds by the first
+probe are searched exactly without the others.
 """
 
 from __future__ import annotations
@@ -130,17 +135,15 @@ def _choose(
                 figures["bf16_s_per_pair"], figures["bf16_s_per_query"] = _probe_bf16(x, k, threads)
                 predicted["bf16"] = n * n * figures["bf16_s_per_pair"] + n * figures["bf16_s_per_query"]
                 recall["bf16"] = 1.0
-            build, query = _probe_hnsw(x, ef_search)
-            figures.update(hnsw_build_s_per_row=build, hnsw_query_s=query)
-            grow = (n / min(n, HNSW_PROBE_ROWS)) ** HNSW_GROWTH
-            predicted["hnsw"] = n * (build + query) * grow
             recall["hnsw"] = _known_recall(table, ("hnsw", ef_search), n)
+            if (recall["hnsw"] or 0.0) >= required_recall:  # its probe costs seconds: only where it may be taken
+                build, query = _probe_hnsw(x, ef_search)
+                figures.update(hnsw_build_s_per_row=build, hnsw_query_s=query)
+                predicted["hnsw"] = n * (build + query) * (n / min(n, HNSW_PROBE_ROWS)) ** HNSW_GROWTH
             predicted["ivfpq"] = IVFPQ_SECONDS_PER_MILLION * (n / 1e6) * (nprobe / 16) * max(1.0, math.log10(n) - 5)
             recall["ivfpq"] = _known_recall(table, ("ivfpq", nprobe), n)
+    # Exact indexes always qualify, so there is always one.
     eligible = [name for name in predicted if (recall.get(name) or 0.0) >= required_recall]
-    if not eligible:  # nothing is known to reach the recall: the fastest with the best known recall
-        best = max((r or 0.0) for r in recall.values())
-        eligible = [name for name in predicted if (recall.get(name) or 0.0) == best]
     index = min(eligible, key=predicted.__getitem__)
     choice = IndexChoice(
         index, predicted, recall, {key: float(f"{v:.4g}") for key, v in figures.items()}, time.perf_counter() - t0
@@ -220,7 +223,7 @@ def _probe_hnsw(x: np.ndarray, ef_search: int) -> tuple[float, float]:
     index.add(base)
     build = (time.perf_counter() - t0) / len(base)
     index.hnsw.efSearch = ef_search
-    queries = base[:256]
+    queries = base[:128]
     t0 = time.perf_counter()
     index.search(queries, 50)
     return build, (time.perf_counter() - t0) / len(queries)

@@ -73,16 +73,20 @@ def test_index_choice_is_exact_for_a_small_gallery_and_reports_its_figures():
     assert choice.predicted_s["flat"] > 0 and choice.figures["flat_s_per_pair"] > 0
 
 
-def test_index_choice_takes_only_indexes_with_enough_measured_recall(monkeypatch):
+@pytest.mark.parametrize("hnsw_recall", [0.5, 0.999])
+def test_index_choice_takes_only_indexes_with_enough_measured_recall(monkeypatch, hnsw_recall):
     from pipeline.matching import index_choice
 
-    # Pretend exact search is slow so that every index is probed and predicted.
+    # Pretend exact search is slow so that every index is considered.
     monkeypatch.setattr(index_choice, "EXACT_BELOW_S", -1.0)
     index_choice._CHOICES.clear()
     x = _unit(np.random.default_rng(4).standard_normal((3000, 16)).astype(np.float32))
-    choice = choose_index(x, 10, threads=1, recall_table={("hnsw", 224): {10_000: 0.5}})
-    assert choice.recall["hnsw"] == 0.5 and choice.index in ("flat", "bf16")
-    assert set(choice.predicted_s) >= {"flat", "bf16", "hnsw", "ivfpq"}
+    choice = choose_index(x, 10, threads=1, recall_table={("hnsw", 224): {10_000: hnsw_recall}})
+    assert choice.recall["hnsw"] == hnsw_recall and {"flat", "bf16", "ivfpq"} <= set(choice.predicted_s)
+    # HNSW is probed and predicted only where its measured recall would let it be taken.
+    assert ("hnsw" in choice.predicted_s) == (hnsw_recall >= 0.99)
+    eligible = {name: s for name, s in choice.predicted_s.items() if (choice.recall[name] or 0) >= 0.99}
+    assert choice.index == min(eligible, key=eligible.get)
 
 
 def test_search_dispatches_the_bf16_index():

@@ -109,7 +109,7 @@ class SearchConfig:
     reduced_dims: int = 0
     reduced_shortlist: int = 100
     tfidf_search: str = "auto"
-    tfidf_candidates: int = 150
+    tfidf_candidates: int = 300
     tfidf_dense_terms: int = 384
     nprobe: int = 16
     ef_search: int = 224

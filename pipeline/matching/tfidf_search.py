@@ -56,12 +56,13 @@ class SplitSettings:
             of them make the rare product cheaper and its candidates worse: on 20,000 bench titles
             256 / 384 / 512 left 0.20 / 0.13 / 0.09 of the exact product's multiply-adds, and with
             150 candidates kept 0.9969 / 0.9904 / 0.97 of the exact pairs above 0.4 (docs/speed.md).
-        candidates: rare-part candidates per row (rescored exactly).
+        candidates: rare-part candidates per row (rescored exactly). On the dev titles 150 lost
+            0.0004 out-of-fold F1 against the exact search, 300 lost none (docs/speed.md).
         block: query rows per sparse product.
     """
 
     dense_terms: int = 384
-    candidates: int = 150
+    candidates: int = 300
     block: int = 8192
 
 
@@ -307,7 +308,7 @@ def sketch_knn(
 
 
 def tfidf_knn(
-    x: sp.spmatrix, k: int, threads: int, method: str = "exact", candidates: int = 150, dense_terms: int = 384
+    x: sp.spmatrix, k: int, threads: int, method: str = "exact", candidates: int = 300, dense_terms: int = 384
 ) -> Neighbours:
     """Top-k TF-IDF neighbours by ``method``: ``exact`` (sparse_dot_topn over every term), ``split``
     (:func:`split_knn` with ``dense_terms`` and ``candidates``), ``sketch`` (:func:`sketch_knn`) or

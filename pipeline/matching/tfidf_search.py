@@ -120,28 +120,17 @@ def split_knn(
     m = min(n, max(k, settings.candidates))
     s = split_columns(x, settings.dense_terms)
     rare_t = sp.csr_matrix(s.rare.T)
-    f = s.frequent.shape[1]
     idx = np.full((n, k), -1, dtype=np.int64)
     sim = np.full((n, k), -np.inf, dtype=np.float32)
     lonely = []
     rare_last = np.zeros(n, dtype=np.float32)  # the most an unlisted pair's rare part can be
     with faiss_threads(threads):
         for start in range(0, n, settings.block):
-            top = sp_matmul_topn(
-                s.rare[start : start + settings.block], rare_t, top_n=m, threshold=0.0, sort=True, n_threads=threads
+            stop = min(n, start + settings.block)
+            idx[start:stop], sim[start:stop], counts, rare_last[start:stop] = _split_rows(
+                s, rare_t, start, stop, m, k, threads
             )
-            b = top.shape[0]
-            counts = np.diff(top.indptr)
-            row = np.repeat(np.arange(b), counts)
-            rank = np.arange(top.nnz) - np.repeat(top.indptr[:-1], counts)
-            cand = np.full((b, m), -1, dtype=np.int64)
-            rare = np.zeros((b, m), dtype=np.float32)
-            cand[row, rank], rare[row, rank] = top.indices, top.data
             lonely.append(start + np.nonzero(counts < k)[0])
-            rare_last[start : start + b] = np.where(counts == m, rare[:, m - 1], 0.0)
-            full = rare + _dense_part(s.frequent, start, cand) if f else rare
-            full[cand < 0] = -np.inf
-            idx[start : start + b], sim[start : start + b] = _best_k(cand, full, k)
     lonely = np.concatenate(lonely) if lonely else np.empty(0, np.int64)
     # Rows with fewer than k rare candidates: their other neighbours share frequent terms only.
     # Search those rows exactly (all of x, a few rows), so a short title of common words still
@@ -158,6 +147,32 @@ def split_knn(
     if stats is not None:
         stats.update(split_stats(x, s, rare_last, sim, len(lonely), m))
     return Neighbours(idx, sim)
+
+
+def _split_rows(
+    s: SplitMatrix, rare_t: sp.csr_matrix, start: int, stop: int, m: int, k: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows start..stop of the split search: each row's ``m`` best by the rare part, completed
+    with the frequent part, the best ``k`` kept.
+
+    Returns:
+        (idx, sim) each (B, k); (B,) rare candidates found per row; (B,) the m-th rare score
+        (0 where fewer were found), the most an unlisted pair's rare part can be.
+    """
+    from sparse_dot_topn import sp_matmul_topn
+
+    top = sp_matmul_topn(s.rare[start:stop], rare_t, top_n=m, threshold=0.0, sort=True, n_threads=threads)
+    b = top.shape[0]
+    counts = np.diff(top.indptr)
+    row = np.repeat(np.arange(b), counts)
+    rank = np.arange(top.nnz) - np.repeat(top.indptr[:-1], counts)
+    cand = np.full((b, m), -1, dtype=np.int64)
+    rare = np.zeros((b, m), dtype=np.float32)
+    cand[row, rank], rare[row, rank] = top.indices, top.data
+    full = rare + _dense_part(s.frequent, start, cand) if s.frequent.shape[1] else rare
+    full[cand < 0] = -np.inf
+    idx, sim = _best_k(cand, full, k)
+    return idx, sim, counts, np.where(counts == m, rare[:, m - 1], 0.0)
 
 
 def _dense_part(frequent: np.ndarray, start: int, cand: np.ndarray) -> np.ndarray:
@@ -336,11 +351,12 @@ def choose_tfidf_search(
 ) -> dict:
     """Predicted seconds of the exact and the split search; the cheaper is taken and logged.
 
-    Both are sparse_dot_topn products, whose cost is their multiply-adds: the sum over terms of
-    their document frequency squared, counted exactly, over every term (exact) or over the terms
-    the split leaves sparse. The seconds per multiply-add come from a timed probe: ``probe_rows``
-    evenly spaced rows' exact product. Galleries whose exact search is predicted under
-    ``EXACT_BELOW_S`` are searched exactly.
+    The exact search costs its multiply-adds: the sum over terms of their document frequency
+    squared, counted exactly, times the seconds per multiply-add of a timed probe (``probe_rows``
+    evenly spaced rows' exact product). The split is timed on ``probe_rows`` rows of its own
+    (:func:`_probe_split`): its product's multiply-adds (logged) are a fraction of the exact ones,
+    but selecting and completing its candidates cost as much again on 20,000 bench titles.
+    Galleries whose exact search is predicted under ``EXACT_BELOW_S`` are searched exactly.
     """
     from sparse_dot_topn import sp_matmul_topn
 
@@ -359,7 +375,7 @@ def choose_tfidf_search(
     del xt
     predicted = {"exact": madds["exact"] * per_madd}
     if predicted["exact"] > EXACT_BELOW_S:
-        predicted["split"] = madds["split"] * per_madd
+        predicted["split"] = _probe_split(x, k, threads, split, probe_rows)
     method = min(predicted, key=predicted.__getitem__)
     out = {
         "method": method,
@@ -370,6 +386,24 @@ def choose_tfidf_search(
     }
     log.info("[search] TF-IDF N=%d: %s", n, out)
     return out
+
+
+def _probe_split(x: sp.csr_matrix, k: int, threads: int, split: SplitSettings, rows: int) -> float:
+    """Predicted seconds of :func:`split_knn` on ``x``: the split itself, timed, and ``rows`` rows of
+    its search from the middle of the gallery, timed and scaled to N (rows searched exactly for
+    want of rare candidates are not counted)."""
+    n = x.shape[0]
+    x.sort_indices()
+    t0 = time.perf_counter()
+    s = split_columns(x, split.dense_terms)
+    rare_t = sp.csr_matrix(s.rare.T)
+    build = time.perf_counter() - t0
+    start = max(0, (n - rows) // 2)
+    stop = min(n, start + rows)
+    t0 = time.perf_counter()
+    with faiss_threads(threads):
+        _split_rows(s, rare_t, start, stop, min(n, max(k, split.candidates)), min(k, n), threads)
+    return build + (time.perf_counter() - t0) * n / (stop - start)
 
 
 def merge_reverse(nb: Neighbours) -> Neighbours:

@@ -13,14 +13,14 @@ much as the product. Rows are cut into chunks of ``CHUNK`` columns; a row's best
 its m chunks with the largest maxima (a chunk holding one of them has a maximum at least the m-th
 best, and at most m chunks do), so only those m·CHUNK columns are ranked.
 
-The same blocks serve TF-IDF (:mod:`pipeline.matching.tfidf_search`): there the dense part is the
-frequent terms' block and a sparse product of the rare terms is added before the selection.
+The TF-IDF sketch search (:mod:`pipeline.matching.tfidf_search`) draws its candidates from the
+same shortlists.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -83,10 +83,9 @@ def bf16_shortlists(
     m: int,
     threads: int = 1,
     block: int = 2048,
-    extra: Callable[[int, int, torch.Tensor], None] | None = None,  # noqa: F821
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, stop, (B, m) columns) for each block of rows of ``x``: their ``m`` best by the
-    bfloat16 inner product (unordered), ``extra`` added to the scores first."""
+    bfloat16 inner product (unordered)."""
     import torch
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -96,8 +95,6 @@ def bf16_shortlists(
         for start in range(0, n, block):
             stop = min(start + block, n)
             scores = xb[start:stop] @ xb.T  # (B, N) bfloat16
-            if extra is not None:
-                extra(start, stop, scores)
             cand = shortlist(scores, m)
             del scores
             yield start, stop, cand
@@ -117,8 +114,6 @@ def bf16_knn(
     threads: int = 1,
     block: int = 2048,
     margin: int = MARGIN,
-    extra: Callable[[int, int, torch.Tensor], None] | None = None,  # noqa: F821
-    rescore_fn: Callable[[int, np.ndarray], np.ndarray] | None = None,
     dims: int = 0,
 ) -> Neighbours:
     """Inner-product top-k of each row of ``x`` among all rows: bfloat16 shortlist, float32 rescoring.
@@ -126,14 +121,11 @@ def bf16_knn(
     Args:
         x: (N, D) float32 vectors.
         block: query rows per product; the (block, N) bfloat16 scores are the memory it takes.
-        extra: called with (start, stop, scores) to add to a block's bfloat16 scores before the
-            selection (the TF-IDF search adds its rare terms' product there).
-        rescore_fn: (start, cand) -> (B, M) float32 exact scores of rows start.. with ``cand``
-            (-1: none); default the float32 inner product of ``x``'s rows.
         dims: when 0 < dims < D, the shortlist is drawn from the top ``dims`` principal
             components (D / dims times fewer flops in the product; give a larger ``margin``: 70,000
-            bench vectors kept 0.9997 of the pairs above 0.3 with 256 of 512 dimensions and a
-            shortlist of 100) and rescored with the full vectors.
+            bench vectors kept 0.9999 of the pairs above 0.3 with 256 of 512 dimensions and a
+            shortlist of 100, but took 30.0 s against the full vectors' 26.3 s on an AMX machine,
+            where the selection costs as much as the product) and rescored with the full vectors.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
@@ -143,11 +135,8 @@ def bf16_knn(
     sim = np.empty((n, k), dtype=np.float32)
     queries = x @ pca_basis(x, dims) if 0 < dims < x.shape[1] else x
     with faiss_threads(threads):
-        for start, stop, cand in bf16_shortlists(queries, m, threads, block, extra):
-            if rescore_fn is None:
-                idx[start:stop], sim[start:stop] = _rescore_ip(x, cand, k, start)
-            else:
-                idx[start:stop], sim[start:stop] = best_k(cand, rescore_fn(start, cand), k)
+        for start, stop, cand in bf16_shortlists(queries, m, threads, block):
+            idx[start:stop], sim[start:stop] = _rescore_ip(x, cand, k, start)
     sim[idx < 0] = -np.inf
     return Neighbours(idx, sim)
 
@@ -161,14 +150,4 @@ def _rescore_ip(x: np.ndarray, cand: np.ndarray, k: int, start: int) -> tuple[np
     cand = np.sort(np.where(cand < 0, np.iinfo(np.int64).max, cand), axis=1)
     cand[cand == np.iinfo(np.int64).max] = -1
     idx, sim = rescore(x, cand, k, start)
-    return idx, sim
-
-
-def best_k(cand: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` best columns by ``score`` (-inf or cand -1: none), equal scores by index, as (idx, sim)."""
-    score = np.where(cand < 0, -np.inf, score)
-    order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -score), axis=1)[:, :k]
-    idx, sim = np.take_along_axis(cand, order, 1), np.take_along_axis(score, order, 1).astype(np.float32)
-    idx[~np.isfinite(sim)] = -1
-    sim[idx < 0] = -np.inf
     return idx, sim

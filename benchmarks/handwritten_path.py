@@ -9,8 +9,10 @@ with approximate settings and ``bench --index flat``.
     python -m benchmarks.handwritten_path --n 70000 --tfidf --threads 2 -- --index ivf nprobe=16
 
 runs, each in a fresh process (so peak RSS is its own), the hand-written path, ``bench --index
-flat`` and ``bench`` with the arguments after ``--``; it prints one JSON line per run, then a
-summary with the time ratios.
+flat tfidf_search=exact`` (exact everywhere) and ``bench`` with the arguments after ``--``; it
+prints one JSON line per run (each with the machine's facts and the load average before and after
+it), then a summary with each run's steps, the time ratios, the recall above the floors and the
+choices ``auto`` made.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ def handwritten(n: int, dim: int, k: int, tfidf: bool, seed: int, threads: int) 
     from pipeline.config import TfidfConfig
     from pipeline.data.synth import synthetic_titles
     from pipeline.data.synth.postings import clustered_postings
+    from pipeline.machine import load_average, machine_facts
     from pipeline.matching.fusion import concat_embeddings
     from pipeline.matching.signals import tfidf_vectors
     from pipeline.metric import score_matches, true_sets_from_labels
     from pipeline.tools.bench import bench_settings
 
     faiss.omp_set_num_threads(threads)
+    load_before = load_average()
     vectors, labels = clustered_postings(n, dim, seed)
     titles = synthetic_titles(labels, seed) if tfidf else None
     thresholds = {s: t for s, t in bench_settings(tfidf).thresholds.items() if s in ("concat", "phash", "tfidf")}
@@ -104,6 +108,8 @@ def handwritten(n: int, dim: int, k: int, tfidf: bool, seed: int, threads: int) 
         "predict_seconds": round(total, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "f1": round(f1, 4),
+        "machine": machine_facts(),
+        "load_average_before": load_before,
     }
 
 
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "flat",
             "--recall-sample",
             "0",
+            "tfidf_search=exact",  # exact everywhere: the yardstick of F1
             f"threads={args.threads}",
         ],
         "bench": [sys.executable, "-m", "pipeline", "bench", *common, *bench_args, f"threads={args.threads}"],
@@ -161,8 +168,21 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps({"run": name, **rows[name]}), flush=True)
     summary = {
-        name: {"seconds": r["predict_seconds"], "f1": r["f1"], "peak_rss_mb": r["peak_rss_mb"]}
+        name: {
+            "seconds": r["predict_seconds"],
+            "steps": r["seconds"],
+            "f1": r["f1"],
+            "peak_rss_mb": r["peak_rss_mb"],
+            "load_average": [r["load_average_before"], r["machine"]["load_average"]],
+        }
         for name, r in rows.items()
+    }
+    summary["bench"]["recall_above_floors"] = (
+        rows["bench"].get("recall", {}).get("candidates", {}).get("recall_above_floor")
+    )
+    summary["bench"]["search_choices"] = rows["bench"].get("search_choices")
+    summary["machine"] = {
+        key: rows["handwritten"]["machine"].get(key) for key in ("cores", "cpu", "cpu_features", "env")
     }
     summary["bench_over_handwritten"] = round(
         rows["bench"]["predict_seconds"] / rows["handwritten"]["predict_seconds"], 3

@@ -258,8 +258,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--index",
         default="auto",
-        choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
-        help="FAISS index (default auto: flat up to 30,000 postings, hnsw above)",
+        choices=["auto", "flat", "bf16", "hnsw", "ivf", "ivfpq"],
+        help="dense index (default auto: the cheapest by timed probes on this machine, see search.index)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -7,11 +7,15 @@ imported by the searches that use them; torch is never needed.
 
 Approximate dense indexes (IVF, HNSW, IVF-PQ) spend less than the exact one; their ``nprobe`` /
 ``efSearch`` are set in :class:`SearchConfig` and their recall is measured by ``pipeline bench``.
+``index: auto`` takes the index that timed probes on the gallery predict to be cheapest on the
+machine that runs (:mod:`pipeline.matching.index_choice`); the bfloat16 exact search lives in
+:mod:`pipeline.matching.gemm_search` and the fast TF-IDF searches in :mod:`pipeline.matching.tfidf_search`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,10 +27,11 @@ from tqdm.auto import tqdm
 
 from pipeline.settings import require, require_positive
 
+log = logging.getLogger("pipeline")
+
 PHASH_BITS = 64
-INDEXES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
-# "auto" searches exactly up to this many rows, where flat costs about what building HNSW does.
-AUTO_EXACT_ROWS = 30_000
+INDEXES = ("auto", "flat", "bf16", "ivf", "hnsw", "ivfpq")
+TFIDF_SEARCHES = ("auto", "exact", "sketch", "split")
 # Phash codes are searched exactly up to this many rows (64-bit popcounts are cheap), and with
 # binary inverted lists above it when the dense index is approximate.
 PHASH_EXACT_ROWS = 200_000
@@ -65,10 +70,23 @@ class SearchConfig:
 
     Attributes:
         k: neighbours listed per posting and signal.
-        index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``hnsw`` (graph),
-            ``ivfpq`` (inverted lists of product-quantised codes, shortlisting ``refine·k`` per query,
-            rescored exactly; for millions of postings) or ``auto`` (flat up to
-            ``AUTO_EXACT_ROWS`` rows or on GPUs, HNSW above on CPUs).
+        index: ``flat`` (exact), ``bf16`` (exact: bfloat16 products shortlist, float32 rescores;
+            needs torch), ``ivf`` (inverted lists of full vectors), ``hnsw`` (graph), ``ivfpq``
+            (inverted lists of product-quantised codes, shortlisting ``refine·k`` per query,
+            rescored exactly; for millions of postings) or ``auto`` (exact on GPUs; on CPUs the
+            index timed probes predict to be cheapest among those whose measured recall above the
+            floors reaches ``required_recall``, logged with its figures).
+        required_recall: the recall above the floors an approximate index must have been measured
+            to keep (bench's table in :mod:`pipeline.matching.index_choice`) for ``auto`` to take it.
+        reduced_dims: ``bf16`` shortlists from this many principal components (0: all of them),
+            ``reduced_shortlist`` rows per query, rescored with the full vectors.
+        reduced_shortlist: rows per query shortlisted from the reduced vectors.
+        tfidf_search: ``exact`` (sparse_dot_topn over every term), ``split`` (candidates from the
+            product of all but the ``tfidf_dense_terms`` commonest terms, rescored exactly),
+            ``sketch`` (candidates from a dense bfloat16 sketch, exact cosines of those pairs; needs
+            torch) or ``auto`` (exact or split, the cheaper by predicted seconds, logged).
+        tfidf_candidates: candidates per row of the ``split`` and ``sketch`` TF-IDF searches.
+        tfidf_dense_terms: the commonest terms ``split`` leaves out of its sparse product.
         nprobe: inverted lists visited per query (ivf, ivfpq).
         ef_search: HNSW's candidate list per query: the smallest whose recall of the bench's
             candidate pairs above the floors reached 0.99 (docs/speed.md).
@@ -87,6 +105,12 @@ class SearchConfig:
 
     k: int = 50
     index: str = "auto"
+    required_recall: float = 0.99
+    reduced_dims: int = 0
+    reduced_shortlist: int = 100
+    tfidf_search: str = "auto"
+    tfidf_candidates: int = 300
+    tfidf_dense_terms: int = 384
     nprobe: int = 16
     ef_search: int = 224
     hnsw_fp16: bool = True
@@ -100,9 +124,14 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         require(self.index in INDEXES, "index", f"one of {list(INDEXES)}", self.index)
+        require(
+            self.tfidf_search in TFIDF_SEARCHES, "tfidf_search", f"one of {list(TFIDF_SEARCHES)}", self.tfidf_search
+        )
+        require(0.0 < self.required_recall <= 1.0, "required_recall", "in (0, 1]", self.required_recall)
         require(self.k >= 2, "k", ">= 2 (a posting and one neighbour)", self.k)
-        require_positive(self, "batch_size", "nprobe", "ef_search", "refine")
-        for key in ("nlist", "pq_m", "threads"):
+        require_positive(self, "batch_size", "nprobe", "ef_search", "refine", "reduced_shortlist", "tfidf_candidates")
+        require(self.tfidf_dense_terms >= 0, "tfidf_dense_terms", ">= 0", self.tfidf_dense_terms)
+        for key in ("nlist", "pq_m", "threads", "reduced_dims"):
             require(getattr(self, key) >= 0, key, ">= 0 (0 = automatic)", getattr(self, key))
 
     @property
@@ -137,12 +166,16 @@ def faiss_threads(n: int) -> Iterator[None]:
 def search(name: str, vectors: Any, k: int, settings: SearchConfig = EXACT) -> Neighbours:
     """Top-k neighbours of every gallery row for one signal, dispatched on the vectors' kind."""
     if name == "phash":
-        approximate = settings.index != "flat" and len(vectors) > PHASH_EXACT_ROWS
+        approximate = settings.index not in ("flat", "bf16") and len(vectors) > PHASH_EXACT_ROWS
         # Hamming k-means cells are coarse: twice the dense nprobe (32 of 76 lists kept 99.8% of
         # the pairs within 9 bits on 3,000 synthetic hashes, 16 kept 98.5%).
         return hamming_knn(vectors, k, threads=settings.n_threads, nprobe=2 * settings.nprobe if approximate else 0)
     if sp.issparse(vectors):
-        return sparse_knn(vectors, k, threads=settings.n_threads)
+        from pipeline.matching.tfidf_search import tfidf_knn
+
+        return tfidf_knn(
+            vectors, k, settings.n_threads, settings.tfidf_search, settings.tfidf_candidates, settings.tfidf_dense_terms
+        )
     return dense_knn(vectors, k, settings)
 
 
@@ -158,9 +191,14 @@ def dense_knn(x: np.ndarray, k: int = 50, settings: SearchConfig = EXACT, progre
     n = x.shape[0]
     k = min(k, n)
     if settings.index == "auto":
-        # Exact search on GPUs is fast at any size that fits them; FAISS has no GPU HNSW.
-        exact = n <= AUTO_EXACT_ROWS or (settings.gpu and faiss_gpus() > 0)
-        settings = replace(settings, index="flat" if exact else "hnsw")
+        settings = replace(settings, index=_auto_index(x, k, settings))
+    if settings.index == "bf16":
+        from pipeline.matching.gemm_search import bf16_knn
+
+        if 0 < settings.reduced_dims < x.shape[1]:
+            margin = max(0, settings.reduced_shortlist - k)
+            return bf16_knn(x, k, threads=settings.n_threads, dims=settings.reduced_dims, margin=margin)
+        return bf16_knn(x, k, threads=settings.n_threads)
     shortlist = min(n, k * settings.refine) if settings.index == "ivfpq" else k
     # PQ and float16 scores are approximate: each batch's shortlist is rescored with the vectors
     # and its best k kept, so no (N, shortlist) array is ever held.
@@ -179,6 +217,18 @@ def dense_knn(x: np.ndarray, k: int = 50, settings: SearchConfig = EXACT, progre
         del index
     sim[idx < 0] = -np.inf
     return Neighbours(idx, sim)
+
+
+def _auto_index(x: np.ndarray, k: int, settings: SearchConfig) -> str:
+    """The index ``auto`` searches ``x`` with: exact on GPUs (fast at any size that fits them, and
+    FAISS has no GPU HNSW), else the one timed probes on ``x`` predict to be cheapest at the
+    required recall (:func:`pipeline.matching.index_choice.choose_index`, which logs why)."""
+    if settings.gpu and faiss_gpus() > 0:
+        log.info("[search] N=%d: index flat (FAISS sees a GPU)", len(x))
+        return "flat"
+    from pipeline.matching.index_choice import choose_index
+
+    return choose_index(x, k, settings.n_threads, settings.ef_search, settings.nprobe, settings.required_recall).index
 
 
 def rescore(x: np.ndarray, idx: np.ndarray, k: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,14 +8,19 @@ blending, the union and min-2 decision, then building, validating and writing th
 
 Beside the time and F1 it reports the recall of the neighbour lists against exact search, on a
 sample of queries (untimed): the share of the exact pairs above each signal's floor that the lists
-hold is what decides whether an approximate index loses F1.
+hold is what decides whether an approximate index loses F1. It also says what machine it ran on
+(:func:`pipeline.machine.machine_facts`: cores, CPU features, BLAS and its threads, the load
+average) and which index and TF-IDF search ``auto`` took, with the figures behind the choice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ import scipy.sparse as sp
 from pipeline.config import Config
 from pipeline.data.synth import synthetic_titles
 from pipeline.data.synth.postings import clustered_postings
+from pipeline.machine import load_average, machine_facts
 from pipeline.matching.candidates import Gallery, build_candidates
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.fusion import DENSE_SIGNALS, FusionConfig, gallery_neighbours
@@ -38,6 +44,19 @@ from pipeline.matching.signals import tfidf_vectors
 from pipeline.metric import score_matches, true_sets_from_labels
 from pipeline.settings import build
 from pipeline.submission import write_submission
+
+# The search settings each result records beside its figures.
+SEARCH_KEYS = (
+    "nprobe",
+    "ef_search",
+    "hnsw_fp16",
+    "threads",
+    "required_recall",
+    "reduced_dims",
+    "tfidf_search",
+    "tfidf_candidates",
+    "tfidf_dense_terms",
+)
 
 
 def bench_settings(tfidf: bool) -> MatchSettings:
@@ -87,6 +106,7 @@ def run_bench(
         group: with ``pair``, the group rule after the pairs at a fixed cut and floor (default: the
             config's ``group``), timed as the step ``groups``.
     """
+    load_before = load_average()
     t0 = time.perf_counter()
     vectors, labels = clustered_postings(n, dim, seed)
     titles = synthetic_titles(labels, seed) if tfidf or pair else None
@@ -108,7 +128,8 @@ def run_bench(
     def keep_checked_rows(name: str, nb: Neighbours) -> None:
         lists[name] = Neighbours(nb.idx[queries], nb.sim[queries])
 
-    sub, timings, total = _timed_predict(cfg, vectors, ids, settings, pair_model, titles, keep_checked_rows)
+    with search_log() as choices:
+        sub, timings, total = _timed_predict(cfg, vectors, ids, settings, pair_model, titles, keep_checked_rows)
     truth = true_sets_from_labels(ids.tolist(), labels.tolist())
     pred = {pid: set(m.split()) for pid, m in zip(sub["posting_id"], sub["matches"])}
     out = {
@@ -116,7 +137,7 @@ def run_bench(
         "dim": dim,
         "k": k,
         "index": index,
-        **{key: getattr(search, key) for key in ("nprobe", "ef_search", "hnsw_fp16", "threads")},
+        **{key: getattr(search, key) for key in SEARCH_KEYS},
         "pair_model": pair,
         "group": settings.group.get("rule", "none"),
         "tfidf": tfidf,
@@ -128,14 +149,12 @@ def run_bench(
         "rss_after_inputs_mb": round(rss_inputs, 1),
         "input_mb": round(sum(_nbytes(v) for v in vectors.values()) / 2**20, 1),
         "f1": round(score_matches(pred, truth)["f1"], 4),
+        "search_choices": choices,
+        "machine": machine_facts(),
+        "load_average_before": load_before,
     }
     if recall_sample:
-        t1 = time.perf_counter()
-        # 20 queries at a time: each signal's exact similarities are (20, N) float32 (80 MB at a million).
-        out["recall"] = search_recall(
-            vectors, lists, recall_floors(settings, vectors), settings.fusion_weights, queries=queries, chunk=20
-        )
-        out["recall_seconds"] = round(time.perf_counter() - t1, 2)
+        out.update(_checked_recall(vectors, lists, settings, queries))
     return out
 
 
@@ -154,6 +173,38 @@ def _bench_rule(
     if rule.rule != "none":
         settings.group = GroupSettings(rule.rule, rule.weights, threshold=0.5, min2_floor=0.5).to_dict()
     return settings, pair_model
+
+
+def _checked_recall(vectors: dict, lists: dict[str, Neighbours], settings: MatchSettings, queries: np.ndarray) -> dict:
+    """Recall of the checked rows' lists against exact search, and the seconds the check took (untimed path)."""
+    t0 = time.perf_counter()
+    # 20 queries at a time: each signal's exact similarities are (20, N) float32 (80 MB at a million).
+    recall = search_recall(
+        vectors, lists, recall_floors(settings, vectors), settings.fusion_weights, queries=queries, chunk=20
+    )
+    return {"recall": recall, "recall_seconds": round(time.perf_counter() - t0, 2)}
+
+
+@contextlib.contextmanager
+def search_log() -> Iterator[list[str]]:
+    """The "[search]" lines the block logs (the index and TF-IDF search ``auto`` took, and the
+    figures behind each choice), collected in the list it yields."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("[search]"):
+                lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("pipeline"), Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _timed_predict(

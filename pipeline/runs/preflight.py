@@ -13,6 +13,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.data import DataError, Dataset
 from pipeline.data.folds import gallery_rows
 from pipeline.matching.signals import tfidf_vectors
+from pipeline.models.weight_sources import offline_overrides
 from pipeline.runs import libraries
 from pipeline.runs.folder import StageError
 
@@ -23,8 +24,6 @@ log = logging.getLogger("pipeline")
 # The pair model's library: on Kaggle it comes from a wheel at the version that will save the model,
 # not from the image, so it is imported like any added library (lightgbm imports narwhals, say).
 PAIR_MODULE = "pipeline.matching.pair_model"
-# The offline ImageNet weights that need no hub: a pip package and the timm model they map onto.
-LITE_FALLBACK = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite0"}
 
 
 def check_libraries() -> None:
@@ -74,8 +73,8 @@ def check_image_weights(cfg: Config) -> WeightsMapping | None:
         raise ConfigError(
             f"image.pretrained: the weights of image.backbone={image.backbone} cannot be downloaded from the "
             f"timm / Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, use "
-            f"ImageNet weights from a pip package: image.backbone={LITE_FALLBACK['backbone']} "
-            f"image.weights={LITE_FALLBACK['weights']}; or a local file (image.weights=PATH)"
+            f"ImageNet weights from a pip package ({' '.join(offline_overrides())}) or a local file "
+            "(image.weights=PATH)"
         ) from None
     log.info("[prepare] image.backbone=%s: pretrained weights from the timm hub", image.backbone)
     return None

@@ -120,30 +120,52 @@ def train_encoder(
     del ckpt
     context = _log_context(identity, s, len(items), len(classes))
     epoch_log = EpochLog(label, cfg.train.epochs, len(items), later_row_epochs, enabled=main)
-    # Early stopping needs the held-out metric, which only fold models have.
-    patience = cfg.train.early_stopping_patience if eval_fn is not None else 0
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if _patience_ran_out(history, patience):
-            if main:
-                log.info("%s: no better %s for %d epochs, stopped after epoch %d", label, STOP_METRIC, patience, epoch)
-            break
-        started = time.perf_counter()
-        row, step = _run_epoch(
-            s, seed, epoch, step, desc=f"train {label} {epoch + 1}/{cfg.train.epochs}", progress=progress and main
-        )
-        if eval_fn is not None:
-            row.update(_evaluate(eval_fn, s.model, s.device))
-        history.append(row)
-        if patience and _best_index(history) == len(history) - 1:
-            s.best = {"epoch": epoch + 1, STOP_METRIC: row[STOP_METRIC], "model": _cpu_state(s.model)}
-        if main:
-            _save_epoch(files, s, context, history, epoch, step, identity, classes)
-        epoch_log(row, time.perf_counter() - started)
+
+    def save(epoch: int, step: int) -> None:
+        _save_epoch(files, s, context, history, epoch, step, identity, classes)
+
+    _train_epochs(s, history, start_epoch, step, seed, label, eval_fn, epoch_log, save if main else None, progress)
     _keep_best(s, context, label, main)
     if main:
         _finish(files, s, modality, cfg, context, history)
     distributed.barrier()  # no rank goes on (e.g. to embed with model.pt) before the files exist
     return run_summary(files, history, skipped=False)
+
+
+def _train_epochs(
+    s: Session,
+    history: list[dict],
+    start_epoch: int,
+    step: int,
+    seed: int,
+    label: str,
+    eval_fn: EvalFn | None,
+    epoch_log: EpochLog,
+    save: Callable[[int, int], None] | None,
+    progress: bool,
+) -> None:
+    """Train the epochs left, appending each one's log row to ``history`` and checkpointing it with
+    ``save`` (None on the ranks that write nothing); with ``train.early_stopping_patience``, stop
+    once the held-out metric has not improved for that many epochs."""
+    epochs = s.train.epochs
+    # Early stopping needs the held-out metric, which only fold models have.
+    patience = s.train.early_stopping_patience if eval_fn is not None else 0
+    for epoch in range(start_epoch, epochs):
+        if _patience_ran_out(history, patience):
+            if save is not None:
+                log.info("%s: no better %s for %d epochs, stopped after epoch %d", label, STOP_METRIC, patience, epoch)
+            return
+        started = time.perf_counter()
+        desc = f"train {label} {epoch + 1}/{epochs}"
+        row, step = _run_epoch(s, seed, epoch, step, desc=desc, progress=progress and save is not None)
+        if eval_fn is not None:
+            row.update(_evaluate(eval_fn, s.model, s.device))
+        history.append(row)
+        if patience and _best_index(history) == len(history) - 1:
+            s.best = {"epoch": epoch + 1, STOP_METRIC: row[STOP_METRIC], "model": _cpu_state(s.model)}
+        if save is not None:
+            save(epoch, step)
+        epoch_log(row, time.perf_counter() - started)
 
 
 def _best_index(history: list[dict]) -> int:

@@ -102,9 +102,10 @@ class WeightsMapping:
     def describe(self) -> str:
         """The run.log line: ``weights loaded: N of M tensors from SOURCE ...``."""
         how = {"name": "by name", "order": "by order and shape", "partial": "by name, PARTIAL"}[self.method]
+        where = f"{self.path}, " if self.path and self.path != self.source else ""
         text = (
             f"weights loaded: {len(self.pairs)} of {self.n_model} tensors from {self.source} "
-            f"({self.path or '?'}, sha256 {self.sha256[:12] or '?'}) into {self.backbone}, mapped {how}"
+            f"({where}sha256 {self.sha256[:12] or '?'}) into {self.backbone}, mapped {how}"
         )
         first = self.pairs[0] if self.pairs else None
         if first is not None and first[0] != first[1]:
@@ -218,7 +219,10 @@ def _mismatch_message(
         text += f", then the file has {len(extra)} more that are not a classifier (from {extra[0]})"
     package = package_of(source)
     if package is not None and package.backbone.removeprefix("tf_") != name.removeprefix("tf_"):
-        return text + f". {source} holds {package.backbone} weights: set image.backbone={package.backbone}"
+        return text + (
+            f". {source} holds {package.backbone} weights: set image.backbone={package.backbone} (or "
+            f"{package.backbone.removeprefix('tf_')}, onto which they map by order and shape)"
+        )
     return text + (
         ". The keys can be remapped: set image.backbone to the timm model the file was trained as (its tensors "
         "then map by order and shape), or re-save the file in that model's key names (torch.save(state_dict)); "
@@ -241,17 +245,20 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_backbone_weights(model: nn.Module, spec: str | os.PathLike, partial: bool = False) -> WeightsMapping:
+def load_backbone_weights(
+    model: nn.Module, spec: str | os.PathLike, partial: bool = False, announce: bool = True
+) -> WeightsMapping:
     """Load the weights ``spec`` names (a package name or a file) into a timm backbone, checked.
 
     Args:
         model: the backbone (timm, any ``num_classes``).
         spec: ``image.weights``.
         partial: see :func:`map_state_dict`.
+        announce: log the mapping in one ``weights loaded:`` line (a warning when partial); off
+            for a caller that logs it where it belongs.
 
     Returns:
-        The mapping, with the file's path and digest; logged in one ``weights loaded:`` line (a
-        warning when partial).
+        The mapping, with the file's path and digest.
 
     Raises:
         ConfigError: the weights cannot be found; WeightsMismatch: they do not fit.
@@ -267,17 +274,18 @@ def load_backbone_weights(model: nn.Module, spec: str | os.PathLike, partial: bo
     if left != sorted(mapping.missing) or result.unexpected_keys:
         raise AssertionError(f"mapping of {spec} broke: {left[:3]} missing, {result.unexpected_keys[:3]} unexpected")
     mapping.path, mapping.sha256 = str(path), sha256(path)
-    (log.warning if mapping.missing else log.info)("[weights] %s", mapping.describe())
+    if announce:
+        (log.warning if mapping.missing else log.info)("[weights] %s", mapping.describe())
     return mapping
 
 
 def check_backbone_weights(backbone: str, spec: str, partial: bool = False) -> WeightsMapping:
     """Build ``backbone`` (no hub) and load ``spec`` into it: what ``prepare`` runs, so weights that
-    do not fit are refused before any training."""
+    do not fit are refused before any training. The caller logs the mapping."""
     import timm
 
     model = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
-    return load_backbone_weights(model, spec, partial=partial)
+    return load_backbone_weights(model, spec, partial=partial, announce=False)
 
 
 def main(argv: list[str] | None = None) -> int:

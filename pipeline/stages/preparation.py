@@ -82,7 +82,7 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
         run.record_timing("prepare", time.perf_counter() - t0)
         with run_log(paths):
             if weights is not None:
-                log.info("[prepare] %s", weights.describe())
+                (log.warning if weights.missing else log.info)("[prepare] %s", weights.describe())
             log.info(
                 "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
                 len(train),

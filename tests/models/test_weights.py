@@ -202,6 +202,7 @@ def test_prepare_refuses_a_mismatch_and_records_a_match(tiny_synth, tmp_path, ca
     )
     record = json.loads((tmp_path / "ok" / "run.json").read_text())["image_weights"]
     assert record["mapped"] == record["of"] == 245 and record["sha256"].startswith("57934424")
+    assert "weights loaded: 245 of 245 tensors from efficientnet-lite0" in (tmp_path / "ok" / "run.log").read_text()
 
 
 def test_a_package_file_named_by_path_gets_its_normalisation_and_hint():

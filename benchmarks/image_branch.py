@@ -4,7 +4,7 @@ fine-tuning and fine-tuning recipes, for the same number of epochs, on held-apar
 Run from the repository root (one process per seed; two at once on 2 cores)::
 
     python -m benchmarks.image_branch --groups 160 --seeds 0 1 2 --out docs/results/image_branch_small.jsonl
-    python -m benchmarks.image_branch --table docs/results/image_branch_small.jsonl
+    python -m benchmarks.image_branch --table docs/results/image_branch_small.jsonl --plot docs/image_branch.png
 
 Each seed writes its own photo-like dataset (:mod:`pipeline.data.synth.photos`) with half the
 groups in train and the other half split, by family, into a validation and a test half (siblings
@@ -262,9 +262,19 @@ def run_one(method: str, seed: int, groups: int, epochs: int, size: int, root: P
     return row
 
 
-def table(path: Path) -> str:
+def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """Result rows of JSON-lines files; a (method, seed) in a later file replaces an earlier one."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[(row["method"], row["seed"])] = row
+    return list(rows.values())
+
+
+def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: test F1 (image-only, threshold tuned on validation) per seed and the mean, and fused."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     seeds = sorted({r["seed"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     lines = [
@@ -280,13 +290,58 @@ def table(path: Path) -> str:
         ran = [str(r.get("epochs_run", 0)) for r in by_seed.values()]
         secs = [r["seconds"] for r in by_seed.values()]
         lines.append(
-            f"| {m} | " + " | ".join(f"{v:.3f}" for v in img) + f" | {np.nanmean(img):.3f} | "
+            f"| {m} | " + " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in img) + f" | {np.nanmean(img):.3f} | "
             f"{np.mean(fused):.3f} | {np.mean(best):.3f} | {','.join(ran)} | {np.mean(secs):.0f} |"
         )
-    ph = [r["phash"]["test"] for r in rows if r["method"] == "zero_shot" and "phash" in r]
+    ph = {r["seed"]: r["phash"]["test"] for r in rows if r["method"] == "zero_shot" and "phash" in r}
     if ph:
-        lines.append("| phash | " + " | ".join(f"{v:.3f}" for v in ph) + f" | {np.mean(ph):.3f} | | | | |")
+        cells = " | ".join(f"{ph[s]:.3f}" if s in ph else "" for s in seeds)
+        lines.append(f"| phash | {cells} | {np.mean(list(ph.values())):.3f} | | | | |")
     return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
+    """One line per (method, seed): test F1 image-only and fused, their validation-tuned settings."""
+    import csv
+
+    fields = ["method", "seed", "image_test_f1", "image_test_best_f1", "image_threshold", "fused_test_f1"]
+    fields += ["fused_weight", "epochs_run", "seconds", "loadavg"]
+    order = {m: i for i, m in enumerate(METHODS)}
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for r in sorted(rows, key=lambda r: (order[r["method"]], r["seed"])):
+            image, fused = r["image"], r["fused"]
+            writer.writerow(
+                [r["method"], r["seed"], round(image["test"], 4), round(image["test_best"], 4), image["threshold"]]
+                + [round(fused["test"], 4), fused["weight"], r.get("epochs_run", 0), r["seconds"]]
+                + [round(r["loadavg"], 1)]
+            )
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Image test F1 per method: one marker per seed, a bar at the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 3.6))
+    for i, m in enumerate(methods):
+        values = {r["seed"]: r["image"]["test"] for r in rows if r["method"] == m}
+        ax.bar(i, np.mean(list(values.values())), color="0.85", width=0.6)
+        for j, seed in enumerate(seeds):
+            if seed in values:
+                ax.plot(i - 0.15 + 0.15 * j, values[seed], "o", color=f"C{j}", label=f"seed {seed}" if i == 0 else None)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    low = min(r["image"]["test"] for r in rows)
+    ax.set_ylim(low - 0.03, None)
+    ax.set_ylabel("image-only test F1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,10 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "image_branch")
     parser.add_argument("--out", type=Path, help="JSON-lines file to append results to")
-    parser.add_argument("--table", type=Path, help="print the table of a results file and exit")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of results files and exit")
+    parser.add_argument("--plot", type=Path, help="with --table: also draw the image F1 per method to this PNG")
+    parser.add_argument("--csv", type=Path, help="with --table: also write the rows as CSV")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(args.table))
+        rows = read_rows(args.table)
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        if args.csv:
+            write_csv(rows, args.csv)
         return 0
     args.root.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

@@ -32,13 +32,14 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     bound_threads(cfg.threads)
     check_local_files(cfg)
     check_libraries()
-    weights = check_image_weights(cfg)
     data = Dataset(Path(data_dir).resolve())
     train = data.read("train", check_images=cfg.needs_images, workers=cfg.threads)
     test = data.read("test", check_images=cfg.needs_images, workers=cfg.threads)
     folds = make_folds(train["label_group"].to_numpy(), cfg.folds.n_splits, cfg.folds.seed)
     if "tfidf" in cfg.modalities:
         check_tfidf(data, train, test, folds, cfg)
+    # After the data's checks, which are cheaper than building a backbone or reaching the hub.
+    weights = check_image_weights(cfg)
     warnings = data_warnings(data, train)
     folds_csv = (
         pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"], "fold": folds})

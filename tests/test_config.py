@@ -34,6 +34,7 @@ def test_demo_preset_loads():
     assert set(cfg.modalities) == {"image", "text", "tfidf", "phash"}
     # ImageNet weights from a pip package, fine-tuned with the recipe of docs/image.md: no network.
     assert cfg.image.weights == "efficientnet-lite0" and cfg.image.backbone == "tf_efficientnet_lite0"
+    assert not load_config("demo", ["image.weights=null"]).image.pretrained  # never the hub
     assert cfg.image.train.backbone_lr_mult == 0.1 and cfg.image.train.freeze_bn
 
 

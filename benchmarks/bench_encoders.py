@@ -60,7 +60,8 @@ def bench_encoder(modality: str, args: dict[str, Any]) -> dict[str, Any]:
     from pipeline.inference.embedding import autocast, forward, to_device
     from pipeline.models.encoders import build_encoder
     from pipeline.models.heads import ArcFace
-    from pipeline.training.loop import build_optimizer, train_step
+    from pipeline.training.loop import train_step
+    from pipeline.training.session import build_optimizer
 
     torch.manual_seed(0)
     device = pick_device()

@@ -172,6 +172,12 @@ def _add_tools(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--groups", type=int, default=200, help="label groups over train and test (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument(
+        "--photos",
+        action="store_true",
+        help="products cut from real photographs (bundled by scikit-image, scikit-learn and Matplotlib) and "
+        "re-shot, instead of drawn ones: data on which a pretrained image backbone shows what it knows",
+    )
 
     p = add("score", _score, "Score a submission against the truth; prints one JSON line.")
     p.add_argument("--submission", required=True, type=Path, help="posting_id,matches CSV")
@@ -304,9 +310,12 @@ def _config(args):
 
 
 def _synth(args) -> int:
-    from pipeline.data.synth import make_synthetic  # development tooling, absent from the Kaggle wheel
+    # Development tooling, absent from the Kaggle wheel.
+    from pipeline.data.synth import make_synthetic
+    from pipeline.data.synth.photos import make_photo_synthetic
 
-    summary = make_synthetic(args.out, n_groups=args.groups, seed=args.seed, image_size=args.image_size)
+    make = make_photo_synthetic if args.photos else make_synthetic
+    summary = make(args.out, n_groups=args.groups, seed=args.seed, image_size=args.image_size)
     print(json.dumps(summary, default=str))
     return 0
 

@@ -30,6 +30,7 @@ from pipeline.matching.pair_model import PairModelConfig
 from pipeline.matching.signals import PhashConfig, TfidfConfig
 from pipeline.matching.tuning import DecisionConfig
 from pipeline.models.config import HeadConfig, ImageEncoderConfig, TextEncoderConfig
+from pipeline.models.weight_sources import resolve_weights
 from pipeline.settings import ConfigError, build, require
 from pipeline.training.config import TrainConfig
 
@@ -218,13 +219,13 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def check_local_files(cfg: Config) -> None:
-    """The local files the config names must exist: ``image.weights``, and ``text.model`` when it
-    is a path rather than a hub name. Checked by ``prepare`` (a config is also read on machines
-    where these paths differ, such as Kaggle's), so that a typo fails before any work.
+    """The local files the config names must exist: ``image.weights`` (a file, or an installed weights
+    package), and ``text.model`` when it is a path rather than a hub name. Checked by ``prepare`` (a
+    config is also read on machines where these paths differ, such as Kaggle's), so that a typo fails
+    before any work; whether the weights fit the backbone is :mod:`pipeline.runs.preflight`'s check.
     """
     if "image" in cfg.modalities and cfg.image.weights is not None:
-        if not Path(cfg.image.weights).expanduser().is_file():
-            raise ConfigError(f"image.weights: {cfg.image.weights} does not exist (or is not a file)")
+        resolve_weights(cfg.image.weights)
     model = cfg.text.model
     if "text" in cfg.modalities and model is not None and _looks_local(model):
         if not Path(model).expanduser().is_dir():

@@ -48,3 +48,30 @@ def test_every_experiment_is_a_valid_config_that_says_what_it_tries():
     for name in names:
         load_config(EXPERIMENTS / f"{name}.yaml")
         assert (EXPERIMENTS / f"{name}.yaml").read_text().startswith("# ")
+
+
+def test_image_branch_f1_counts_each_posting_in_its_own_set():
+    from benchmarks.image_branch import f1_at, tuned_f1
+
+    labels = np.array([0, 0, 1, 1, 2])
+    same = labels[:, None] == labels[None, :]
+    sims = np.where(same, 0.9, 0.1)
+    assert f1_at(sims, same, 0.5) == pytest.approx(1.0)
+    # At a threshold above every similarity each posting predicts itself alone: F1 2 / (1 + group size).
+    assert f1_at(sims, same, 0.95) == pytest.approx(np.mean([2 / 3, 2 / 3, 2 / 3, 2 / 3, 1.0]))
+    result = tuned_f1((sims, same), (sims, same))
+    assert result["test"] == result["val"] == pytest.approx(1.0) and 0.1 < result["threshold"] <= 0.9
+
+
+def test_image_branch_rows_of_a_later_file_replace_the_same_method_and_seed(tmp_path):
+    from benchmarks.image_branch import read_rows, table
+
+    def row(method, seed, f1):
+        scores = {"test": f1, "test_best": f1, "val": f1, "threshold": 0.5}
+        return {"method": method, "seed": seed, "image": scores, "fused": {**scores, "weight": 0.5}, "seconds": 1}
+
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in [row("naive", 0, 0.5), row("naive", 1, 0.6)]))
+    (tmp_path / "b.jsonl").write_text(json.dumps(row("naive", 1, 0.7)) + "\n")
+    rows = read_rows([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert sorted((r["seed"], r["image"]["test"]) for r in rows) == [(0, 0.5), (1, 0.7)]
+    assert "| naive | 0.500 | 0.700 | 0.600 |" in table(rows)

@@ -32,7 +32,10 @@ def test_yaml_file_and_roundtrip(tmp_path):
 def test_demo_preset_loads():
     cfg = load_config("demo")
     assert set(cfg.modalities) == {"image", "text", "tfidf", "phash"}
-    assert cfg.image.pretrained is False
+    # ImageNet weights from a pip package, fine-tuned with the recipe of docs/image.md: no network.
+    assert cfg.image.weights == "efficientnet-lite0" and cfg.image.backbone == "tf_efficientnet_lite0"
+    assert not load_config("demo", ["image.weights=null"]).image.pretrained  # never the hub
+    assert cfg.image.train.backbone_lr_mult == 0.1 and cfg.image.train.freeze_bn
 
 
 @pytest.mark.parametrize(

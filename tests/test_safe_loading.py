@@ -46,7 +46,7 @@ class _Payload:
 
 
 def test_a_crafted_checkpoint_is_refused_not_run(tmp_path, capsys):
-    from pipeline.models.encoders import read_state_dict
+    from pipeline.models.weights import read_state_dict
     from pipeline.paths import ModelPaths
     from pipeline.training.checkpoint import existing_run
 

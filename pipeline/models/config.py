@@ -20,7 +20,11 @@ class ImageEncoderConfig:
 
     backbone: str = "tf_efficientnet_b3.ns_jft_in1k"
     pretrained: bool = True  # from the timm hub; needs internet unless `weights` is set
-    weights: str | None = None  # local .pth / .safetensors backbone weights (offline Kaggle use)
+    # Offline backbone weights: a weights package (efficientnet-lite0/1/2, ImageNet) or a local .pth /
+    # .safetensors file, mapped onto the backbone by name or by order and shape (pipeline.models.weights).
+    weights: str | None = None
+    # Load weights that map only in part (by name), leaving the rest at random init; off, they are refused.
+    weights_partial: bool = False
     image_size: int = 512
     embed_dim: int = 512
     gem_p: float = 3.0

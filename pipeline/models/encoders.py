@@ -13,8 +13,6 @@ import difflib
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,17 @@ import timm
 import timm.data
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from pipeline.data.datasets import tokenize_titles
 from pipeline.io import code_version, save_torch
 from pipeline.models.config import ImageEncoderConfig, TextEncoderConfig
+from pipeline.models.weight_sources import normalisation
+from pipeline.models.weights import WeightsMapping, load_backbone_weights
 from pipeline.settings import build
 
 MODALITIES = ("image", "text")
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-# A weights file that leaves more than this share of the backbone's tensors at their random init
-# belongs to another architecture; loading it would train from scratch without saying so.
-MAX_MISSING_SHARE = 0.5
 
 
 class GeM(nn.Module):
@@ -83,8 +78,9 @@ class ImageEncoder(nn.Module):
     """timm backbone -> GeM -> Linear + BatchNorm1d neck -> L2 normalisation.
 
     Args:
-        cfg: the image section of the config. ``cfg.weights`` (a local file) wins over
-            ``cfg.pretrained`` (the timm hub), so an offline notebook only has to set ``weights``.
+        cfg: the image section of the config. ``cfg.weights`` (a weights package or a local file,
+            see :mod:`pipeline.models.weights`) wins over ``cfg.pretrained`` (the timm hub), so an
+            offline notebook only has to set ``weights``.
         load_weights: False builds the architecture with random weights and never touches the
             hub or ``cfg.weights``; used when our own state dict is loaded next.
     """
@@ -105,10 +101,14 @@ class ImageEncoder(nn.Module):
             raise RuntimeError(
                 f"could not download pretrained weights for image backbone {cfg.backbone!r} from the "
                 f"timm / Hugging Face hub ({type(e).__name__}: {e}). Offline, set "
-                "image.weights=/path/to/backbone.pth (or .safetensors) or image.pretrained=false."
+                "image.backbone=tf_efficientnet_lite0 image.weights=efficientnet-lite0 (ImageNet weights "
+                "from a pip package), image.weights=/path/to/backbone.pth (or .safetensors), or "
+                "image.pretrained=false (random weights)."
             ) from e
+        # How image.weights was mapped onto the backbone (None: hub or random weights).
+        self.weights_mapping: WeightsMapping | None = None
         if load_weights and cfg.weights:
-            load_backbone_weights(self.backbone, cfg.weights)
+            self.weights_mapping = load_backbone_weights(self.backbone, cfg.weights, partial=cfg.weights_partial)
         self.pool = GeM(cfg.gem_p, learnable=True)
         self.neck = Neck(self.backbone.num_features, cfg.embed_dim, bias=False)
 
@@ -124,8 +124,10 @@ class ImageEncoder(nn.Module):
         return F.normalize(x.float(), dim=1)
 
     def data_config(self) -> dict[str, Any]:
-        """timm's data config of the backbone (mean, std, interpolation), at ``cfg.image_size``."""
+        """timm's data config of the backbone (mean, std, interpolation), at ``cfg.image_size``, with
+        the normalisation that ``cfg.weights`` expects when it is a known package."""
         config = dict(timm.data.resolve_model_data_config(self.backbone))
+        config.update(normalisation(self.cfg.weights))
         config["input_size"] = (3, self.cfg.image_size, self.cfg.image_size)
         return config
 
@@ -230,79 +232,6 @@ def _check_timm_name(name: str) -> None:
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=8, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
         raise ValueError(f"unknown timm backbone {name!r}{hint}")
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` weights file, unwrapped.
-
-    A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is opened and ``module.`` prefixes
-    (from DataParallel / DDP) are stripped. Pickled files are read with ``weights_only=True``, so a
-    file holding arbitrary objects is refused rather than executed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"weights file {path}: unsupported suffix {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}")
-    if path.suffix == ".safetensors":
-        obj: Any = load_safetensors(str(path), device="cpu")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # the unpickler raises several types for a disallowed object
-            raise ValueError(
-                f"weights file {path} could not be read as a plain state dict ({e}); re-save it with "
-                "torch.save(model.state_dict(), path)"
-            ) from e
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Load a timm backbone's weights from a local file, ignoring its classifier.
-
-    Missing and unexpected keys are reported in a warning; a file that leaves most of the model
-    uninitialised or whose tensor shapes disagree raises.
-
-    Returns:
-        ``{"missing": [...], "unexpected": [...]}``.
-    """
-    state = read_state_dict(path)
-    classifier = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
-
-    own = model.state_dict()
-    bad_shape = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if bad_shape:
-        raise ValueError(
-            f"weights file {path} does not fit the backbone: {len(bad_shape)} shape mismatch(es), e.g. {bad_shape[:3]}"
-        )
-    # BatchNorm's step counter is absent from many exported files and harmless to lose.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    n_own = sum(1 for k in own if not k.endswith("num_batches_tracked"))
-    if len(missing) > MAX_MISSING_SHARE * n_own:
-        raise ValueError(
-            f"weights file {path} does not match the backbone: {len(missing)} of {n_own} tensors missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); is it for another model?"
-        )
-    model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        warnings.warn(
-            f"weights file {path}: {len(missing)} missing tensor(s) left at random init (e.g. {missing[:5]}), "
-            f"{len(unexpected)} unexpected tensor(s) ignored (e.g. {unexpected[:5]})",
-            stacklevel=2,
-        )
-    return {"missing": missing, "unexpected": unexpected}
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"image": ImageEncoder, "text": TextEncoder}

@@ -16,17 +16,17 @@ from pipeline.data.folds import make_folds
 from pipeline.device import bound_threads
 from pipeline.runs import provenance
 from pipeline.runs.folder import Run, log, run_log, writing
-from pipeline.runs.preflight import check_libraries, check_tfidf, data_warnings
+from pipeline.runs.preflight import check_image_weights, check_libraries, check_tfidf, data_warnings
 
 
 def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     """Validate the data, assign GroupKFold folds, and write the resolved config and manifest.
 
     Nothing is written when the data, config or Python cannot make a run: a library some stage
-    imports is missing, the CSVs break the contract, an image does not decode, a local weights file
-    is missing, or TF-IDF would find no term. In a folder that holds an earlier run, whatever that
-    run built from other data or config is removed (trained models excepted; see
-    :mod:`pipeline.runs.provenance`).
+    imports is missing, the CSVs break the contract, an image does not decode, the image weights
+    cannot be had or do not fit the backbone, or TF-IDF would find no term. In a folder that holds
+    an earlier run, whatever that run built from other data or config is removed (trained models
+    excepted; see :mod:`pipeline.runs.provenance`).
     """
     t0 = time.perf_counter()
     bound_threads(cfg.threads)
@@ -38,6 +38,8 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
     folds = make_folds(train["label_group"].to_numpy(), cfg.folds.n_splits, cfg.folds.seed)
     if "tfidf" in cfg.modalities:
         check_tfidf(data, train, test, folds, cfg)
+    # After the data's checks, which are cheaper than building a backbone or reaching the hub.
+    weights = check_image_weights(cfg)
     warnings = data_warnings(data, train)
     folds_csv = (
         pd.DataFrame({"posting_id": train["posting_id"], "label_group": train["label_group"], "fold": folds})
@@ -69,6 +71,7 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
             "train_groups": int(train["label_group"].nunique()),
             "test_rows": len(test),
             "warnings": warnings,
+            **({"image_weights": weights.summary()} if weights is not None else {}),
             "timings": {k: v for k, v in (old.get("timings") or {}).items() if k in prov},
             "provenance": prov,
         }
@@ -79,6 +82,8 @@ def prepare(data_dir: str | Path, run_dir: str | Path, cfg: Config) -> Run:
         run = Run(paths, cfg, manifest)
         run.record_timing("prepare", time.perf_counter() - t0)
         with run_log(paths):
+            if weights is not None:
+                (log.warning if weights.missing else log.info)("[prepare] %s", weights.describe())
             log.info(
                 "[prepare] %d train rows in %d groups, %d test rows, %d folds -> %s",
                 len(train),

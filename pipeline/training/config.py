@@ -34,6 +34,17 @@ class TrainConfig:
     # Each row's cross-entropy weighs n^-p, n its class's training rows, normalised to a mean of 1
     # over the rows (2nd place in the competition used p = 0.4); 0 weighs every row alike.
     sample_weight_power: float = 0.0
+    # Fine-tuning a pretrained backbone (all off by default; read by pipeline.training.session and
+    # .loop): the backbone's learning rate is lr * backbone_lr_mult (the pooling and neck keep lr);
+    backbone_lr_mult: float = 1.0
+    # the first linear_probe_epochs train the neck and head on a frozen backbone (LP-FT), and the
+    # backbone's own warm-up and cosine decay run over the epochs after them (= epochs: never trained);
+    linear_probe_epochs: int = 0
+    # the backbone's BatchNorm layers keep their (pretrained) running statistics;
+    freeze_bn: bool = False
+    # with a held-out eval (fold models), stop after this many epochs without a better val_f1 and
+    # keep the best epoch's weights; 0 trains every epoch.
+    early_stopping_patience: int = 0
 
     def __post_init__(self) -> None:
         require(self.final in FINAL_MODELS, "final", ", ".join(FINAL_MODELS[:-1]) + " or none", self.final)
@@ -48,3 +59,16 @@ class TrainConfig:
         require(self.amp in AMP_MODES, "amp", ", ".join(AMP_MODES[:-1]) + " or off", self.amp)
         require(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         require(self.sample_weight_power >= 0, "sample_weight_power", ">= 0 (0 = off)", self.sample_weight_power)
+        require(self.backbone_lr_mult >= 0, "backbone_lr_mult", ">= 0", self.backbone_lr_mult)
+        require(
+            0 <= self.linear_probe_epochs <= self.epochs,
+            "linear_probe_epochs",
+            "in [0, epochs]",
+            self.linear_probe_epochs,
+        )
+        require(
+            self.early_stopping_patience >= 0,
+            "early_stopping_patience",
+            ">= 0 (0 = off)",
+            self.early_stopping_patience,
+        )

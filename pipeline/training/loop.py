@@ -46,12 +46,14 @@ from pipeline.training.checkpoint import (
     write_logs,
 )
 from pipeline.training.progress import EpochLog, log
-from pipeline.training.session import BranchConfig, Session, setup
+from pipeline.training.session import BranchConfig, Session, set_backbone_mode, setup
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 # Progress-bar refresh period in steps; reading the loss syncs the GPU, so not every step.
 _POSTFIX_EVERY = 10
+# The held-out metric that train.early_stopping_patience watches (see pipeline.matching.held_out).
+STOP_METRIC = "val_f1"
 
 
 def train_encoder(
@@ -118,21 +120,75 @@ def train_encoder(
     del ckpt
     context = _log_context(identity, s, len(items), len(classes))
     epoch_log = EpochLog(label, cfg.train.epochs, len(items), later_row_epochs, enabled=main)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        started = time.perf_counter()
-        row, step = _run_epoch(
-            s, seed, epoch, step, desc=f"train {label} {epoch + 1}/{cfg.train.epochs}", progress=progress and main
-        )
-        if eval_fn is not None:
-            row.update(_evaluate(eval_fn, s.model, s.device))
-        history.append(row)
-        if main:
-            _save_epoch(files, s, context, history, epoch, step, identity, classes)
-        epoch_log(row, time.perf_counter() - started)
+
+    def save(epoch: int, step: int) -> None:
+        _save_epoch(files, s, context, history, epoch, step, identity, classes)
+
+    _train_epochs(s, history, start_epoch, step, seed, label, eval_fn, epoch_log, save if main else None, progress)
+    _keep_best(s, context, label, main)
     if main:
         _finish(files, s, modality, cfg, context, history)
     distributed.barrier()  # no rank goes on (e.g. to embed with model.pt) before the files exist
     return run_summary(files, history, skipped=False)
+
+
+def _train_epochs(
+    s: Session,
+    history: list[dict],
+    start_epoch: int,
+    step: int,
+    seed: int,
+    label: str,
+    eval_fn: EvalFn | None,
+    epoch_log: EpochLog,
+    save: Callable[[int, int], None] | None,
+    progress: bool,
+) -> None:
+    """Train the epochs left, appending each one's log row to ``history`` and checkpointing it with
+    ``save`` (None on the ranks that write nothing); with ``train.early_stopping_patience``, stop
+    once the held-out metric has not improved for that many epochs."""
+    epochs = s.train.epochs
+    # Early stopping needs the held-out metric, which only fold models have.
+    patience = s.train.early_stopping_patience if eval_fn is not None else 0
+    for epoch in range(start_epoch, epochs):
+        if _patience_ran_out(history, patience):
+            if save is not None:
+                log.info("%s: no better %s for %d epochs, stopped after epoch %d", label, STOP_METRIC, patience, epoch)
+            return
+        started = time.perf_counter()
+        desc = f"train {label} {epoch + 1}/{epochs}"
+        row, step = _run_epoch(s, seed, epoch, step, desc=desc, progress=progress and save is not None)
+        if eval_fn is not None:
+            row.update(_evaluate(eval_fn, s.model, s.device))
+        history.append(row)
+        if patience and _best_index(history) == len(history) - 1:
+            s.best = {"epoch": epoch + 1, STOP_METRIC: row[STOP_METRIC], "model": _cpu_state(s.model)}
+        if save is not None:
+            save(epoch, step)
+        epoch_log(row, time.perf_counter() - started)
+
+
+def _best_index(history: list[dict]) -> int:
+    """The earliest epoch (index) with the highest held-out metric."""
+    return int(np.argmax([row.get(STOP_METRIC, float("-inf")) for row in history]))
+
+
+def _patience_ran_out(history: list[dict], patience: int) -> bool:
+    return bool(patience) and bool(history) and len(history) - 1 - _best_index(history) >= patience
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _keep_best(s: Session, context: dict, label: str, main: bool) -> None:
+    """With early stopping, the model ends as its best held-out epoch left it."""
+    if s.best is None:
+        return
+    s.model.load_state_dict(s.best["model"])
+    context["best_epoch"] = s.best["epoch"]
+    if main:
+        log.info("%s: kept epoch %d (%s %.4f)", label, s.best["epoch"], STOP_METRIC, s.best[STOP_METRIC])
 
 
 def _identity(
@@ -176,6 +232,7 @@ def _restore(s: Session, ckpt: dict[str, Any]) -> tuple[int, int, list[dict]]:
     for name, part in s.parts.items():
         part.load_state_dict(ckpt[name])
     set_rng_state(ckpt["rng"])
+    s.best = ckpt.get("best")
     return ckpt["epoch"], ckpt["step"], list(ckpt["history"])
 
 
@@ -201,6 +258,7 @@ def _save_epoch(
             "run": identity,
             "classes": classes.tolist(),
             "code_version": context["code_version"],
+            "best": s.best,
         },
         files.last,
     )
@@ -239,7 +297,7 @@ def _run_epoch(s: Session, seed: int, epoch: int, step: int, desc: str, progress
     if s.world > 1:
         # Each rank its own dropout masks; reseeded per epoch, so a resume at any epoch draws the same.
         seed_everything(derive_seed(seed, epoch, 2, distributed.rank()))
-    row, step = _train_epoch(s, loader, seed, step, desc=desc, progress=progress)
+    row, step = _train_epoch(s, loader, seed, step, desc=desc, progress=progress, epoch=epoch)
     return {"epoch": epoch + 1, **row}, step
 
 
@@ -297,18 +355,22 @@ def _step_classes(s: Session, labels: torch.Tensor, seed: int, step: int) -> tor
     return sample_classes(distributed.all_gather_rows(labels), s.head.n_classes, s.sample_rate, generator)
 
 
-def _train_epoch(s: Session, loader, seed: int, step: int, desc: str, progress: bool) -> tuple[dict[str, float], int]:
+def _train_epoch(
+    s: Session, loader, seed: int, step: int, desc: str, progress: bool, epoch: int = 0
+) -> tuple[dict[str, float], int]:
     s.model.train()
     s.head.train()
+    set_backbone_mode(s.model, s.train, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
     n_items = n_steps = 0
-    lr = head_lr = margin = float("nan")
+    lr = head_lr = backbone_lr = margin = float("nan")
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for inputs, labels in bar:
         inputs, labels = to_device(inputs, s.device), labels.to(s.device, non_blocking=s.device.type == "cuda")
         margin = s.margin.apply(s.head, step)
         lr, head_lr = _group_lr(s.optimizer, "encoder"), _group_lr(s.optimizer, "head")
+        backbone_lr = _group_lr(s.optimizer, "backbone", default=lr)
         scale = s.scaler.get_scale() if s.scaler.is_enabled() else None
         loss = train_step(
             s.step_model,
@@ -342,14 +404,15 @@ def _train_epoch(s: Session, loader, seed: int, step: int, desc: str, progress: 
         "loss": mean_loss,
         "lr": lr,
         "head_lr": head_lr,
+        "backbone_lr": backbone_lr,
         "margin": margin,
         "seconds": round(seconds, 3),
         "items_per_s": round(n_items * s.world / max(seconds, 1e-9), 2),
     }, step
 
 
-def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
-    return next(g["lr"] for g in optimizer.param_groups if g["name"] in (name, f"{name}_no_decay"))
+def _group_lr(optimizer: torch.optim.Optimizer, name: str, default: float = float("nan")) -> float:
+    return next((g["lr"] for g in optimizer.param_groups if g["name"] in (name, f"{name}_no_decay")), default)
 
 
 def _check_finite(loss: float, step: int) -> float:

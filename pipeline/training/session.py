@@ -54,6 +54,8 @@ class Session:
     class_weights: torch.Tensor | None
     sample_rate: float  # head.sample_rate
     world: int
+    # train.early_stopping_patience: the best epoch so far, {"epoch", "val_f1", "model": state dict}.
+    best: dict[str, Any] | None = None
 
     @property
     def parts(self) -> dict[str, Any]:
@@ -81,6 +83,11 @@ def setup(
     every weight next, so it needs neither the hub nor a weights file."""
     device = _train_device(device, world)
     tc, hc = cfg.train, cfg.head
+    if tc.linear_probe_epochs and world > 1:
+        raise ValueError(
+            "train.linear_probe_epochs is not supported under torchrun yet: DDP expects the same parameters "
+            "to get gradients every step; set it to 0"
+        )
     model = build_encoder(modality, cfg, load_weights=load_weights)
     head = build_margin_head(hc, model.embed_dim, n_classes)
     counts = np.bincount(y, minlength=n_classes)  # (C,) training rows per class
@@ -96,7 +103,12 @@ def setup(
     steps_per_epoch = len(dataset) // batch_size  # drop_last: a batch of 1 would break BatchNorm
     total_steps = steps_per_epoch * tc.epochs
     optimizer = build_optimizer(model, head, tc)
-    scheduler = build_scheduler(optimizer, total_steps, round(tc.warmup_frac * total_steps))
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps,
+        round(tc.warmup_frac * total_steps),
+        backbone_frozen_steps=tc.linear_probe_epochs * steps_per_epoch,
+    )
     amp_dtype = autocast_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     margin = MarginWarmup(hc.margin_start, hc.margin, round(hc.margin_warmup_epochs * steps_per_epoch))
@@ -169,32 +181,79 @@ def _global_batch(batch_size: int, n_rows: int, world: int) -> int:
 
 
 def build_optimizer(model: nn.Module, head: nn.Module, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with the encoder at ``tc.lr`` and the head at ``tc.head_lr``; biases, norms and GeM's p
-    (every tensor of one dimension or less) get no weight decay."""
-    groups = []
-    for name, module, lr in (("encoder", model, tc.lr), ("head", head, tc.head_lr)):
-        params = [p for p in module.parameters() if p.requires_grad]
-        groups.append(
+    """AdamW with the encoder at ``tc.lr`` (its ``backbone``, when it has one, at ``tc.lr *
+    tc.backbone_lr_mult``) and the head at ``tc.head_lr``; biases, norms and GeM's p (every tensor
+    of one dimension or less) get no weight decay."""
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    parts = (
+        ("backbone", [p for p in model.parameters() if id(p) in in_backbone], tc.lr * tc.backbone_lr_mult),
+        ("encoder", [p for p in model.parameters() if id(p) not in in_backbone], tc.lr),
+        ("head", list(head.parameters()), tc.head_lr),
+    )
+    decay, no_decay = [], []
+    for name, params, lr in parts:
+        params = [p for p in params if p.requires_grad]
+        decay.append(
             {"name": name, "params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": tc.weight_decay}
         )
-        groups.append(
+        no_decay.append(
             {"name": f"{name}_no_decay", "params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0}
         )
+    # The encoder's parameters in the order of one group per decay setting (backbone, encoder,
+    # backbone_no_decay, encoder_no_decay): gradient clipping sums their norms in that order, so
+    # with backbone_lr_mult=1 training is bitwise what it was before the backbone had a group.
+    groups = decay[:2] + no_decay[:2] + [decay[2], no_decay[2]]
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, backbone_frozen_steps: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` optimiser steps, then cosine decay to 0 at ``total_steps``."""
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then cosine decay to 0 at ``total_steps``.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    The backbone's groups (named ``backbone*``) get a factor of 0 for their first
+    ``backbone_frozen_steps`` (the linear probe), then the same shape of warm-up and decay over the
+    steps left."""
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def schedule(start: int) -> Callable[[int], float]:
+        warmup = round(warmup_steps * (total_steps - start) / max(total_steps, 1))
+
+        def factor(step: int) -> float:
+            if step < start:
+                return 0.0
+            step -= start
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total_steps - start - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return factor
+
+    factors = [
+        schedule(backbone_frozen_steps if g.get("name", "").startswith("backbone") else 0)
+        for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def set_backbone_mode(model: nn.Module, tc: TrainConfig, epoch: int) -> bool:
+    """After ``model.train()``: freeze the backbone during the linear probe (no gradients, and eval
+    mode, so its BatchNorm statistics and dropout stay put), and keep its BatchNorm layers in eval
+    mode with ``tc.freeze_bn``. Returns whether the backbone trains this epoch."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return True
+    probing = epoch < tc.linear_probe_epochs
+    for p in backbone.parameters():
+        p.requires_grad_(not probing)
+    if probing:
+        backbone.eval()
+    elif tc.freeze_bn:
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return not probing
 
 
 def build_margin_head(hc: HeadConfig, embed_dim: int, n_classes: int) -> MarginHead:

@@ -91,6 +91,7 @@ def test_training_package_and_offline_inference(tmp_path, tiny_bert_dir, monkeyp
         "decision.cv_estimate=true",
         "search.k=20",
         "image.backbone=test_resnet",
+        "image.weights=null",  # the demo's ImageNet weights are EfficientNet-Lite0's, not test_resnet's
         "image.image_size=48",
         "image.embed_dim=32",
         "image.train.epochs=1",

@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import ImageConfig, TextConfig
+from pipeline.config import ConfigError, ImageConfig, TextConfig
 from pipeline.inference.embedding import forward
 from pipeline.models.encoders import (
     GeM,
@@ -160,25 +160,29 @@ def test_image_weights_from_local_file(fmt, tmp_path, hub_offline):
         assert torch.equal(value, reference[key]), key
 
 
-def test_image_weights_with_a_few_missing_keys_warn(tmp_path):
+def test_image_weights_with_a_few_missing_keys_need_partial(tmp_path, caplog):
     reference = _reference_state()
     dropped = [k for k in reference if k.startswith("layer1.")][:2]
     path = tmp_path / "partial.pth"
     torch.save({k: v for k, v in reference.items() if k not in dropped}, path)
-    with pytest.warns(UserWarning, match="missing"):
+    with pytest.raises(ConfigError, match=r"partial\.pth does not fit.*weights_partial=true"):
         ImageEncoder(image_cfg(weights=str(path)))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        model = ImageEncoder(image_cfg(weights=str(path), weights_partial=True))
+    assert model.weights_mapping.missing == dropped
+    assert "2 left at random init" in caplog.text and "PARTIAL" in caplog.text
 
 
 def test_image_weights_of_another_model_fail(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "other.pth"
     torch.save(timm.create_model("test_efficientnet").state_dict(), path)
-    with pytest.raises(ValueError, match="other.pth"):
+    with pytest.raises(ConfigError, match="other.pth does not fit.*keys can be remapped"):
         ImageEncoder(image_cfg(weights=str(path)))
 
 
 def test_image_weights_missing_file_fails(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(ConfigError, match="nope.pth"):
         ImageEncoder(image_cfg(weights=str(tmp_path / "nope.pth")))
 
 

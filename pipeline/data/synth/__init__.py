@@ -41,6 +41,16 @@ from pipeline.data.synth.titles import posting_title
 from pipeline.io import atomic_path, write_csv
 
 
+def _check_arguments(n_groups: int, image_size: int, test_fraction: float) -> None:
+    """The generators' shared argument checks (ValueError naming the bad one)."""
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 pixels (phash needs 32x32), got {image_size}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+
+
 def make_synthetic(
     out_dir,
     n_groups: int = 200,
@@ -67,12 +77,7 @@ def make_synthetic(
     Returns:
         Rows, groups and families per split, and the paths written.
     """
-    if n_groups < 1:
-        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels (phash needs 32x32), got {image_size}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    _check_arguments(n_groups, image_size, test_fraction)
     out_dir = Path(out_dir)
 
     families = make_families(n_groups, seed)

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from pipeline.data.synth import _make_postings, _write_tables
+from pipeline.data.synth import _check_arguments, _make_postings, _write_tables
 from pipeline.data.synth.catalogue import (
     COLOURS,
     POSTING,
@@ -358,12 +358,7 @@ def make_photo_synthetic(
     Returns:
         Rows, groups and families per split, and the paths written.
     """
-    if n_groups < 1:
-        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels (phash needs 32x32), got {image_size}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    _check_arguments(n_groups, image_size, test_fraction)
     out_dir = Path(out_dir)
     families = make_families(n_groups, seed)
     products = make_products(families, seed)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.gallery_size import split_groups
@@ -75,3 +76,20 @@ def test_image_branch_rows_of_a_later_file_replace_the_same_method_and_seed(tmp_
     rows = read_rows([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
     assert sorted((r["seed"], r["image"]["test"]) for r in rows) == [(0, 0.5), (1, 0.7)]
     assert "| naive | 0.500 | 0.700 | 0.600 |" in table(rows)
+
+
+def test_paired_f1_scores_each_posting_and_bootstraps_whole_groups(tmp_path):
+    from benchmarks.paired_f1 import compare
+
+    ids = [f"p{i}" for i in range(6)]
+    pd.DataFrame({"posting_id": ids, "label_group": [0, 0, 1, 1, 2, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    right = [" ".join(ids[2 * (i // 2) : 2 * (i // 2) + 2]) for i in range(6)]
+    wrong = [*right[:4], "p4", "p5"]  # group 2: p4 and p5 miss each other, F1 2/3 each
+    pd.DataFrame({"posting_id": ids, "matches": right}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"posting_id": ids, "matches": wrong}).to_csv(tmp_path / "b.csv", index=False)
+    r = compare(tmp_path / "t.csv", tmp_path / "a.csv", tmp_path / "b.csv", draws=500)
+    assert r["f1_a"] == 1.0 and r["f1_b"] == pytest.approx(8 / 9)
+    assert r["b_minus_a"] == pytest.approx(-1 / 9) and r["postings_changed"] == 2
+    assert 0 < r["standard_error"] and r["low_95"] <= r["b_minus_a"] <= r["high_95"] <= 0
+    same = compare(tmp_path / "t.csv", tmp_path / "a.csv", tmp_path / "a.csv", draws=50)
+    assert same["b_minus_a"] == 0 and same["standard_error"] == 0

@@ -26,6 +26,7 @@ from pipeline.catalogue import schema
 from pipeline.catalogue.assign import Assignment, Links, assign, assign_average
 from pipeline.catalogue.catalogue import Catalogue, crash_point
 from pipeline.catalogue.evidence import decision_rows, link_rows
+from pipeline.catalogue.region import regroup_batch
 from pipeline.catalogue.rule import Rule
 from pipeline.catalogue.schema import CatalogueError
 from pipeline.catalogue.scoring import Scored, score_batch
@@ -190,9 +191,14 @@ def _commit_batch(
     forbidden, _ = cat.verdicts()
     groups.update(cat.groups_of(np.array([p for pair in forbidden for p in pair], dtype=np.int64)))
     next_group = int(cat.con.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM groups").fetchone()[0])
-    if cat.rule.group == "average" and labels is None:
+    if cat.rule.group == "run" and labels is None:
+        forced = cat.verdicts()[1]
+        live = cat.live_count() + len(df)
+        result = regroup_batch(cat, ids, links, scored.accepted, live, forbidden, forced, next_group)
+    elif cat.rule.group == "average" and labels is None:
         sizes = dict(cat.con.execute("SELECT id, size FROM groups"))
-        result = assign_average(ids, links, groups, sizes, forbidden, next_group, cat.rule.group_cut)
+        weight = links.accepted.astype(np.float64)
+        result = assign_average(ids, links, weight, groups, sizes, forbidden, next_group, cat.rule.group_cut)
     else:
         result = assign(ids, links, groups, forbidden, next_group)
     cat.store.append(seq, first_id, vectors)
@@ -293,8 +299,13 @@ def _write(
             for i, pid, title, image, phash in zip(ids, df["posting_id"], df["title"], df["image"], df["image_phash"])
         ],
     )
-    touched = sorted(set(result.group.values()) | set(result.merged))
-    resize_groups(cat, touched)
+    left = set(cat.groups_of(np.array(list(result.moved), np.int64)).values()) if result.moved else set()
+    cat.con.executemany("UPDATE postings SET group_id = ? WHERE id = ?", [(g, p) for p, g in result.moved.items()])
+    if result.emptied:
+        marks = ",".join("?" * len(result.emptied))
+        cat.con.execute(f"DELETE FROM groups WHERE id IN ({marks})", result.emptied)
+    touched = set(result.group.values()) | set(result.merged) | set(result.moved.values()) | left
+    resize_groups(cat, sorted(touched - set(result.emptied)))
 
 
 def resize_groups(cat: Catalogue, groups: list[int]) -> None:

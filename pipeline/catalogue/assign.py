@@ -14,6 +14,7 @@ ordered by probability, then ids, and new groups are numbered by their smallest 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -92,6 +93,13 @@ class Assignment:
     merged: dict[int, list[int]]  # surviving group -> the groups merged into it
     new_groups: list[int] = field(default_factory=list)
     refused: list[tuple[int, int]] = field(default_factory=list)  # links a review kept apart
+    moved: dict[int, int] = field(default_factory=dict)  # catalogue posting id -> its new group (regroup)
+    emptied: list[int] = field(default_factory=list)  # groups a regroup left with no posting
+    absorbed: dict[int, list[int]] = field(default_factory=dict)  # regroup: group -> old groups it took members of
+
+    def merged_into(self, group: int) -> list[int]:
+        """The old groups whose postings ``group`` took in this batch."""
+        return self.merged.get(group, []) or self.absorbed.get(group, [])
 
 
 def assign(
@@ -170,45 +178,61 @@ def partition(
 def assign_average(
     new_ids: np.ndarray,
     links: Links,
+    weight: np.ndarray,
     group_of: dict[int, int],
     group_size: dict[int, int],
     forbidden: Iterable[tuple[int, int]],
     next_group: int,
     cut: float,
-    weight: str = "accepted",
+    lone_floor: float = math.inf,
 ) -> Assignment:
-    """Groups for the new postings by average linkage over the accepted links.
+    """Groups for the new postings by average linkage over weighted links, as
+    :func:`pipeline.matching.groups.agglomerate` clusters a snapshot.
 
-    Each existing group is one cluster of its size, each new posting one of size 1. Two clusters
-    merge, best first, while the mean weight over all their cross pairs reaches ``cut``: a pair
-    without an accepted link weighs 0 (two existing groups were kept apart before, so their cross
-    pairs weigh 0), an accepted one 1 (``accepted``) or its probability (``prob``). A new posting
-    therefore joins a group when it is linked to enough of it, and two groups merge only when the
-    new postings bind them as densely. Cannot-links from reviews are never merged across.
+    Each existing group is one cluster of its size, each new posting one of size 1. A posting pair
+    weighs the mean ``weight`` of its links (a pair scored from both sides has two), and two
+    clusters merge, best first, while the sum of their cross pairs' weights over the number of
+    cross pairs reaches ``cut``: a pair without a link weighs 0, and two existing groups were kept
+    apart before, so the pairs between them weigh 0. A new posting therefore joins a group when it
+    is linked to enough of its members, and two groups merge only when the new postings bind them
+    as densely. Cannot-links from reviews are never merged across.
+
+    Args:
+        weight: (P,) each link's weight (0: it does not link).
+        lone_floor: min-2 for groups: a new posting still alone joins the cluster of its most
+            probable link when that probability reaches this (a review permitting).
     """
     new = set(int(i) for i in new_ids)
 
     def node(p: int) -> Hashable:
         return p if p in new else ("g", group_of[p])
 
-    w: dict[tuple, float] = {}
-    for i in np.flatnonzero(links.accepted):
-        x, y = node(int(links.a[i])), node(int(links.b[i]))
+    pair_total: dict[tuple[int, int], float] = {}
+    pair_count: dict[tuple[int, int], int] = {}
+    for i in np.flatnonzero(np.asarray(weight) > 0):
+        a, b = int(links.a[i]), int(links.b[i])
+        key = (min(a, b), max(a, b))
+        pair_total[key] = pair_total.get(key, 0.0) + float(weight[i])
+        pair_count[key] = pair_count.get(key, 0) + 1
+    size = {p: 1 for p in new}
+    adj: dict[Hashable, dict[Hashable, float]] = {p: {} for p in new}
+    for (a, b), total in pair_total.items():
+        x, y = node(a), node(b)
         if x == y:
             continue
-        key = (x, y) if _key(x) <= _key(y) else (y, x)
-        w[key] = max(w.get(key, 0.0), 1.0 if weight == "accepted" else float(links.probability[i]))
-    size = {n: (1 if not isinstance(n, tuple) else group_size.get(n[1], 1)) for key in w for n in key}
-    for p in new:
-        size[p] = 1
-    adj: dict[Hashable, dict[Hashable, float]] = {n: {} for n in size}
-    for (x, y), v in w.items():
+        for n in (x, y):
+            if n not in size:
+                size[n] = group_size.get(n[1], 1)
+                adj[n] = {}
+        v = total / pair_count[(a, b)]
         adj[x][y] = adj[x].get(y, 0.0) + v
         adj[y][x] = adj[y].get(x, 0.0) + v
     uf = ConstrainedUnion(
         (node(a), node(b)) for a, b in forbidden if (a in new or a in group_of) and (b in new or b in group_of)
     )
     _agglomerate(adj, size, uf, cut)
+    if not math.isinf(lone_floor):
+        _join_lone(links, node, uf, new, lone_floor)
     for p in sorted(new):
         uf.find(p)
     comps = [ms for ms in uf.components(list(uf.parent)).values() if any(not isinstance(m, tuple) for m in ms)]
@@ -227,6 +251,109 @@ def assign_average(
         for p in posts:
             out.group[p], out.action[p] = target, action
     return out
+
+
+def regroup(
+    new_ids: np.ndarray,
+    group_of: dict[int, int],
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    forced: Iterable[tuple[int, int]],
+    forbidden: Iterable[tuple[int, int]],
+    next_group: int,
+    cut: float,
+) -> Assignment:
+    """The new postings and the groups they reach, clustered again from scratch, as ``predict``
+    clusters a snapshot (the touched groups only, as S2AND re-clusters the clusters a new record touches).
+
+    Average linkage over the posting pairs' weights: every posting starts alone, except those a
+    forced pair (a known label, a 'same' review) binds; two clusters merge, best first, while the
+    sum of their cross pairs' weights over the number of cross pairs reaches ``cut``; cannot-links
+    are never merged across. Adding postings one at a time then gives the groups that adding them at
+    once would: an early posting's wrong link is undone when its true group arrives.
+
+    Each resulting cluster keeps the id of the old group it holds most members of (ties: the
+    smaller id), each old id going to one cluster; the others get new ids. Old postings whose
+    cluster took another id move (``moved``), and an old group no cluster took is ``emptied``.
+
+    Args:
+        new_ids: the batch's posting ids.
+        group_of: the group of every old posting of the region (the groups the batch reaches, whole).
+        pairs: (a, b, weight) of the region's posting pairs, each pair once (0: no link).
+        forced, forbidden: posting pairs bound, or kept apart, by labels and reviews.
+    """
+    new = [int(i) for i in new_ids]
+    region = set(new) | set(group_of)
+    uf = ConstrainedUnion((a, b) for a, b in forbidden if a in region and b in region)
+    for a, b in forced:
+        if a in region and b in region:
+            uf.union(a, b)
+    size: dict[Hashable, int] = {}
+    for p in region:
+        root = uf.find(p)
+        size[root] = size.get(root, 0) + 1
+    adj: dict[Hashable, dict[Hashable, float]] = {root: {} for root in size}
+    for a, b, w in zip(*pairs):
+        x, y = uf.find(int(a)), uf.find(int(b))
+        if w > 0 and x != y:
+            adj[x][y] = adj[x].get(y, 0.0) + float(w)
+            adj[y][x] = adj[y].get(x, 0.0) + float(w)
+    _agglomerate(adj, size, uf, cut)
+    clusters = sorted((sorted(ms) for ms in uf.components(sorted(region)).values()), key=lambda ms: ms[0])
+    ids = _cluster_ids(clusters, group_of)
+    out = Assignment({}, {}, {})
+    for k, members in enumerate(clusters):
+        if ids[k] is None:
+            ids[k] = next_group
+            out.new_groups.append(next_group)
+            next_group += 1
+        olds = sorted({group_of[m] for m in members if m in group_of})
+        for m in members:
+            if m in group_of:
+                if group_of[m] != ids[k]:
+                    out.moved[m] = ids[k]
+            else:
+                out.group[m] = ids[k]
+                out.action[m] = "new" if not olds else "join" if len(olds) == 1 else "merge"
+        if len(olds) > 1:
+            out.absorbed[ids[k]] = [g for g in olds if g != ids[k]]
+    out.emptied = sorted(set(group_of.values()) - set(ids))
+    return out
+
+
+def _cluster_ids(clusters: list[list[int]], group_of: dict[int, int]) -> list[int | None]:
+    """Per cluster, the old group id it keeps: largest share first, then the smaller group id and
+    the cluster of the smaller posting id; each old id goes to one cluster at most."""
+    shares = []
+    for k, members in enumerate(clusters):
+        counts: dict[int, int] = {}
+        for m in members:
+            if m in group_of:
+                counts[group_of[m]] = counts.get(group_of[m], 0) + 1
+        shares += [(-c, g, k) for g, c in counts.items()]
+    ids: list[int | None] = [None] * len(clusters)
+    taken: set[int] = set()
+    for _, g, k in sorted(shares):
+        if ids[k] is None and g not in taken:
+            ids[k] = g
+            taken.add(g)
+    return ids
+
+
+def _join_lone(links: Links, node, uf: ConstrainedUnion, new: set[int], floor: float) -> None:
+    """Each new posting alone in its cluster joins its most probable link's cluster at ``floor`` or above."""
+    count: dict[Hashable, int] = {}
+    for n in list(uf.parent):
+        root = uf.find(n)
+        count[root] = count.get(root, 0) + 1
+    alone = {p for p in new if count.get(uf.find(p), 1) == 1}
+    best: dict[int, tuple[float, int]] = {}
+    for i in range(len(links.a)):
+        a, b, prob = int(links.a[i]), int(links.b[i]), float(links.probability[i])
+        for x, y in ((a, b), (b, a)):
+            if x in alone and prob >= floor and (x not in best or (-prob, y) < (-best[x][0], best[x][1])):
+                best[x] = (prob, y)
+    for x in sorted(best):
+        uf.union(x, node(best[x][1]))
 
 
 def _refused(links: Links, node, uf: ConstrainedUnion) -> list[tuple[int, int]]:

@@ -42,7 +42,12 @@ def _writing_actions(action: Callable[..., argparse.ArgumentParser]) -> None:
     q.add_argument("--images", type=Path, help="the images of --postings")
     q.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq", "hnsw"], help="dense index kind")
     q.add_argument("--size", type=int, default=0, help="gallery size thresholds move to (0: live postings)")
-    q.add_argument("--group", default="components", choices=["components", "average"], help="how groups form")
+    q.add_argument(
+        "--group",
+        default="auto",
+        choices=["auto", "run", "components", "average"],
+        help="how groups form (auto: the run's group step when it has one, else components)",
+    )
     _threads(q)
 
     q = action("add", _add, "Add a batch of postings (one transaction); writes its decisions CSV.")

@@ -121,7 +121,7 @@ def decision_rows(
         )
         evidence = {
             "matched": [[names[int(links.b[i])], round(float(links.probability[i]), 4)] for i in good[:5]],
-            "merged_groups": result.merged.get(result.group[p], []) if result.action[p] == "merge" else [],
+            "merged_groups": result.merged_into(result.group[p]) if result.action[p] == "merge" else [],
             "refused_by_review": [names[b] for a, b in result.refused if a == p],
             "best_rejected": [names[int(links.b[bad[0]])], round(float(links.probability[bad[0]]), 4)] if bad else None,
         }

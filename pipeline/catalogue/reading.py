@@ -203,12 +203,16 @@ def explain_text(info: dict[str, Any]) -> str:
 def export_groups(cat: Catalogue, out: Path | None = None, only: list[str] | None = None) -> pd.DataFrame:
     """The live postings' groups in the submission format: each posting's matches are its group.
 
+    With the run's group step (``group: run``), a posting alone among the exported ones also lists
+    its most probable link when that reaches the step's min-2 floor, as ``predict`` lists a lone
+    posting's best candidate; the groups themselves stay as they are.
+
     Args:
         only: keep these postings (rows and matches), e.g. a test set added to a bigger catalogue.
     """
     df = pd.DataFrame(
-        cat.con.execute("SELECT posting_id, group_id FROM postings WHERE removed IS NULL ORDER BY id").fetchall(),
-        columns=["posting_id", "group"],
+        cat.con.execute("SELECT id, posting_id, group_id FROM postings WHERE removed IS NULL ORDER BY id").fetchall(),
+        columns=["id", "posting_id", "group"],
     )
     if only is not None:
         missing = sorted(set(only) - set(df["posting_id"]))
@@ -216,8 +220,37 @@ def export_groups(cat: Catalogue, out: Path | None = None, only: list[str] | Non
             raise CatalogueError(f"{len(missing)} posting(s) to export are not in the catalogue, e.g. {missing[:3]}")
         df = df[df["posting_id"].isin(set(only))]
     members = df.groupby("group")["posting_id"].agg(list)
-    matches = [" ".join([pid] + [m for m in members[g] if m != pid]) for pid, g in zip(df["posting_id"], df["group"])]
+    lone = _lone_matches(cat, df, members)
+    matches = [
+        " ".join([pid] + [m for m in members[g] if m != pid] + lone.get(pid, []))
+        for pid, g in zip(df["posting_id"], df["group"])
+    ]
     sub = pd.DataFrame({"posting_id": df["posting_id"].to_numpy(), "matches": matches})
     if out is not None:
         write_submission(sub, out, sub["posting_id"].tolist())
     return sub
+
+
+def _lone_matches(cat: Catalogue, df: pd.DataFrame, members: pd.Series) -> dict[str, list[str]]:
+    """Min-2 of the run's group step: each posting alone in its group (among ``df``), its most
+    probable link to another posting of ``df`` when that link's calibrated probability reaches the
+    floor at the catalogue's size."""
+    rule = cat.rule
+    if rule.group != "run":
+        return {}
+    group = rule.group_settings().at_size(rule.size or cat.live_count())
+    alone = {int(i): pid for i, pid, g in zip(df["id"], df["posting_id"], df["group"]) if len(members[g]) == 1}
+    if not alone or np.isinf(group.min2_floor):
+        return {}
+    name = dict(zip(df["id"].tolist(), df["posting_id"].tolist()))
+    best: dict[int, tuple[float, int]] = {}
+    rows = cat.con.execute("SELECT a, b, probability FROM links WHERE kind = 'rule'").fetchall()
+    for a, b, raw in rows:
+        for x, y in ((a, b), (b, a)):
+            if x in alone and y in name and x != y and (x not in best or (-raw, y) < (-best[x][0], best[x][1])):
+                best[x] = (raw, y)
+    out = {}
+    for x, (raw, y) in best.items():
+        if float(group.probability(np.array([raw]))[0]) >= group.min2_floor:
+            out[alone[x]] = [name[y]]
+    return out

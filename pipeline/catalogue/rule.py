@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.catalogue.indexes import IndexConfig
 from pipeline.matching.decide import MatchSettings, prediction_floors
 from pipeline.matching.fusion import DENSE_SIGNALS
+from pipeline.matching.groups import GroupSettings
 from pipeline.matching.neighbours import SearchConfig
 from pipeline.matching.pair_model import PAIR_SIGNAL, PairModel
 from pipeline.matching.predict import uses_pair_model
@@ -44,9 +45,11 @@ class Rule:
         size: the gallery size the thresholds are moved to: 0 = the catalogue's live postings at
             each batch (as ``predict`` moves them to its gallery), else that number.
         index: how dense signals are indexed.
-        group: how new postings get groups (:mod:`pipeline.catalogue.assign`): ``average``
-            (average linkage over accepted links, cut at ``group_cut``) or ``components``
-            (every accepted link joins, transitively).
+        group: how new postings get groups (:mod:`pipeline.catalogue.assign`): ``run`` (the
+            run's own group step, its batch's region clustered again: :mod:`pipeline.catalogue.region`),
+            ``average`` (average linkage over accepted links, cut at ``group_cut``) or
+            ``components`` (every accepted link joins, transitively). A run with a group step
+            gets ``run`` unless another is asked for.
         group_cut: the mean link weight over two clusters' cross pairs that merges them.
         min2_joins: whether a pair that only min-2 accepted joins groups. ``predict``'s min-2
             gives a lonely posting its nearest neighbour because Kaggle's test set has no
@@ -126,6 +129,10 @@ class Rule:
         whole lists (as ``predict``: no list is cut then)."""
         return None if self.uses_pair else prediction_floors(self.settings)
 
+    def group_settings(self) -> GroupSettings:
+        """The run's tuned group step (``rule: none`` when it has none)."""
+        return GroupSettings.from_dict(self.settings.group)
+
     def at_size(self, live: int) -> MatchSettings:
         return self.settings.at_size(self.size or live)
 
@@ -171,6 +178,13 @@ def rule_of_run(run_dir: str | Path, index: IndexConfig, size: int = 0, **option
     run = open_run(run_dir)
     settings = run.tuned_settings()
     pair = load_pair_model(run.paths.pair_model, settings, run.cfg.threads)
+    has_step = GroupSettings.from_dict(settings.group).on and pair is not None
+    if options.get("group", "auto") == "auto":
+        options["group"] = "run" if has_step else "components"
+    elif options["group"] == "run" and not has_step:
+        from pipeline.catalogue.schema import CatalogueError
+
+        raise CatalogueError(f"{run_dir} has no group step (group.rule: none); use --group components or average")
     return Rule(
         settings=settings,
         search=run.cfg.search,

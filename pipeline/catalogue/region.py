@@ -1,0 +1,114 @@
+"""The run's group step on a catalogue (``group: run``): a batch's region, clustered again.
+
+The region is the batch's new postings and every live member of each group one of them links to.
+Its posting pairs are the batch's candidate links and the links stored by earlier batches between
+region members, weighted as the run's group step weighs them
+(:class:`~pipeline.matching.groups.GroupSettings`, moved to the catalogue's size): the pair
+model's calibrated probability, kept where the threshold rule accepted the pair (``weights:
+accepted``), on every candidate (``prob``), or 1 per accepted pair (``density``). Known labels
+and 'same' reviews bind pairs, 'different' reviews part them, and
+:func:`~pipeline.catalogue.assign.regroup` clusters the region.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.catalogue.assign import Assignment, Links, regroup
+from pipeline.catalogue.catalogue import Catalogue
+from pipeline.matching.groups import EDGE_FLOOR, GroupSettings
+
+
+def link_weights(group: GroupSettings, prob: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Each pair's weight under the group step (see the module's docstring), from its calibrated
+    probability and whether the threshold rule accepted it."""
+    prob, accepted = np.asarray(prob, np.float64), np.asarray(accepted, bool)
+    if group.weights == "prob":
+        return np.where(prob >= EDGE_FLOOR, prob, 0.0)
+    if group.weights == "accepted":
+        return np.where(accepted, prob, 0.0)
+    return accepted.astype(np.float64)
+
+
+def regroup_batch(
+    cat: Catalogue,
+    ids: np.ndarray,
+    links: Links,
+    accepted: np.ndarray,
+    live: int,
+    forbidden: list[tuple[int, int]],
+    forced: list[tuple[int, int]],
+    next_group: int,
+) -> Assignment:
+    """The batch's groups under the run's group step, its region's old groups re-formed.
+
+    Args:
+        ids: the batch's posting ids; links: its candidate links (``a`` new); accepted: (P,) the
+            threshold rule's decision on each, min-2's included (as ``predict`` passes it).
+        live: the catalogue's live postings with the batch (the size the cut moves to).
+    """
+    group = cat.rule.group_settings().at_size(cat.rule.size or live)
+    linking = link_weights(group, group.probability(links.probability), accepted) > 0
+    reached = np.unique(links.b[linking & (links.b < ids[0])])
+    groups = sorted(set(cat.groups_of(reached).values()))
+    group_of = _members(cat, groups)
+    old = np.array(sorted(group_of), np.int64)
+    a, b, kind, raw, acc = _stored_links(cat, old)
+    inside = np.isin(b, old)
+    a, b, kind, raw, acc = a[inside], b[inside], kind[inside], raw[inside], acc[inside]
+    labelled = kind == "label"
+    rule = kind == "rule"
+    lo, hi, prob, anyone = _per_pair(
+        np.r_[links.a, a[rule]],
+        np.r_[links.b, b[rule]],
+        group.probability(np.r_[links.probability, raw[rule]]),
+        np.r_[accepted, acc[rule]],
+    )
+    bound = [*forced, *zip(a[labelled].tolist(), b[labelled].tolist())]
+    pairs = (lo, hi, link_weights(group, prob, anyone))
+    return regroup(ids, group_of, pairs, bound, forbidden, next_group, group.threshold)
+
+
+def _members(cat: Catalogue, groups: list[int]) -> dict[int, int]:
+    """Catalogue posting id -> group, for the live members of ``groups``."""
+    out: dict[int, int] = {}
+    for start in range(0, len(groups), 900):  # SQLite's parameter limit
+        chunk = groups[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        out.update(
+            cat.con.execute(f"SELECT id, group_id FROM postings WHERE group_id IN ({marks}) AND removed IS NULL", chunk)
+        )
+    return out
+
+
+def _stored_links(cat: Catalogue, posts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(a, b, kind, probability, accepted) of the stored links from ``posts``."""
+    rows: list[tuple] = []
+    ids = posts.tolist()
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        rows += cat.con.execute(f"SELECT a, b, kind, probability, accepted FROM links WHERE a IN ({marks})", chunk)
+    if not rows:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, object), np.empty(0), np.empty(0, bool)
+    a, b, kind, raw, acc = zip(*rows)
+    return np.array(a, np.int64), np.array(b, np.int64), np.array(kind, object), np.array(raw), np.array(acc, bool)
+
+
+def _per_pair(
+    a: np.ndarray, b: np.ndarray, prob: np.ndarray, accepted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each unordered posting pair once: the mean probability of its links and whether any was
+    accepted (as :meth:`pipeline.matching.groups.Edges.of` joins a pair scored from both sides)."""
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    keep = lo != hi
+    lo, hi = lo[keep], hi[keep]
+    prob, accepted = np.asarray(prob, np.float64)[keep], np.asarray(accepted, bool)[keep]
+    if not len(lo):
+        return lo, hi, prob, accepted
+    width = int(hi.max()) + 1
+    key, inv = np.unique(lo * width + hi, return_inverse=True)
+    mean = np.bincount(inv, weights=prob) / np.bincount(inv)
+    anyone = np.bincount(inv, weights=accepted) > 0
+    return key // width, key % width, mean, anyone

@@ -1,0 +1,70 @@
+"""``group: run``: a batch's region clustered again with the run's group step, so the order postings
+arrive in stops deciding their groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.catalogue import add_postings, check, export_groups, init_from_run
+from pipeline.catalogue.assign import regroup
+from pipeline.catalogue.region import link_weights
+from pipeline.data.contract import read_postings
+from pipeline.matching.groups import GroupSettings
+from pipeline.metric import score_matches, true_sets_from_labels
+
+
+def pairs(*triples):
+    a, b, w = zip(*triples)
+    return np.array(a), np.array(b), np.array(w, float)
+
+
+def test_an_early_wrong_join_is_undone_when_the_true_group_arrives():
+    # Group 7 holds postings 1 and 2 (2 joined on a 0.4 link); 3 and 4 arrive bound to 1 only.
+    links = pairs((1, 2, 0.4), (1, 3, 0.9), (1, 4, 0.9), (3, 4, 0.9))
+    out = regroup(np.array([3, 4]), {1: 7, 2: 7}, links, [], [], next_group=8, cut=0.3)
+    assert out.group == {3: 7, 4: 7} and out.action == {3: "join", 4: "join"}
+    assert out.moved == {2: 8} and out.new_groups == [8] and out.emptied == []
+
+
+def test_two_groups_bound_by_the_batch_merge_and_the_smaller_id_survives_a_tie():
+    links = pairs((1, 5, 0.9), (2, 5, 0.9), (1, 2, 0.0))
+    out = regroup(np.array([5]), {1: 4, 2: 3}, links, [], [], next_group=9, cut=0.3)
+    assert out.group == {5: 3} and out.action == {5: "merge"} and out.moved == {1: 3}
+    assert out.emptied == [4] and out.absorbed == {3: [4]} and out.merged_into(3) == [4]
+
+
+def test_labels_and_reviews_bind_and_part_postings_whatever_the_weights():
+    links = pairs((1, 3, 0.9), (2, 3, 0.9))
+    out = regroup(np.array([3]), {1: 0, 2: 0}, links, forced=[(1, 2)], forbidden=[(2, 3)], next_group=1, cut=0.3)
+    assert out.group == {3: 1} and out.action == {3: "new"} and out.moved == {}
+    loose = pairs((1, 2, 0.0), (1, 3, 0.9))
+    apart = regroup(np.array([3]), {1: 0, 2: 0}, loose, [], [], next_group=1, cut=0.3)
+    assert apart.group == {3: 0} and apart.moved == {2: 1}  # nothing binds 2 to its old group any more
+
+
+@pytest.mark.parametrize("weights, expected", [("accepted", [0.9, 0.0, 0.0]), ("density", [1.0, 0.0, 0.0])])
+def test_links_weigh_what_the_runs_group_step_weighs(weights, expected):
+    group = GroupSettings("average", weights)
+    got = link_weights(group, np.array([0.9, 0.9, 0.01]), np.array([True, False, False]))
+    assert got == pytest.approx(expected)
+    every = link_weights(GroupSettings("average", "prob"), np.array([0.9, 0.01]), np.array([False, False]))
+    assert every == pytest.approx([0.9, 0.0])  # below the edge floor nothing links
+
+
+def test_groups_hardly_depend_on_the_batch_size(synth_run, tmp_path):
+    test = read_postings(synth_run["data"] / "test.csv", labelled=False)
+    labels = pd.read_csv(synth_run["data"] / "test_truth.csv")
+    truth = true_sets_from_labels(labels["posting_id"].tolist(), labels["label_group"].tolist())
+    scores = {}
+    for batch in (1, len(test)):
+        cat, _ = init_from_run(synth_run["run"], tmp_path / f"C{batch}", size=len(test), group="run")
+        for start in range(0, len(test), batch):
+            add_postings(cat, test.iloc[start : start + batch].reset_index(drop=True), source="test.csv")
+        assert check(cat) == []
+        sub = export_groups(cat, only=test["posting_id"].tolist())
+        scores[batch] = score_matches({p: set(m.split()) for p, m in zip(sub.posting_id, sub.matches)}, truth)["f1"]
+        cat.close()
+    assert scores[1] == pytest.approx(scores[len(test)], abs=0.03)
+    assert scores[1] > 0.8

@@ -11,7 +11,8 @@ catalogue's own cost (search, lists, scoring, grouping, SQLite and the files), n
 The catalogue is made with ``init`` from the first ``--size`` postings and their labels, as from a
 run's training postings; the next ``--batch`` postings are then added as one batch (their groups
 are the rule's). The rule is ``pipeline bench``'s (concat and phash thresholds, min-2, blending),
-with a flat (exact) index. Prints one JSON line.
+with a flat (exact) index. Prints one JSON line, with the recall of the batch postings' stored
+lists against exact search above the bench rule's floors (``--recall-sample`` of them, untimed).
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ def grouping_f1(cat, labels: np.ndarray) -> float:
     return score_matches({pid: members[groups[pid]] for pid in ids}, true_sets_from_labels(ids, labels.tolist()))["f1"]
 
 
+def batch_recall(cat, raw: dict, settings, batch_rows: np.ndarray, n: int, sample: int, seed: int) -> dict:
+    """Recall of the batch postings' stored lists against exact search over the catalogue and the
+    batch, above the bench rule's floors (catalogue ids are the generator's rows)."""
+    from pipeline.matching.neighbours import Neighbours
+    from pipeline.matching.recall import search_recall
+    from pipeline.tools.bench import recall_floors
+
+    rng = np.random.default_rng(seed)
+    queries = np.sort(rng.choice(batch_rows, size=min(sample, len(batch_rows)), replace=False))
+    gallery = {s: v[:n] for s, v in raw.items()}
+    lists = {s: Neighbours(*cat.lists.rows(s, queries)) for s in ("concat", "phash")}
+    floors = recall_floors(settings, gallery)
+    return search_recall(gallery, lists, floors, settings.fusion_weights, queries=queries, chunk=20)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=50_000, help="postings in the catalogue before the batch")
@@ -54,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq", "hnsw"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recall-sample", type=int, default=500, help="batch postings whose lists are checked")
     args = parser.parse_args(argv)
 
     from pipeline.catalogue import IndexConfig, Rule, add_postings, init_with_vectors, match_postings
@@ -88,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         add_s = time.perf_counter() - start
 
         f1_after = grouping_f1(cat, labels[: args.size + args.batch])
+        recall = batch_recall(cat, raw, settings, parts[1], args.size + args.batch, args.recall_sample, args.seed)
 
         df, x = part(2)
         latencies = []
@@ -103,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "init_s": round(init_s, 2), "add_s": round(add_s, 2), "add_per_posting_ms": round(1000 * add_s / args.batch, 2),
         "actions": decisions["action"].value_counts().to_dict(), "f1_after": round(f1_after, 4),
         "match_p50_ms": round(float(np.percentile(ms, 50)), 1), "match_p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "recall": recall,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }  # fmt: skip
     print(json.dumps(out))

@@ -301,11 +301,22 @@ def _write(
     )
     left = set(cat.groups_of(np.array(list(result.moved), np.int64)).values()) if result.moved else set()
     cat.con.executemany("UPDATE postings SET group_id = ? WHERE id = ?", [(g, p) for p, g in result.moved.items()])
-    if result.emptied:
-        marks = ",".join("?" * len(result.emptied))
-        cat.con.execute(f"DELETE FROM groups WHERE id IN ({marks})", result.emptied)
     touched = set(result.group.values()) | set(result.merged) | set(result.moved.values()) | left
-    resize_groups(cat, sorted(touched - set(result.emptied)))
+    resize_groups(cat, sorted(touched))
+    drop_groups(cat, result.emptied)
+
+
+def drop_groups(cat: Catalogue, groups: list[int]) -> None:
+    """Delete ``groups`` that no posting names any more; one whose removed postings still name it
+    stays, at size 0 (inside the caller's transaction)."""
+    for start in range(0, len(groups), 900):
+        chunk = groups[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        cat.con.execute(
+            f"DELETE FROM groups WHERE id IN ({marks}) "
+            "AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.group_id = groups.id)",
+            chunk,
+        )
 
 
 def resize_groups(cat: Catalogue, groups: list[int]) -> None:

@@ -68,3 +68,23 @@ def test_groups_hardly_depend_on_the_batch_size(synth_run, tmp_path):
         cat.close()
     assert scores[1] == pytest.approx(scores[len(test)], abs=0.03)
     assert scores[1] > 0.8
+
+
+def test_a_group_emptied_by_a_regroup_goes_unless_a_removed_posting_names_it(synth_run, tmp_path):
+    from pipeline.catalogue import remove, schema
+    from pipeline.catalogue.adding import drop_groups, resize_groups
+
+    cat, _ = init_from_run(synth_run["run"], tmp_path / "C")
+    groups = cat.con.execute("SELECT group_id, MIN(id) FROM postings GROUP BY group_id HAVING COUNT(*) > 1").fetchall()
+    (g1, first), (g2, _) = groups[:2]
+    nobody = int(cat.con.execute("SELECT MAX(id) + 1 FROM groups").fetchone()[0])
+    remove(cat, cat.column_of(np.array([first]), "posting_id"))  # a tombstone names g1
+    with schema.transaction(cat.con):
+        cat.con.execute("INSERT INTO groups(id, size, created) VALUES (?, 0, 1)", (nobody,))
+        cat.con.execute("UPDATE postings SET group_id = ? WHERE group_id = ? AND removed IS NULL", (g2, g1))
+        resize_groups(cat, [g1, g2])
+        drop_groups(cat, [g1, nobody])
+    sizes = dict(cat.con.execute("SELECT id, size FROM groups"))
+    assert nobody not in sizes and sizes[g1] == 0  # the emptied group stays while its tombstone names it
+    assert check(cat) == []
+    cat.close()

@@ -293,8 +293,10 @@ def regroup(
         size[root] = size.get(root, 0) + 1
     adj: dict[Hashable, dict[Hashable, float]] = {root: {} for root in size}
     for a, b, w in zip(*pairs):
+        if w <= 0 or int(a) not in region or int(b) not in region:
+            continue
         x, y = uf.find(int(a)), uf.find(int(b))
-        if w > 0 and x != y:
+        if x != y:
             adj[x][y] = adj[x].get(y, 0.0) + float(w)
             adj[y][x] = adj[y].get(x, 0.0) + float(w)
     _agglomerate(adj, size, uf, cut)

@@ -14,7 +14,6 @@ ordered by probability, then ids, and new groups are numbered by their smallest 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -184,7 +183,6 @@ def assign_average(
     forbidden: Iterable[tuple[int, int]],
     next_group: int,
     cut: float,
-    lone_floor: float = math.inf,
 ) -> Assignment:
     """Groups for the new postings by average linkage over weighted links, as
     :func:`pipeline.matching.groups.agglomerate` clusters a snapshot.
@@ -199,8 +197,6 @@ def assign_average(
 
     Args:
         weight: (P,) each link's weight (0: it does not link).
-        lone_floor: min-2 for groups: a new posting still alone joins the cluster of its most
-            probable link when that probability reaches this (a review permitting).
     """
     new = set(int(i) for i in new_ids)
 
@@ -231,8 +227,6 @@ def assign_average(
         (node(a), node(b)) for a, b in forbidden if (a in new or a in group_of) and (b in new or b in group_of)
     )
     _agglomerate(adj, size, uf, cut)
-    if not math.isinf(lone_floor):
-        _join_lone(links, node, uf, new, lone_floor)
     for p in sorted(new):
         uf.find(p)
     comps = [ms for ms in uf.components(list(uf.parent)).values() if any(not isinstance(m, tuple) for m in ms)]
@@ -339,23 +333,6 @@ def _cluster_ids(clusters: list[list[int]], group_of: dict[int, int]) -> list[in
             ids[k] = g
             taken.add(g)
     return ids
-
-
-def _join_lone(links: Links, node, uf: ConstrainedUnion, new: set[int], floor: float) -> None:
-    """Each new posting alone in its cluster joins its most probable link's cluster at ``floor`` or above."""
-    count: dict[Hashable, int] = {}
-    for n in list(uf.parent):
-        root = uf.find(n)
-        count[root] = count.get(root, 0) + 1
-    alone = {p for p in new if count.get(uf.find(p), 1) == 1}
-    best: dict[int, tuple[float, int]] = {}
-    for i in range(len(links.a)):
-        a, b, prob = int(links.a[i]), int(links.b[i]), float(links.probability[i])
-        for x, y in ((a, b), (b, a)):
-            if x in alone and prob >= floor and (x not in best or (-prob, y) < (-best[x][0], best[x][1])):
-                best[x] = (prob, y)
-    for x in sorted(best):
-        uf.union(x, node(best[x][1]))
 
 
 def _refused(links: Links, node, uf: ConstrainedUnion) -> list[tuple[int, int]]:

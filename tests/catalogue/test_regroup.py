@@ -88,3 +88,15 @@ def test_a_group_emptied_by_a_regroup_goes_unless_a_removed_posting_names_it(syn
     assert nobody not in sizes and sizes[g1] == 0  # the emptied group stays while its tombstone names it
     assert check(cat) == []
     cat.close()
+
+
+def test_average_linkage_counts_every_member_a_new_posting_links_to():
+    from pipeline.catalogue.assign import Links, assign_average
+
+    links = Links(np.array([9, 9, 9]), np.array([1, 2, 3]), np.ones(3), np.ones(3, bool))
+    group_of = {1: 0, 2: 0, 3: 0}
+    out = assign_average(np.array([9]), links, np.ones(3), group_of, {0: 4}, [], next_group=1, cut=0.5)
+    assert out.group == {9: 0} and out.action == {9: "join"}  # 3 of 4 members: 0.75 >= 0.5
+    one = Links(np.array([9]), np.array([1]), np.ones(1), np.ones(1, bool))
+    alone = assign_average(np.array([9]), one, np.ones(1), group_of, {0: 4}, [], next_group=1, cut=0.5)
+    assert alone.group == {9: 1} and alone.action == {9: "new"}  # 1 of 4: 0.25

@@ -85,7 +85,8 @@ class SearchConfig:
             product of all but the ``tfidf_dense_terms`` commonest terms, rescored exactly),
             ``sketch`` (candidates from a dense bfloat16 sketch, exact cosines of those pairs; needs
             torch) or ``auto`` (exact or split, the cheaper by predicted seconds, logged).
-        tfidf_candidates: candidates per row of the ``split`` and ``sketch`` TF-IDF searches.
+        tfidf_candidates: candidates per row of the ``split`` and ``sketch`` TF-IDF searches: 400 gave
+            exact search's F1 at 70,000 bench titles, 300 lost 0.0001 (docs/speed.md).
         tfidf_dense_terms: the commonest terms ``split`` leaves out of its sparse product.
         nprobe: inverted lists visited per query (ivf, ivfpq).
         ef_search: HNSW's candidate list per query: the smallest whose recall of the bench's
@@ -109,7 +110,7 @@ class SearchConfig:
     reduced_dims: int = 0
     reduced_shortlist: int = 100
     tfidf_search: str = "auto"
-    tfidf_candidates: int = 300
+    tfidf_candidates: int = 400
     tfidf_dense_terms: int = 384
     nprobe: int = 16
     ef_search: int = 224

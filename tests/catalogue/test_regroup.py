@@ -100,3 +100,45 @@ def test_average_linkage_counts_every_member_a_new_posting_links_to():
     one = Links(np.array([9]), np.array([1]), np.ones(1), np.ones(1, bool))
     alone = assign_average(np.array([9]), one, np.ones(1), group_of, {0: 4}, [], next_group=1, cut=0.5)
     assert alone.group == {9: 1} and alone.action == {9: "new"}  # 1 of 4: 0.25
+
+
+ADD_TEST = """
+import sys
+from pipeline.catalogue import add_postings, open_catalogue
+from pipeline.data.contract import read_postings
+cat = open_catalogue(sys.argv[1], write=True)
+add_postings(cat, read_postings(sys.argv[2], labelled=False), source="test.csv")
+"""
+
+
+@pytest.mark.parametrize("point", ["journaled", "committed"])
+def test_a_killed_regrouping_add_is_repaired_and_resent_as_a_clean_add(synth_run, tmp_path, point):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.catalogue import open_catalogue
+    from pipeline.catalogue.catalogue import CRASH_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    test_csv = synth_run["data"] / "test.csv"
+    test = read_postings(test_csv, labelled=False)
+    clean, _ = init_from_run(synth_run["run"], tmp_path / "clean", size=len(test))
+    expected = add_postings(clean, test, source="test.csv").set_index("posting_id")[["group", "action"]]
+    clean.close()
+    killed, _ = init_from_run(synth_run["run"], tmp_path / "killed", size=len(test))
+    assert killed.rule.group == "run"
+    killed.close()
+    env = {**os.environ, CRASH_ENV: point, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", ADD_TEST, str(tmp_path / "killed"), str(test_csv)]
+    done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    cat = open_catalogue(tmp_path / "killed", write=True)
+    with cat.writer():  # the restart: the next writer repairs
+        assert check(cat) == []
+    again = add_postings(cat, test, source="test.csv").set_index("posting_id")[["group", "action"]]
+    assert again.equals(expected)
+    assert check(cat) == []
+    cat.close()

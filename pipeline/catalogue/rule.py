@@ -51,7 +51,9 @@ class Rule:
             ``components`` (every accepted link joins, transitively). A run with a group step
             gets ``run`` unless another is asked for.
         group_cut: the mean link weight over two clusters' cross pairs that merges them.
-        min2_joins: whether a pair that only min-2 accepted joins groups. ``predict``'s min-2
+        min2_joins: under ``components`` and ``average``, whether a pair that only min-2
+            accepted joins groups (under ``run`` the group step weighs it as ``predict``'s does,
+            and ``export`` lists a lone posting's best link at the step's min-2 floor). ``predict``'s min-2
             gives a lonely posting its nearest neighbour because Kaggle's test set has no
             singletons; a catalogue's new posting may be a new product, and one such pair would
             pull it (and, transitively, its batch) into a whole group. Off by default: the pair is

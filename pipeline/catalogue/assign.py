@@ -127,6 +127,12 @@ def assign(
     for i in links.order():
         uf.union(node(int(links.a[i])), node(int(links.b[i])))
     refused = _refused(links, node, uf)
+    return _assignment(uf, new, refused, next_group)
+
+
+def _assignment(uf: ConstrainedUnion, new: set[int], refused: list[tuple[int, int]], next_group: int) -> Assignment:
+    """The new postings' groups from the union-find's components (existing groups as ``("g", id)``
+    nodes): none, a new group; one, join it; several, merge into the smallest id."""
     for p in sorted(new):
         uf.find(p)
     comps = [ms for ms in uf.components(list(uf.parent)).values() if any(not isinstance(m, tuple) for m in ms)]
@@ -135,10 +141,9 @@ def assign(
         posts = sorted(m for m in members if not isinstance(m, tuple))
         groups = sorted(m[1] for m in members if isinstance(m, tuple))
         if groups:
-            target = groups[0]
+            target, action = groups[0], ("join" if len(groups) == 1 else "merge")
             if len(groups) > 1:
                 out.merged[target] = groups[1:]
-            action = "join" if len(groups) == 1 else "merge"
         else:
             target, action = next_group, "new"
             out.new_groups.append(target)
@@ -227,24 +232,7 @@ def assign_average(
         (node(a), node(b)) for a, b in forbidden if (a in new or a in group_of) and (b in new or b in group_of)
     )
     _agglomerate(adj, size, uf, cut)
-    for p in sorted(new):
-        uf.find(p)
-    comps = [ms for ms in uf.components(list(uf.parent)).values() if any(not isinstance(m, tuple) for m in ms)]
-    out = Assignment({}, {}, {}, refused=_refused(links, node, uf))
-    for members in sorted(comps, key=lambda ms: min(m for m in ms if not isinstance(m, tuple))):
-        posts = sorted(m for m in members if not isinstance(m, tuple))
-        groups = sorted(m[1] for m in members if isinstance(m, tuple))
-        if groups:
-            target, action = groups[0], ("join" if len(groups) == 1 else "merge")
-            if len(groups) > 1:
-                out.merged[target] = groups[1:]
-        else:
-            target, action = next_group, "new"
-            out.new_groups.append(target)
-            next_group += 1
-        for p in posts:
-            out.group[p], out.action[p] = target, action
-    return out
+    return _assignment(uf, new, _refused(links, node, uf), next_group)
 
 
 def regroup(

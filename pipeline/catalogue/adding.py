@@ -309,9 +309,7 @@ def _write(
 def drop_groups(cat: Catalogue, groups: list[int]) -> None:
     """Delete ``groups`` that no posting names any more; one whose removed postings still name it
     stays, at size 0 (inside the caller's transaction)."""
-    for start in range(0, len(groups), 900):
-        chunk = groups[start : start + 900]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in schema.in_chunks(groups):
         cat.con.execute(
             f"DELETE FROM groups WHERE id IN ({marks}) "
             "AND NOT EXISTS (SELECT 1 FROM postings p WHERE p.group_id = groups.id)",
@@ -321,9 +319,7 @@ def drop_groups(cat: Catalogue, groups: list[int]) -> None:
 
 def resize_groups(cat: Catalogue, groups: list[int]) -> None:
     """Recount the live postings of ``groups`` (inside the caller's transaction)."""
-    for start in range(0, len(groups), 900):
-        chunk = groups[start : start + 900]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in schema.in_chunks(groups):
         cat.con.execute(
             f"UPDATE groups SET size = (SELECT COUNT(*) FROM postings p WHERE p.group_id = groups.id "
             f"AND p.removed IS NULL) WHERE id IN ({marks})",

@@ -152,10 +152,7 @@ class Catalogue:
     def groups_of(self, ids: np.ndarray) -> dict[int, int]:
         """The group of each of ``ids`` (catalogue ids)."""
         out: dict[int, int] = {}
-        ids = [int(i) for i in np.unique(ids)]
-        for start in range(0, len(ids), 900):  # SQLite's parameter limit
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in schema.in_chunks(int(i) for i in np.unique(ids)):
             out.update(self.con.execute(f"SELECT id, group_id FROM postings WHERE id IN ({marks})", chunk))
         return out
 
@@ -164,10 +161,7 @@ class Catalogue:
         if column not in ("title", "posting_id", "image", "image_phash"):
             raise ValueError(column)
         found: dict[int, str] = {}
-        uniq = [int(i) for i in np.unique(ids)]
-        for start in range(0, len(uniq), 900):
-            chunk = uniq[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in schema.in_chunks(int(i) for i in np.unique(ids)):
             found.update(self.con.execute(f"SELECT id, {column} FROM postings WHERE id IN ({marks})", chunk))
         return [found.get(int(i), "") for i in ids]
 
@@ -178,9 +172,7 @@ class Catalogue:
         """Catalogue ids of the live ``posting_ids`` found (with ``removed``: of removed ones too)."""
         live = "" if removed else " AND removed IS NULL"
         out: dict[str, int] = {}
-        for start in range(0, len(posting_ids), 900):
-            chunk = posting_ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in schema.in_chunks(posting_ids):
             out.update(
                 self.con.execute(f"SELECT posting_id, id FROM postings WHERE posting_id IN ({marks}){live}", chunk)
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.catalogue import schema
 from pipeline.catalogue.assign import Assignment, Links, regroup
 from pipeline.catalogue.catalogue import Catalogue
 from pipeline.matching.groups import EDGE_FLOOR, GroupSettings
@@ -72,9 +73,7 @@ def regroup_batch(
 def _members(cat: Catalogue, groups: list[int]) -> dict[int, int]:
     """Catalogue posting id -> group, for the live members of ``groups``."""
     out: dict[int, int] = {}
-    for start in range(0, len(groups), 900):  # SQLite's parameter limit
-        chunk = groups[start : start + 900]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in schema.in_chunks(groups):
         out.update(
             cat.con.execute(f"SELECT id, group_id FROM postings WHERE group_id IN ({marks}) AND removed IS NULL", chunk)
         )
@@ -84,10 +83,7 @@ def _members(cat: Catalogue, groups: list[int]) -> dict[int, int]:
 def _stored_links(cat: Catalogue, posts: np.ndarray) -> tuple[np.ndarray, ...]:
     """(a, b, kind, probability, accepted) of the stored links from ``posts``."""
     rows: list[tuple] = []
-    ids = posts.tolist()
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in schema.in_chunks(posts.tolist()):
         rows += cat.con.execute(f"SELECT a, b, kind, probability, accepted FROM links WHERE a IN ({marks})", chunk)
     if not rows:
         empty = np.empty(0, np.int64)

@@ -105,9 +105,7 @@ def _group_links(cat: Catalogue, members: np.ndarray) -> list[tuple[int, int, fl
     """The accepted links inside a group: (a, b, probability), review links at probability 2 (first)."""
     inside = set(members.tolist())
     out = []
-    for start in range(0, len(members), 900):
-        chunk = [int(m) for m in members[start : start + 900]]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in schema.in_chunks(int(m) for m in members):
         for a, b, kind, prob in cat.con.execute(
             f"SELECT a, b, kind, probability FROM links WHERE accepted = 1 AND a IN ({marks})", chunk
         ):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+PARAMETERS = 900  # values bound in one statement: SQLite's limit is 999 in older builds
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,3 +163,11 @@ def last_batch(con: sqlite3.Connection) -> int:
 def next_id(con: sqlite3.Connection) -> int:
     """The id the next posting gets: ids are never reused, removed postings keep theirs."""
     return int(con.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM postings").fetchone()[0])
+
+
+def in_chunks(values: Iterable) -> Iterator[tuple[list, str]]:
+    """``values`` in runs one statement can bind: (the run, ``"?,?,..."`` for its ``IN (...)``)."""
+    values = list(values)
+    for start in range(0, len(values), PARAMETERS):
+        chunk = values[start : start + PARAMETERS]
+        yield chunk, ",".join("?" * len(chunk))

@@ -244,7 +244,11 @@ def _lone_matches(cat: Catalogue, df: pd.DataFrame, members: pd.Series) -> dict[
         return {}
     name = dict(zip(df["id"].tolist(), df["posting_id"].tolist()))
     best: dict[int, tuple[float, int]] = {}
-    rows = cat.con.execute("SELECT a, b, probability FROM links WHERE kind = 'rule'").fetchall()
+    rows: list[tuple] = []
+    for chunk, marks in schema.in_chunks(alone):
+        for end in ("a", "b"):  # each indexed: only the lone postings' links are read
+            query = f"SELECT a, b, probability FROM links WHERE kind = 'rule' AND {end} IN ({marks})"
+            rows += cat.con.execute(query, chunk)
     for a, b, raw in rows:
         for x, y in ((a, b), (b, a)):
             if x in alone and y in name and x != y and (x not in best or (-raw, y) < (-best[x][0], best[x][1])):

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.catalogue import schema
 from pipeline.catalogue.assign import Assignment, Links, regroup
 from pipeline.catalogue.catalogue import Catalogue
-from pipeline.matching.groups import EDGE_FLOOR, GroupSettings
+from pipeline.matching.groups import EDGE_FLOOR, Edges, GroupSettings
 
 
 def link_weights(group: GroupSettings, prob: np.ndarray, accepted: np.ndarray) -> np.ndarray:
@@ -49,7 +49,8 @@ def regroup_batch(
         live: the catalogue's live postings with the batch (the size the cut moves to).
     """
     group = cat.rule.group_settings().at_size(cat.rule.size or live)
-    linking = link_weights(group, group.probability(links.probability), accepted) > 0
+    prob = group.probability(links.probability)
+    linking = link_weights(group, prob, accepted) > 0
     reached = np.unique(links.b[linking & (links.b < ids[0])])
     groups = sorted(set(cat.groups_of(reached).values()))
     group_of = _members(cat, groups)
@@ -59,14 +60,17 @@ def regroup_batch(
     a, b, kind, raw, acc = a[inside], b[inside], kind[inside], raw[inside], acc[inside]
     labelled = kind == "label"
     rule = kind == "rule"
-    lo, hi, prob, anyone = _per_pair(
+    # Each pair once, its links' mean probability, accepted when any link was (as predict joins a
+    # pair scored from both sides); the batch's ids are the catalogue's largest.
+    edges = Edges.of(
         np.r_[links.a, a[rule]],
         np.r_[links.b, b[rule]],
-        group.probability(np.r_[links.probability, raw[rule]]),
+        np.r_[prob, group.probability(raw[rule])],
+        int(ids.max()) + 1,
         np.r_[accepted, acc[rule]],
     )
     bound = [*forced, *zip(a[labelled].tolist(), b[labelled].tolist())]
-    pairs = (lo, hi, link_weights(group, prob, anyone))
+    pairs = (edges.a, edges.b, link_weights(group, edges.prob, edges.accepted > 0))
     return regroup(ids, group_of, pairs, bound, forbidden, next_group, group.threshold)
 
 
@@ -90,21 +94,3 @@ def _stored_links(cat: Catalogue, posts: np.ndarray) -> tuple[np.ndarray, ...]:
         return empty, empty, np.empty(0, object), np.empty(0), np.empty(0, bool)
     a, b, kind, raw, acc = zip(*rows)
     return np.array(a, np.int64), np.array(b, np.int64), np.array(kind, object), np.array(raw), np.array(acc, bool)
-
-
-def _per_pair(
-    a: np.ndarray, b: np.ndarray, prob: np.ndarray, accepted: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each unordered posting pair once: the mean probability of its links and whether any was
-    accepted (as :meth:`pipeline.matching.groups.Edges.of` joins a pair scored from both sides)."""
-    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
-    keep = lo != hi
-    lo, hi = lo[keep], hi[keep]
-    prob, accepted = np.asarray(prob, np.float64)[keep], np.asarray(accepted, bool)[keep]
-    if not len(lo):
-        return lo, hi, prob, accepted
-    width = int(hi.max()) + 1
-    key, inv = np.unique(lo * width + hi, return_inverse=True)
-    mean = np.bincount(inv, weights=prob) / np.bincount(inv)
-    anyone = np.bincount(inv, weights=accepted) > 0
-    return key // width, key % width, mean, anyone

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from pipeline.matching.candidates import Gallery
 from pipeline.matching.decide import MatchSettings
+from pipeline.matching.expansion import expand_lists
 from pipeline.matching.neighbours import EXACT, Neighbours, SearchConfig, faiss_threads, pair_dots, search
 from pipeline.matching.signals import l2_rows
 from pipeline.settings import require
@@ -60,6 +61,7 @@ class SignalNeighbours:
 
     neighbours: Neighbours | None = None
     blends: dict[tuple[str, int, float], Neighbours] = field(default_factory=dict)
+    expanded: bool = False  # the approximate lists went through :func:`expand_lists`
 
 
 class NeighbourCache:
@@ -334,10 +336,12 @@ def gallery_neighbours(
     if cache is None and keep is not None:  # nobody else reads the entries: lists not kept can go
         lists.unkept = (set(gallery.vectors) | {"concat"}) - set(keep) - {settings.blend_signal}
     lists.search_each(lists.dense)  # the dense signals first: once fused, their lists can go
+    lists.expand(lists.dense)
     if len(lists.dense) >= 2:
         lists.fuse(settings.fusion_weights, dict(floors or {}).get("concat", -np.inf))
     lists.let_go()
     lists.search_each([name for name in gallery.vectors if name not in lists.dense])
+    lists.expand(["phash"] if "phash" in lists.out else [])
     lists.let_go()
     if settings.blend_rounds > 0 and settings.blend_signal is not None and not math.isinf(settings.blend_threshold):
         lists.blend(settings, blend_method)
@@ -377,6 +381,31 @@ class _GalleryLists:
                 with _timed(self.timings, f"search_{name}"):
                     entry.neighbours = search(name, self.vectors[name], self.search.k, self.search)
             self.out[name] = entry.neighbours
+            self.observe(name, self.out[name])
+
+    def expand(self, names: list[str]) -> None:
+        """Approximate lists of ``names`` pooled and grown (:func:`expand_lists`), once per cache.
+
+        Dense lists that ``index: auto`` chose are left alone: auto takes an approximate index only
+        where its measured recall above the floors reaches ``search.required_recall``.
+        """
+        if self.search.expand_rounds == 0 or not any(self.out[n].approximate for n in names):
+            return
+        if self.search.index == "auto" and any(n in self.dense for n in names):
+            return
+        entries = [self.cache.entry(self.keys[n]) for n in names]
+        if not all(e.expanded for e in entries):
+            with _timed(self.timings, "expand_" + "_".join(names)):
+                expand_lists(
+                    self.vectors,
+                    {n: self.out[n] for n in names},
+                    self.search.expand_rounds,
+                    self.search.expand_sources,
+                    self.search.n_threads,
+                )
+            for entry in entries:
+                entry.expanded = True
+        for name in names:
             self.observe(name, self.out[name])
 
     def fuse(self, fusion_weights: Mapping[str, float], floor: float) -> None:

@@ -56,6 +56,8 @@ SEARCH_KEYS = (
     "tfidf_search",
     "tfidf_candidates",
     "tfidf_dense_terms",
+    "expand_rounds",
+    "expand_sources",
 )
 
 

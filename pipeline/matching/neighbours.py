@@ -91,6 +91,8 @@ class SearchConfig:
         tfidf_candidates: candidates per row of the ``split`` and ``sketch`` TF-IDF searches: 400 gave
             exact search's F1 at 70,000 bench titles, 300 lost 0.0001 (docs/speed.md).
         tfidf_dense_terms: the commonest terms ``split`` leaves out of its sparse product.
+        tfidf_rare_floor: ``split`` takes as candidates only pairs whose cosine over the other
+            terms exceeds this (a row left with fewer than k is searched exactly).
         nprobe: inverted lists visited per query (ivf, ivfpq).
         ef_search: HNSW's candidate list per query: the smallest whose recall of the bench's
             candidate pairs above the floors reached 0.99 (docs/speed.md).
@@ -122,6 +124,7 @@ class SearchConfig:
     tfidf_search: str = "auto"
     tfidf_candidates: int = 400
     tfidf_dense_terms: int = 384
+    tfidf_rare_floor: float = 0.1
     nprobe: int = 16
     ef_search: int = 224
     hnsw_fp16: bool = True
@@ -146,6 +149,7 @@ class SearchConfig:
         require(self.expand_rounds >= 0, "expand_rounds", ">= 0 (0 = off)", self.expand_rounds)
         require_positive(self, "expand_sources")
         require(self.tfidf_dense_terms >= 0, "tfidf_dense_terms", ">= 0", self.tfidf_dense_terms)
+        require(0.0 <= self.tfidf_rare_floor < 1.0, "tfidf_rare_floor", "in [0, 1)", self.tfidf_rare_floor)
         for key in ("nlist", "pq_m", "threads", "reduced_dims"):
             require(getattr(self, key) >= 0, key, ">= 0 (0 = automatic)", getattr(self, key))
 
@@ -189,7 +193,13 @@ def search(name: str, vectors: Any, k: int, settings: SearchConfig = EXACT) -> N
         from pipeline.matching.tfidf_search import tfidf_knn
 
         return tfidf_knn(
-            vectors, k, settings.n_threads, settings.tfidf_search, settings.tfidf_candidates, settings.tfidf_dense_terms
+            vectors,
+            k,
+            settings.n_threads,
+            settings.tfidf_search,
+            settings.tfidf_candidates,
+            settings.tfidf_dense_terms,
+            settings.tfidf_rare_floor,
         )
     return dense_knn(vectors, k, settings)
 

@@ -56,6 +56,7 @@ SEARCH_KEYS = (
     "tfidf_search",
     "tfidf_candidates",
     "tfidf_dense_terms",
+    "tfidf_rare_floor",
     "expand_rounds",
     "expand_sources",
 )

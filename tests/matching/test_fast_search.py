@@ -9,7 +9,7 @@ from pipeline.matching.gemm_search import CHUNK, bf16_knn, shortlist
 from pipeline.matching.index_choice import choose_index
 from pipeline.matching.neighbours import SearchConfig, dense_knn, search, sparse_knn
 from pipeline.matching.signals import TfidfConfig, tfidf_vectors
-from pipeline.matching.tfidf_search import SplitSettings, sketch_knn, split_knn, tfidf_knn
+from pipeline.matching.tfidf_search import SplitSettings, sketch_knn, split_columns, split_knn, tfidf_knn
 
 torch = pytest.importorskip("torch")
 
@@ -57,6 +57,20 @@ def test_tfidf_searches_find_the_exact_pairs_above_a_floor(titles_tfidf, method)
     rows, cols = np.nonzero(fast.idx >= 0)
     true = np.asarray(x[rows].multiply(x[fast.idx[rows, cols]]).sum(axis=1)).ravel()
     np.testing.assert_allclose(fast.sim[rows, cols], true, atol=1e-5)
+
+
+def test_a_rare_floor_keeps_the_pairs_above_it_and_the_rows_it_leaves_short_are_searched_exactly(titles_tfidf):
+    x = titles_tfidf
+    exact = sparse_knn(x, 20)
+    floored = split_knn(x, 20, settings=SplitSettings(dense_terms=64, candidates=60, rare_floor=0.2))
+    above = [(i, j) for i in range(len(exact.idx)) for j, s in zip(exact.idx[i], exact.sim[i]) if s >= 0.5]
+    assert np.mean([j in set(floored.idx[i]) for i, j in above]) > 0.99
+    # Rows with fewer than k candidates above the floor have their exact lists, to the last place.
+    rare = split_columns(x, 64).rare
+    above_floor = np.asarray(((rare @ rare.T) > 0.2).sum(axis=1)).ravel()
+    short = np.nonzero((above_floor < 20) & (x.getnnz(axis=1) > 0))[0]
+    assert len(short) > 10
+    np.testing.assert_allclose(floored.sim[short], exact.sim[short], atol=1e-5)
 
 
 def test_tfidf_auto_searches_a_small_gallery_exactly(titles_tfidf):

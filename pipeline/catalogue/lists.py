@@ -89,6 +89,20 @@ class NeighbourLists:
         sim[inside] = np.where(empty, -np.inf, s)
         return idx, sim
 
+    def last(self, signal: str, ids: np.ndarray, known: int | None = None) -> np.ndarray:
+        """(len(ids),) the k-th similarity of each list, -inf where it holds fewer than k entries
+        (what :meth:`rows` would read as a full list): a posting less similar than that cannot enter it."""
+        ids = np.asarray(ids, np.int64)
+        out = np.full(len(ids), -np.inf, np.float32)
+        maps = self._open(signal)
+        if maps is None or not len(ids):
+            return out
+        inside = ids < maps[0].shape[0]
+        got = np.asarray(maps[0][ids[inside], self.k - 1]) - 1
+        full = got >= 0 if known is None else (got >= 0) & (got < known)
+        out[inside] = np.where(full, np.asarray(maps[1][ids[inside], self.k - 1]), -np.inf)
+        return out
+
     def write_journal(self, seq: int, updates: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """Batch ``seq``'s new rows per signal: (ids, (R, k) idx, (R, k) sim). Durable before the commit."""
         arrays = {}
@@ -138,26 +152,45 @@ class NeighbourLists:
 
 
 def merge_rows(
-    idx: np.ndarray, sim: np.ndarray, new_idx: np.ndarray, new_sim: np.ndarray, k: int
+    idx: np.ndarray, sim: np.ndarray, new_idx: np.ndarray, new_sim: np.ndarray, k: int, disjoint: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's best ``k`` of two lists, ties by id, each id once (the larger similarity kept).
 
     Args:
         idx, sim: (R, a) lists; new_idx, new_sim: (R, b) entries to merge in (-1: none).
+        disjoint: no id is listed twice, in one list or across both (a batch's postings merged
+            into catalogue lists): nothing to drop.
     """
     ids = np.hstack([idx, new_idx])
     sims = np.hstack([sim, new_sim]).astype(np.float32)
     sims = np.where(ids >= 0, sims, -np.inf)
-    # Each id once: sort by (id, -sim) and keep the first of each run.
-    order = np.lexsort((-sims, ids), axis=1)
-    ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
-    repeat = np.zeros(ids.shape, bool)
-    repeat[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
-    sims = np.where(repeat, -np.inf, sims)
-    ids = np.where(repeat | ~np.isfinite(sims), -1, ids)
-    best = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), -sims), axis=1)[:, :k]
+    if not disjoint:
+        # Each id once: sort by (id, -sim) and keep the first of each run.
+        order = np.argsort((_id_key(ids) << np.uint64(32)) | _descending(sims), axis=1)
+        ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
+        repeat = np.zeros(ids.shape, bool)
+        repeat[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
+        sims = np.where(repeat, -np.inf, sims)
+        ids = np.where(repeat | ~np.isfinite(sims), -1, ids)
+    ids = np.where(np.isfinite(sims), ids, -1)
+    best = np.argsort((_descending(sims) << np.uint64(32)) | _id_key(ids), axis=1)[:, :k]
     ids, sims = np.take_along_axis(ids, best, 1), np.take_along_axis(sims, best, 1)
     if ids.shape[1] < k:
         pad = ((0, 0), (0, k - ids.shape[1]))
         ids, sims = np.pad(ids, pad, constant_values=-1), np.pad(sims, pad, constant_values=-np.inf)
     return ids, sims
+
+
+def _descending(sims: np.ndarray) -> np.ndarray:
+    """uint64 keys (below 2**32) that sort float32 ``sims`` largest first, -inf last."""
+    bits = (np.float32(0) - sims.astype(np.float32)).view(np.uint32)  # 0 - s: no -0.0 apart from 0.0
+    flipped = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(1 << 31))
+    return flipped.astype(np.uint64)
+
+
+def _id_key(ids: np.ndarray) -> np.ndarray:
+    """uint64 keys (below 2**32) that sort ids ascending, -1 last (one sort on one key, with
+    :func:`_descending`, instead of numpy's lexsort, which sorts once per key)."""
+    if len(ids) and ids.max(initial=-1) >= 2**32 - 1:
+        raise ValueError("posting ids past 2**32 - 2 do not fit the merge's sort keys")
+    return np.where(ids >= 0, ids, 2**32 - 1).astype(np.uint64)

@@ -104,12 +104,16 @@ def stored_rows(
 def insert_batch(
     lists: NeighbourLists, batch: IdLists, first_id: int, known: int, k: int, removed: np.ndarray
 ) -> IdLists:
-    """The lists of the catalogue postings the batch found, with the batch postings inserted."""
+    """The lists of the catalogue postings the batch found, with the batch postings inserted; a
+    list no batch posting enters (each less similar than its k-th) is left out, unchanged."""
     out: IdLists = {}
     for s, (idx, sim) in batch.items():
         q = np.broadcast_to(np.arange(first_id, first_id + len(idx))[:, None], idx.shape)
         old = (idx >= 0) & (idx < first_id)
         m, qq, ss = idx[old], q[old], sim[old]
+        if not len(removed):  # removed entries free places that the stored k-th does not show
+            enters = ss >= lists.last(s, m, known)
+            m, qq, ss = m[enters], qq[enters], ss[enters]
         rows = np.unique(m)
         if not len(rows):
             out[s] = (rows, np.empty((0, k), np.int64), np.empty((0, k), np.float32))
@@ -119,12 +123,13 @@ def insert_batch(
         starts = np.searchsorted(m, rows)
         rank = np.arange(len(m)) - np.repeat(starts, np.diff(np.r_[starts, len(m)]))
         keep = rank < k
-        new_idx = np.full((len(rows), k), -1, np.int64)
-        new_sim = np.full((len(rows), k), -np.inf, np.float32)
+        width = int(rank[keep].max()) + 1  # most rows take one or two batch postings: merge only those columns
+        new_idx = np.full((len(rows), width), -1, np.int64)
+        new_sim = np.full((len(rows), width), -np.inf, np.float32)
         at = np.searchsorted(rows, m[keep])
         new_idx[at, rank[keep]], new_sim[at, rank[keep]] = qq[keep], ss[keep]
         idx_old, sim_old = stored_rows(lists, s, rows, known, removed)
-        out[s] = (rows, *merge_rows(idx_old, sim_old, new_idx, new_sim, k))
+        out[s] = (rows, *merge_rows(idx_old, sim_old, new_idx, new_sim, k, disjoint=True))
     return out
 
 
@@ -166,7 +171,10 @@ def local_lists(
     for s, (idx, sim) in batch.items():
         blocks[s].append((batch_ids, *_trimmed(idx, sim, level[s])))
     for s, (ids, idx, sim) in updates.items():
-        blocks[s].append((ids, *_trimmed(idx, sim, level[s])))
+        # A list that took batch postings only below the trim level reads, trimmed, as it did: it
+        # joins the local gallery only as a blending neighbour's (below), if at all.
+        took = ((idx >= batch_ids[0]) & (sim >= level[s])).any(axis=1)
+        blocks[s].append((ids[took], *_trimmed(idx[took], sim[took], level[s])))
     if rule.blends:
         b = rule.settings.blend_signal
         have = np.concatenate([blk[0] for blk in blocks[b]])
@@ -180,14 +188,22 @@ def local_lists(
     for s in blocks:
         for ids, idx, _ in blocks[s]:
             everything += [ids, idx[idx >= 0]]
-    positions = np.unique(np.concatenate(everything))
+    # Ids are dense (0 .. the batch's last): a table from id to position replaces sorting and
+    # binary searches over the tens of millions of entries a big catalogue's lists name.
+    size = int(max(part.max(initial=-1) for part in everything)) + 1
+    named = np.zeros(size, bool)
+    for part in everything:
+        named[part] = True
+    positions = np.flatnonzero(named)
+    position = np.full(size + 1, -1, np.int64)  # the last entry: where -1 (no entry) points
+    position[positions] = np.arange(len(positions))
     out = {}
     for s in blocks:
         idx_l = np.full((len(positions), rule.search.k), -1, np.int64)
         sim_l = np.full((len(positions), rule.search.k), -np.inf, np.float32)
         for ids, idx, sim in blocks[s]:
-            at = np.searchsorted(positions, ids)
-            idx_l[at] = np.where(idx >= 0, np.searchsorted(positions, np.maximum(idx, 0)), -1)
+            at = position[ids]
+            idx_l[at] = position[idx]
             sim_l[at] = sim
         out[s] = Neighbours(idx_l, sim_l)
     return positions, out
@@ -221,12 +237,15 @@ def score_batch(
     updates = insert_batch(lists, batch, first_id, known, rule.search.k, removed)
     positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed)
     s = rule.settings
+    queries = np.searchsorted(positions, batch_ids)
     if rule.blends:
         blended = nb[s.blend_signal]
-        for _ in range(s.blend_rounds):
-            blended = graph_blend(blended, s.blend_threshold, threads=threads)
+        for round_ in range(s.blend_rounds):
+            # The last round's lists are read for the batch's pairs only, unless the pair model
+            # reads its candidates' own lists too.
+            last = round_ == s.blend_rounds - 1 and not rule.uses_pair
+            blended = graph_blend(blended, s.blend_threshold, threads=threads, rows=queries if last else None)
         nb["blend"] = blended
-    queries = np.searchsorted(positions, batch_ids)
     gallery = Gallery(np.arange(len(positions)), queries, _local_vectors(store, rule, vectors, batch_ids, positions))
     c = build_candidates(gallery, nb, len(positions), floors=rule.floors())
     settings = rule.at_size(live)

@@ -220,7 +220,9 @@ def blend(vectors: Any, nb: Neighbours, threshold: float) -> Any:
     return _l2(np.asarray(out, dtype=np.float32))
 
 
-def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: int = 1) -> Neighbours:
+def graph_blend(
+    nb: Neighbours, threshold: float, block: int = 4096, threads: int = 1, rows: np.ndarray | None = None
+) -> Neighbours:
     """One round of neighbourhood blending and the search after it, computed on the top-k graph.
 
     Blending gives u_i = sum_j w_ij x_j, so u_i . u_j = (W S W^T)_ij with S = X X^T. Here S is
@@ -232,6 +234,10 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
     TF-IDF rows fills them with their neighbours' terms, and searching with those rows costs
     many times the first search. The last product keeps only each row's best k as it goes
     (sparse_dot_topn, ``threads`` threads), so no block of P is ever held or sorted whole.
+
+    Args:
+        rows: only these rows' blended lists are wanted (the others are left empty): a catalogue
+            batch reads its own postings' lists, not those of the postings around them.
     """
     from sparse_dot_topn import sp_matmul_topn
 
@@ -248,19 +254,20 @@ def graph_blend(nb: Neighbours, threshold: float, block: int = 4096, threads: in
     wt = sp.csr_matrix(w.T @ sp.diags(1.0 / norm), dtype=np.float32)
     idx = np.full((n, k), -1, dtype=np.int64)
     sim = np.full((n, k), -np.inf, dtype=np.float32)
-    for start in range(0, n, block):
+    wanted = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(wanted), block):
+        part = wanted[start : start + block]
         # threshold -inf: with sort=True and no threshold, sparse_dot_topn 1.2 drops negative entries.
-        p = sp_matmul_topn(
-            w[start : start + block] @ s, wt, top_n=min(n, k), threshold=-np.inf, sort=True, n_threads=threads
-        )
+        p = sp_matmul_topn(w[part] @ s, wt, top_n=min(n, k), threshold=-np.inf, sort=True, n_threads=threads)
         counts = np.diff(p.indptr)
         row = np.repeat(np.arange(p.shape[0]), counts)
         rank = np.arange(p.nnz) - np.repeat(p.indptr[:-1], counts)
-        part = slice(start, start + p.shape[0])
-        idx[start + row, rank] = p.indices
-        sim[start + row, rank] = p.data / norm[start + row]
-        order = np.lexsort((idx[part], -sim[part]), axis=1)  # equal cosines by index, as a search ranks them
-        idx[part], sim[part] = np.take_along_axis(idx[part], order, 1), np.take_along_axis(sim[part], order, 1)
+        got_idx = np.full((len(part), k), -1, dtype=np.int64)
+        got_sim = np.full((len(part), k), -np.inf, dtype=np.float32)
+        got_idx[row, rank] = p.indices
+        got_sim[row, rank] = p.data / norm[part[row]]
+        order = np.lexsort((got_idx, -got_sim), axis=1)  # equal cosines by index, as a search ranks them
+        idx[part], sim[part] = np.take_along_axis(got_idx, order, 1), np.take_along_axis(got_sim, order, 1)
     return Neighbours(idx, sim)
 
 

@@ -244,17 +244,20 @@ def graph_blend(
     n, k = len(nb), nb.k
     s = _similarity_graph(nb)
     w = _blend_weights(nb, threshold)
-    # |u_i|^2 = (W S W^T)_ii, a block of rows at a time.
-    norm = np.concatenate(
-        [np.asarray((w[i : i + block] @ s).multiply(w[i : i + block]).sum(axis=1)).ravel() for i in range(0, n, block)]
-    )
+    wanted = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    # |u_i|^2 = (W S W^T)_ii, a block of rows at a time: for every row, or for those the wanted
+    # rows' products reach (P_ij is non-zero only where W_j shares a column with W_i S).
+    normed = wanted if rows is None else _reached(w, s, wanted)
+    norm = np.ones(n, dtype=np.float32)
+    for start in range(0, len(normed), block):
+        part = normed[start : start + block]
+        norm[part] = np.asarray((w[part] @ s).multiply(w[part]).sum(axis=1)).ravel()
     norm = np.sqrt(np.maximum(norm, 1e-12)).astype(np.float32)
     # Dividing column j of W^T by |u_j| makes each row of the product P_ij / |u_j|, whose order
     # within the row is the cosine's: the top-n product can then pick the candidates.
     wt = sp.csr_matrix(w.T @ sp.diags(1.0 / norm), dtype=np.float32)
     idx = np.full((n, k), -1, dtype=np.int64)
     sim = np.full((n, k), -np.inf, dtype=np.float32)
-    wanted = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     for start in range(0, len(wanted), block):
         part = wanted[start : start + block]
         # threshold -inf: with sort=True and no threshold, sparse_dot_topn 1.2 drops negative entries.
@@ -269,6 +272,12 @@ def graph_blend(
         order = np.lexsort((got_idx, -got_sim), axis=1)  # equal cosines by index, as a search ranks them
         idx[part], sim[part] = np.take_along_axis(got_idx, order, 1), np.take_along_axis(got_sim, order, 1)
     return Neighbours(idx, sim)
+
+
+def _reached(w: sp.csr_matrix, s: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """The rows j whose blended vector meets those of ``rows`` (W_j shares a column with W_i S)."""
+    cols = np.unique((w[rows] @ s).indices)
+    return np.union1d(rows, np.unique(sp.csc_matrix(w)[:, cols].indices))
 
 
 def _similarity_graph(nb: Neighbours) -> sp.csr_matrix:

@@ -280,3 +280,14 @@ def test_search_floors_do_not_change_predictions():
     for floors in (True, False):
         subs.append(match_postings(x, ids, settings, SearchConfig(k=20, floors=floors)))
     assert subs[0].equals(subs[1])
+
+
+def test_graph_blend_of_some_rows_gives_those_rows_the_full_blends_lists_bit_for_bit():
+    nb = dense_knn(clustered_postings(3000, 64, 1)[0]["image"], 20)
+    full = graph_blend(nb, 0.4)
+    rows = np.arange(0, 3000, 7)
+    part = graph_blend(nb, 0.4, rows=rows)
+    np.testing.assert_array_equal(part.idx[rows], full.idx[rows])
+    np.testing.assert_array_equal(part.sim[rows], full.sim[rows])
+    others = np.setdiff1d(np.arange(3000), rows)
+    assert (part.idx[others] == -1).all()

@@ -171,10 +171,7 @@ def local_lists(
     for s, (idx, sim) in batch.items():
         blocks[s].append((batch_ids, *_trimmed(idx, sim, level[s])))
     for s, (ids, idx, sim) in updates.items():
-        # A list that took batch postings only below the trim level reads, trimmed, as it did: it
-        # joins the local gallery only as a blending neighbour's (below), if at all.
-        took = ((idx >= batch_ids[0]) & (sim >= level[s])).any(axis=1)
-        blocks[s].append((ids[took], *_trimmed(idx[took], sim[took], level[s])))
+        blocks[s].append((ids, *_trimmed(idx, sim, level[s])))
     if rule.blends:
         b = rule.settings.blend_signal
         have = np.concatenate([blk[0] for blk in blocks[b]])

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.matching.neighbours import PHASH_BITS, Neighbours, faiss_threads, rescore
+from pipeline.matching.neighbours import PHASH_BITS, Neighbours, best_k, faiss_threads, rescore
 
 
 def expand_lists(
@@ -110,10 +110,6 @@ def _scorer(name: str, x: Any):
 
 def _hamming_best(codes: np.ndarray, cand: np.ndarray, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` candidates nearest in Hamming distance to rows ``start...`` (ties by posting index)."""
-    dist = np.bitwise_count(codes[start : start + len(cand), None] ^ codes[np.maximum(cand, 0)]).astype(np.int64)
-    dist[cand < 0] = PHASH_BITS + 1
-    order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), dist), axis=1)[:, :k]
-    idx = np.take_along_axis(cand, order, 1)
-    sim = (1.0 - np.take_along_axis(dist, order, 1) / PHASH_BITS).astype(np.float32)
-    sim[idx < 0] = -np.inf
-    return idx, sim
+    dist = np.bitwise_count(codes[start : start + len(cand), None] ^ codes[np.maximum(cand, 0)])
+    sim = np.where(cand >= 0, 1.0 - dist.astype(np.float32) / PHASH_BITS, -np.inf).astype(np.float32)
+    return best_k(cand, sim, k)

@@ -289,6 +289,15 @@ def rescore(x: np.ndarray, idx: np.ndarray, k: int, start: int = 0) -> tuple[np.
     return out_idx, out_sim
 
 
+def best_k(cand: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` best by ``score`` (-inf: none), equal scores by index, as (idx, sim)."""
+    order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -score), axis=1)[:, :k]
+    idx, sim = np.take_along_axis(cand, order, 1), np.take_along_axis(score, order, 1).astype(np.float32)
+    idx[~np.isfinite(sim)] = -1
+    sim[idx < 0] = -np.inf
+    return idx, sim
+
+
 def pair_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """(P,) float32 inner products x[rows[p]] . x[cols[p]], ``chunk`` pairs at a time (small
     chunks keep the gathered rows in cache).

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import Neighbours, faiss_threads
+from pipeline.matching.neighbours import Neighbours, best_k, faiss_threads
 
 log = logging.getLogger("pipeline")
 
@@ -183,7 +183,7 @@ def _split_rows(
     cand[row, rank], rare[row, rank] = top.indices, top.data
     full = rare + _dense_part(s.frequent, start, cand) if s.frequent.shape[1] else rare
     full[cand < 0] = -np.inf
-    idx, sim = _best_k(cand, full, k)
+    idx, sim = best_k(cand, full, k)
     return idx, sim, counts, np.where(counts == m, rare[:, m - 1], rare_floor)
 
 
@@ -205,15 +205,6 @@ def _dense_part(frequent: np.ndarray, start: int, cand: np.ndarray) -> np.ndarra
     )
     ip[cand < 0] = 0.0
     return ip
-
-
-def _best_k(cand: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` best by ``score`` (-inf: none), equal scores by index, as (idx, sim)."""
-    order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -score), axis=1)[:, :k]
-    idx, sim = np.take_along_axis(cand, order, 1), np.take_along_axis(score, order, 1).astype(np.float32)
-    idx[~np.isfinite(sim)] = -1
-    sim[idx < 0] = -np.inf
-    return idx, sim
 
 
 def split_stats(

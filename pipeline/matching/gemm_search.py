@@ -92,12 +92,14 @@ def bf16_shortlists(
     n = x.shape[0]
     with torch_threads(threads), torch.inference_mode():
         xb = torch.from_numpy(x).to(torch.bfloat16)
+        # One (block, N) buffer for every block's scores: a fresh one per block costs the kernel's
+        # zeroing of its pages, which took 40% of the product's time at N = 70,000.
+        buffer = torch.empty((min(block, n), n), dtype=torch.bfloat16)
         for start in range(0, n, block):
             stop = min(start + block, n)
-            scores = xb[start:stop] @ xb.T  # (B, N) bfloat16
-            cand = shortlist(scores, m)
-            del scores
-            yield start, stop, cand
+            scores = buffer[: stop - start]
+            torch.matmul(xb[start:stop], xb.T, out=scores)  # (B, N) bfloat16
+            yield start, stop, shortlist(scores, m)
 
 
 def pca_basis(x: np.ndarray, dims: int, sample: int = 20_000) -> np.ndarray:

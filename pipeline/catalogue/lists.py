@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path
+from pipeline.matching.neighbours import descending_keys, index_keys
 
 ROWS_STEP = 1 << 14  # the files grow by at least this many rows (or by half) at a time
 
@@ -166,31 +167,16 @@ def merge_rows(
     sims = np.where(ids >= 0, sims, -np.inf)
     if not disjoint:
         # Each id once: sort by (id, -sim) and keep the first of each run.
-        order = np.argsort((_id_key(ids) << np.uint64(32)) | _descending(sims), axis=1)
+        order = np.argsort((index_keys(ids) << np.uint64(32)) | descending_keys(sims), axis=1)
         ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
         repeat = np.zeros(ids.shape, bool)
         repeat[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
         sims = np.where(repeat, -np.inf, sims)
         ids = np.where(repeat | ~np.isfinite(sims), -1, ids)
     ids = np.where(np.isfinite(sims), ids, -1)
-    best = np.argsort((_descending(sims) << np.uint64(32)) | _id_key(ids), axis=1)[:, :k]
+    best = np.argsort((descending_keys(sims) << np.uint64(32)) | index_keys(ids), axis=1)[:, :k]
     ids, sims = np.take_along_axis(ids, best, 1), np.take_along_axis(sims, best, 1)
     if ids.shape[1] < k:
         pad = ((0, 0), (0, k - ids.shape[1]))
         ids, sims = np.pad(ids, pad, constant_values=-1), np.pad(sims, pad, constant_values=-np.inf)
     return ids, sims
-
-
-def _descending(sims: np.ndarray) -> np.ndarray:
-    """uint64 keys (below 2**32) that sort float32 ``sims`` largest first, -inf last."""
-    bits = (np.float32(0) - sims.astype(np.float32)).view(np.uint32)  # 0 - s: no -0.0 apart from 0.0
-    flipped = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(1 << 31))
-    return flipped.astype(np.uint64)
-
-
-def _id_key(ids: np.ndarray) -> np.ndarray:
-    """uint64 keys (below 2**32) that sort ids ascending, -1 last (one sort on one key, with
-    :func:`_descending`, instead of numpy's lexsort, which sorts once per key)."""
-    if len(ids) and ids.max(initial=-1) >= 2**32 - 1:
-        raise ValueError("posting ids past 2**32 - 2 do not fit the merge's sort keys")
-    return np.where(ids >= 0, ids, 2**32 - 1).astype(np.uint64)

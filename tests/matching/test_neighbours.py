@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import SearchConfig, dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.neighbours import SearchConfig, best_k, dense_knn, hamming_knn, sparse_knn
 
 
 def _unit(x):
@@ -160,3 +160,25 @@ def test_binary_inverted_lists_find_the_near_duplicate_hashes():
     near = exact.sim >= 0.85  # the pairs a phash threshold accepts
     found = [set(a[m]) <= set(b) for a, b, m in zip(exact.idx, approx.idx, near)]
     assert np.mean(found) > 0.99
+
+
+def test_best_k_ranks_by_score_then_index_as_a_lexsort_does():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, m = rng.integers(1, 20), rng.integers(1, 30)
+        k = int(rng.integers(1, m + 5))  # k past the candidates: padded
+        cand = rng.integers(-1, 40, (n, m))
+        score = np.round(rng.standard_normal((n, m)), 1).astype(np.float32)  # many ties
+        score[rng.random((n, m)) < 0.2] = -np.inf
+        score[rng.random((n, m)) < 0.05] = -0.0
+        idx, sim = best_k(cand, score, k)
+
+        listed = np.where(cand >= 0, score, -np.inf)
+        order = np.lexsort((np.where(cand < 0, np.iinfo(np.int64).max, cand), -listed), axis=1)[:, :k]
+        want_idx = np.take_along_axis(cand, order, 1)
+        want_sim = np.take_along_axis(listed, order, 1)
+        want_idx[~np.isfinite(want_sim)] = -1
+        assert idx.shape == sim.shape == (n, k)
+        assert np.array_equal(idx[:, : order.shape[1]], want_idx)
+        assert np.array_equal(sim[:, : order.shape[1]], np.where(want_idx >= 0, want_sim, -np.inf))
+        assert (idx[:, order.shape[1] :] == -1).all() and (sim[:, order.shape[1] :] == -np.inf).all()

@@ -84,11 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from pipeline.catalogue import IndexConfig, Rule, add_postings, init_with_vectors, match_postings, open_catalogue
     from pipeline.device import bound_threads
+    from pipeline.machine import machine_facts
     from pipeline.matching.fusion import concat_embeddings
     from pipeline.matching.neighbours import SearchConfig
+    from pipeline.memory import settle_memory
     from pipeline.tools.bench import bench_settings
 
     bound_threads(args.threads)
+    settle_memory()  # as `python -m pipeline catalogue add` does
     from pipeline.data.synth.postings import clustered_postings
 
     n = args.size + args.batch + args.queries
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "match_p50_ms": round(float(np.percentile(ms, 50)), 1), "match_p99_ms": round(float(np.percentile(ms, 99)), 1),
         "recall": recall,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": machine_facts(),
     }  # fmt: skip
     print(json.dumps(out))
     return out

@@ -21,6 +21,7 @@ from pipeline.data import MODALITIES, DataError
 from pipeline.io import WRITE_ERRNOS
 from pipeline.kaggle.package import PackageError, package_run
 from pipeline.matching.predict import PredictError
+from pipeline.memory import settle_memory
 from pipeline.runs.folder import StageError
 from pipeline.submission import SubmissionError, score_submission
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # A long-lived server returns freed memory to the kernel; a batch command keeps it (pipeline/memory.py).
+    settle_memory(keep_freed=getattr(args, "action", None) != "serve")
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:

@@ -11,8 +11,12 @@ import os
 import platform
 import sys
 
+from pipeline.memory import memory_policy
+
 # The CPU features that decide which search is cheapest (bfloat16 / int8 matrix units, AVX-512).
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8")
+# The environment variables that change how fast a benchmark runs.
+ENV_VARIABLES = ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PIPELINE_MEMORY")
 
 
 def cpu_flags() -> tuple[str, set[str]]:
@@ -56,10 +60,17 @@ def machine_facts() -> dict:
         "blas_openmp": pools,
         "env": {
             v: os.environ.get(v)
-            for v in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            for v in (
+                "OPENBLAS_CORETYPE",
+                "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "PIPELINE_MEMORY",
+            )
             if os.environ.get(v) is not None
         },
         "load_average": load_average(),
+        "memory": memory_policy(),
     }
     if "faiss" in sys.modules:
         faiss = sys.modules["faiss"]

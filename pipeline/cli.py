@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     # A long-lived server returns freed memory to the kernel; a batch command keeps it (pipeline/memory.py).
-    settle_memory(keep_freed=getattr(args, "action", None) != "serve")
+    settle_memory(batch=getattr(args, "action", None) != "serve")
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:

@@ -1,38 +1,33 @@
-"""What fresh memory costs on this machine, measured at start-up, and the allocation policy it sets.
+"""The allocation policy of a batch command: freed memory reused, never handed back for fresh pages.
 
 The search path allocates and frees arrays of hundreds of MB per block (scores, candidate lists,
-sparse products). Each fresh page costs a fault when first touched, and on some machines that
-fault is most of the step: in a virtual machine whose host takes back the guest's free memory
-(free page reporting, as on this project's CI machines), a page is backed again by the host on its
-first touch. There, at 70,000 postings, the faults took a third of the predict path's time
-(docs/speed.md). Two settings decide how often that cost is paid:
+sparse products). A fresh page costs a fault and the kernel's zeroing when first touched, and on
+some machines that is most of a step: in a virtual machine whose host takes back the guest's free
+memory (free page reporting, as on this project's CI machines), the zeroing is where the host backs
+the page again. There, at 70,000 postings, the faults took a quarter of the predict path's time, and
+in the catalogue's batch of 10,000 into a million, a third of the profile was the kernel's
+``clear_page`` (docs/speed.md). Two settings decide how often that cost is paid:
 
-- **Transparent huge pages.** numpy advises the kernel to back every array over 4 MB with 2 MB
-  pages. On bare metal a huge page is cheaper per byte than 512 small ones; on the machines above a
-  fresh one cost 3 to 12 s per GB against 0.45 s for small pages. :func:`fresh_page_seconds`
-  times both on fresh mappings, and numpy's advice is turned off where huge pages cost more.
-- **Freed memory kept.** glibc hands blocks over 32 MB back to the kernel when they are freed
+- **Freed memory is kept.** glibc hands blocks over 32 MB back to the kernel when they are freed
   (``munmap``), so the next block of the same size is fresh pages again. With ``M_MMAP_MAX`` 0 and
   a high ``M_TRIM_THRESHOLD`` they come from the heap and stay in the process, to be reused without
-  faults. The process's resident memory then stays near its peak until it exits, which a batch
-  command does soon; ``catalogue serve`` keeps glibc's default.
+  faults. Resident memory then stays near its peak until the command exits.
+- **numpy's huge-page advice is off.** numpy asks for 2 MB pages for every array over 4 MB. Where
+  fresh memory is cheap, a huge page saves little once freed memory is reused (at most the small
+  pages' faults over the process's peak: about 0.4 s per GB here); where it is not, a fresh huge
+  page cost 3 to 12 s per GB here, against 0.45 s in small pages. A timed probe could not tell the
+  two apart reliably: a few MB freed a moment ago are still backed and look cheap.
 
-``PIPELINE_MEMORY=default`` leaves both alone.
+A long-lived server (``catalogue serve``) and ``PIPELINE_MEMORY=default`` keep the platform's
+behaviour; so does any platform other than Linux with glibc.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
-import mmap
 import os
 import platform
-import time
 
-log = logging.getLogger("pipeline")
-
-PROBE_BYTES = 8 << 20  # per probed mapping: four huge pages
-PROBE_REGIONS = 8
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -41,72 +36,28 @@ TRIM_THRESHOLD = 2**31 - 1  # the most mallopt takes (an int): 2 GB free at the 
 _settled: dict | None = None
 
 
-def fresh_page_seconds(regions: int = PROBE_REGIONS, nbytes: int = PROBE_BYTES) -> dict[str, float]:
-    """Seconds per GB to touch fresh anonymous memory for the first time, in small and in huge pages.
+def settle_memory(batch: bool = True) -> dict:
+    """Set the process's allocation policy once (see the module's docstring).
 
-    Memory the process (or another) freed a moment ago may still be backed, and a huge mapping can
-    land on it and look cheap; so up to ``regions`` huge mappings are touched, all kept until the
-    end, and the dearest counts. It stops at the first that costs more than the small pages.
-    """
-    mapped = [_touch(nbytes, huge=False)]
-    seconds = {"small": mapped[0][1], "huge": 0.0}
-    try:
-        for _ in range(regions):
-            mapped.append(_touch(nbytes, huge=True))
-            seconds["huge"] = max(seconds["huge"], mapped[-1][1])
-            if seconds["huge"] > seconds["small"]:
-                break
-    finally:
-        for region, _ in mapped:
-            region.close()
-    return seconds
-
-
-def _touch(nbytes: int, huge: bool) -> tuple[mmap.mmap, float]:
-    """A fresh anonymous mapping of ``nbytes`` and the seconds per GB its first touch took."""
-    import numpy as np
-
-    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
-    pages = np.frombuffer(region, dtype=np.uint8)
-    t0 = time.perf_counter()
-    pages[:: mmap.PAGESIZE] = 1
-    seconds = time.perf_counter() - t0
-    del pages
-    return region, round(seconds * (1 << 30) / nbytes, 4)
-
-
-def settle_memory(keep_freed: bool = True) -> dict:
-    """Set the process's allocation policy once (see the module's docstring) and log it.
+    Args:
+        batch: a command that runs and exits; False for a server, which keeps the platform's policy.
 
     Returns:
-        the figures and choices: ``s_per_gb`` (small and huge pages), ``numpy_hugepages`` and
-        ``keep_freed``; ``{"policy": "default"}`` where ``PIPELINE_MEMORY=default`` or the platform
-        has neither setting (not Linux with glibc).
+        ``{"numpy_hugepages": False, "keep_freed": True}``, or ``{"policy": "default"}`` where the
+        policy was left alone.
     """
     global _settled
     if _settled is not None:
         return _settled
-    if os.environ.get("PIPELINE_MEMORY", "") == "default" or not _linux_glibc():
+    if not batch or os.environ.get("PIPELINE_MEMORY", "") == "default" or not _linux_glibc():
         _settled = {"policy": "default"}
         return _settled
     import numpy as np
 
-    seconds = fresh_page_seconds()
-    hugepages = seconds["huge"] <= seconds["small"]
     set_hugepages = getattr(getattr(np, "_core", np).multiarray, "_set_madvise_hugepage", None)
     if set_hugepages is not None:
-        set_hugepages(hugepages)
-    kept = keep_freed and _keep_freed_memory()
-    _settled = {"s_per_gb": seconds, "numpy_hugepages": hugepages, "keep_freed": kept}
-    log.info(
-        "[memory] first touch of fresh memory: %.2f s/GB in small pages, %.2f in huge pages: numpy's huge "
-        "pages %s; freed memory %s",
-        seconds["small"],
-        seconds["huge"],
-        "on" if hugepages else "off",
-        "kept in the process" if kept else "returned to the kernel",
-    )
+        set_hugepages(False)
+    _settled = {"numpy_hugepages": False if set_hugepages is not None else None, "keep_freed": _keep_freed_memory()}
     return _settled
 
 
@@ -116,7 +67,7 @@ def memory_policy() -> dict | None:
 
 
 def _linux_glibc() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and hasattr(mmap, "MADV_HUGEPAGE")
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def _keep_freed_memory() -> bool:

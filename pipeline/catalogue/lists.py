@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path
-from pipeline.matching.neighbours import descending_keys, index_keys
+from pipeline.matching.ranking import descending_keys, index_keys
 
 ROWS_STEP = 1 << 14  # the files grow by at least this many rows (or by half) at a time
 
@@ -167,14 +167,22 @@ def merge_rows(
     sims = np.where(ids >= 0, sims, -np.inf)
     if not disjoint:
         # Each id once: sort by (id, -sim) and keep the first of each run.
-        order = np.argsort((index_keys(ids) << np.uint64(32)) | descending_keys(sims), axis=1)
+        key = index_keys(ids)
+        key <<= np.uint64(32)
+        key |= descending_keys(sims)
+        order = np.argsort(key, axis=1)
+        del key
         ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
         repeat = np.zeros(ids.shape, bool)
         repeat[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
         sims = np.where(repeat, -np.inf, sims)
         ids = np.where(repeat | ~np.isfinite(sims), -1, ids)
     ids = np.where(np.isfinite(sims), ids, -1)
-    best = np.argsort((descending_keys(sims) << np.uint64(32)) | index_keys(ids), axis=1)[:, :k]
+    key = descending_keys(sims)
+    key <<= np.uint64(32)
+    key |= index_keys(ids)
+    best = np.argsort(key, axis=1)[:, :k]
+    del key
     ids, sims = np.take_along_axis(ids, best, 1), np.take_along_axis(sims, best, 1)
     if ids.shape[1] < k:
         pad = ((0, 0), (0, k - ids.shape[1]))

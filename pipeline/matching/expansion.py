@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.matching.neighbours import PHASH_BITS, Neighbours, best_k, faiss_threads, rescore
+from pipeline.matching.neighbours import PHASH_BITS, Neighbours, faiss_threads, rescore
+from pipeline.matching.ranking import best_k
 
 
 def expand_lists(

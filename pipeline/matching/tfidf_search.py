@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import Neighbours, best_k, faiss_threads
+from pipeline.matching.neighbours import Neighbours, faiss_threads
+from pipeline.matching.ranking import best_k
 
 log = logging.getLogger("pipeline")
 

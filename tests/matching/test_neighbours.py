@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.matching.neighbours import SearchConfig, best_k, dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.neighbours import SearchConfig, dense_knn, hamming_knn, sparse_knn
+from pipeline.matching.ranking import best_k
 
 
 def _unit(x):

@@ -58,17 +58,7 @@ def machine_facts() -> dict:
         "cpu": model,
         "cpu_features": [f for f in CPU_FEATURES if f in flags],
         "blas_openmp": pools,
-        "env": {
-            v: os.environ.get(v)
-            for v in (
-                "OPENBLAS_CORETYPE",
-                "OMP_NUM_THREADS",
-                "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS",
-                "PIPELINE_MEMORY",
-            )
-            if os.environ.get(v) is not None
-        },
+        "env": {v: os.environ.get(v) for v in ENV_VARIABLES if os.environ.get(v) is not None},
         "load_average": load_average(),
         "memory": memory_policy(),
     }

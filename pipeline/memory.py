@@ -1,4 +1,4 @@
-"""The allocation policy of a batch command: freed memory reused, never handed back for fresh pages.
+"""The allocation policy of a batch command: freed memory is kept and reused, not traded for fresh pages.
 
 The search path allocates and frees arrays of hundreds of MB per block (scores, candidate lists,
 sparse products). A fresh page costs a fault and the kernel's zeroing when first touched, and on

@@ -16,7 +16,8 @@ MAX_FUNCTION_LINES = 80
 
 # From the bottom up; a module belongs to the most specific entry that names it or a package above it.
 LAYERS = [
-    ["", "settings", "io", "metric", "device", "distributed", "paths", "machine", "memory"],  # "" is pipeline/__init__.py
+    # "" is pipeline/__init__.py
+    ["", "settings", "io", "metric", "device", "distributed", "paths", "machine", "memory"],
     ["data", "models.config", "training.config", "submission"],  # torch-free settings beside the data
     ["models"],
     ["inference", "ensemble.combine"],

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path
-from pipeline.matching.ranking import descending_keys, index_keys
+from pipeline.matching.ranking import best_k, descending_keys, index_keys
 
 ROWS_STEP = 1 << 14  # the files grow by at least this many rows (or by half) at a time
 
@@ -177,14 +177,4 @@ def merge_rows(
         repeat[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)
         sims = np.where(repeat, -np.inf, sims)
         ids = np.where(repeat | ~np.isfinite(sims), -1, ids)
-    ids = np.where(np.isfinite(sims), ids, -1)
-    key = descending_keys(sims)
-    key <<= np.uint64(32)
-    key |= index_keys(ids)
-    best = np.argsort(key, axis=1)[:, :k]
-    del key
-    ids, sims = np.take_along_axis(ids, best, 1), np.take_along_axis(sims, best, 1)
-    if ids.shape[1] < k:
-        pad = ((0, 0), (0, k - ids.shape[1]))
-        ids, sims = np.pad(ids, pad, constant_values=-1), np.pad(sims, pad, constant_values=-np.inf)
-    return ids, sims
+    return best_k(ids, sims, k)

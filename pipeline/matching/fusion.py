@@ -25,6 +25,7 @@ from pipeline.matching.candidates import Gallery
 from pipeline.matching.decide import MatchSettings
 from pipeline.matching.expansion import expand_lists
 from pipeline.matching.neighbours import EXACT, Neighbours, SearchConfig, faiss_threads, pair_dots, search
+from pipeline.matching.ranking import best_k
 from pipeline.matching.signals import l2_rows
 from pipeline.settings import require
 
@@ -269,8 +270,7 @@ def graph_blend(
         got_sim = np.full((len(part), k), -np.inf, dtype=np.float32)
         got_idx[row, rank] = p.indices
         got_sim[row, rank] = p.data / norm[part[row]]
-        order = np.lexsort((got_idx, -got_sim), axis=1)  # equal cosines by index, as a search ranks them
-        idx[part], sim[part] = np.take_along_axis(got_idx, order, 1), np.take_along_axis(got_sim, order, 1)
+        idx[part], sim[part] = best_k(got_idx, got_sim, k)  # equal cosines by index, as a search ranks them
     return Neighbours(idx, sim)
 
 

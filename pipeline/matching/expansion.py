@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.matching.neighbours import PHASH_BITS, Neighbours, faiss_threads, rescore
-from pipeline.matching.ranking import best_k
+from pipeline.matching.ranking import best_k, best_k_order
 
 
 def expand_lists(
@@ -35,6 +35,7 @@ def expand_lists(
     sources: int,
     threads: int = 1,
     block: int = 8192,
+    width: int | None = None,
 ) -> None:
     """Pool ``lists`` and grow each from its neighbours' lists, ``rounds`` times, in place.
 
@@ -45,72 +46,138 @@ def expand_lists(
             union of all of them.
         rounds: passes over every signal.
         sources: listed neighbours (best first) whose own lists each row is offered.
+        width: the best entries of each such list offered (default: all k).
         threads: FAISS's threads for the exact scores.
         block: rows scored at a time.
     """
     scorers = {name: _scorer(name, vectors[name]) for name in lists}
+    stamps = {name: np.zeros(nb.idx.shape, dtype=np.uint8) for name, nb in lists.items()}
     n = len(next(iter(lists.values())))
     with faiss_threads(threads):
-        for _ in range(rounds):
+        for round_ in range(1, rounds + 1):
             for name, nb in lists.items():
-                listed_by = _Reverse(nb)
+                fresh = _Fresh(stamps[name], round_)
+                listed_by = _Reverse(nb, fresh)
                 for start in range(0, n, block):
-                    stop = min(start + block, n)
-                    cand = _candidates(lists, nb, listed_by, start, stop, sources)
-                    nb.idx[start:stop], nb.sim[start:stop] = scorers[name](cand, nb.k, start)
+                    rows = np.arange(start, min(start + block, n))
+                    cand = _candidates(lists, name, fresh, listed_by, rows, sources, width or nb.k)
+                    _merge(nb, stamps[name], rows, scorers[name](cand, nb.k, rows), round_)
+
+
+class _Fresh:
+    """Which list entries a round has not offered yet: NN-descent's "new" flags.
+
+    ``stamp`` holds each entry's round (0: listed by the search). An entry listed before the previous
+    round began was there all through that round, so every row that had it among its ``sources``
+    was offered it then: ranks only fall, as a list only takes better entries. Offering only the
+    rest keeps a later round's exact scores to pairs it has not scored.
+    """
+
+    def __init__(self, stamp: np.ndarray, round_: int):
+        self.stamp, self.since = stamp, round_ - 1  # the first round offers everything
+
+    def __call__(self, rows: Any, cols: slice = slice(None)) -> np.ndarray:
+        return self.stamp[rows, cols] >= self.since
 
 
 class _Reverse:
-    """Who lists each row: an approximate search misses a pair from one side more often than from
-    both, and the rows that list i are candidates for i's list (at most k of them are offered)."""
+    """Who lists each row in a fresh entry: an approximate search misses a pair from one side more
+    often than from both, and the rows that list i are candidates for i's list (at most k offered)."""
 
-    def __init__(self, nb: Neighbours):
+    def __init__(self, nb: Neighbours, fresh: _Fresh):
         n, self.k = nb.idx.shape
-        flat = nb.idx.ravel()
-        order = np.argsort(flat, kind="stable")
-        listed = np.bincount(flat[flat >= 0], minlength=n)
-        self.indptr = np.concatenate([[0], np.cumsum(listed)]) + int((flat < 0).sum())  # the -1s sort first
-        self.rows = (order // self.k).astype(np.int32 if n < 2**31 else np.int64)
+        if n >= 2**32 - 1:
+            raise ValueError("rows past 2**32 - 2 do not fit the reverse lists' sort keys")
+        listed = np.where(fresh(slice(None)), nb.idx, -1).ravel()
+        # one key per entry, the listed row above the listing one: one vectorised sort groups the
+        # listing rows by listed row, in row order (numpy's stable argsort took 7 times as long)
+        key = listed.astype(np.uint64) << np.uint64(32)  # -1 wraps above every row: last
+        key |= np.arange(len(listed), dtype=np.uint64) // np.uint64(self.k)
+        key.sort()
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(listed[listed >= 0], minlength=n))])
+        key = key[: self.indptr[-1]]
+        key &= np.uint64(2**32 - 1)
+        self.rows = key.astype(np.int32 if n < 2**31 else np.int64)
 
-    def block(self, start: int, stop: int) -> np.ndarray:
-        """(B, W) rows listing each of rows start..stop, -1 padded, W at most k."""
-        lo, hi = self.indptr[start], self.indptr[stop]
-        counts = np.diff(self.indptr[start : stop + 1])
-        owner = np.repeat(np.arange(stop - start), counts)
-        rank = np.arange(hi - lo) - np.repeat(self.indptr[start:stop] - lo, counts)
-        keep = rank < self.k
-        out = np.full((stop - start, max(1, min(self.k, int(counts.max(initial=0))))), -1, dtype=np.int64)
-        out[owner[keep], rank[keep]] = self.rows[lo:hi][keep]
+    def block(self, rows: np.ndarray) -> np.ndarray:
+        """(B, W) rows listing each of ``rows``, -1 padded, W at most k."""
+        counts = np.minimum(self.indptr[rows + 1] - self.indptr[rows], self.k)
+        owner = np.repeat(np.arange(len(rows)), counts)
+        rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        out = np.full((len(rows), max(1, int(counts.max(initial=0)))), -1, dtype=np.int64)
+        out[owner, rank] = self.rows[np.repeat(self.indptr[rows], counts) + rank]
         return out
 
 
 def _candidates(
-    lists: Mapping[str, Neighbours], nb: Neighbours, listed_by: _Reverse, start: int, stop: int, sources: int
+    lists: Mapping[str, Neighbours],
+    name: str,
+    fresh: _Fresh,
+    listed_by: _Reverse,
+    rows: np.ndarray,
+    sources: int,
+    width: int,
 ) -> np.ndarray:
-    """(B, C) each row's candidates, every posting once, -1s last: the pooled lists, the rows that
-    list it, and its ``sources`` nearest neighbours' lists."""
-    near = nb.idx[start:stop, :sources]
-    grown = nb.idx[np.maximum(near, 0)]  # (B, sources, k)
-    grown[near < 0] = -1
-    parts = [other.idx[start:stop] for other in lists.values()]
-    cand = np.concatenate(parts + [listed_by.block(start, stop), grown.reshape(stop - start, -1)], 1)
-    cand.sort(axis=1)
-    cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1
-    cand.sort(axis=1)
-    return cand[:, ::-1]  # descending: a FAISS list ends at its first -1
+    """(B, C) each row's candidates that its own list lacks, every posting once, -1s last: the
+    other signals' lists, the rows that list it, and the best ``width`` of its ``sources`` nearest
+    neighbours' lists (of a neighbour listed before the previous round, only the fresh ones)."""
+    nb = lists[name]
+    own = nb.idx[rows]
+    near = np.maximum(own[:, :sources], 0)
+    grown = nb.idx[near, :width]  # (B, sources, width)
+    offered_before = ~fresh(near)[:, :, :width] & ~fresh(rows, slice(0, sources))[:, :, None]
+    grown[offered_before | (own[:, :sources] < 0)[:, :, None]] = -1
+    parts = [own]
+    parts += [other.idx[rows] for other_name, other in lists.items() if other_name != name]
+    parts += [listed_by.block(rows), grown.reshape(len(rows), -1)]
+    # twice the posting, plus 1 when offered: sorted, a listed posting's key comes just before its
+    # offers, and an offer within 1 of the key before it is listed already or offered twice
+    key = np.empty((len(rows), sum(p.shape[1] for p in parts)), dtype=np.int32 if len(nb) < 2**30 else np.int64)
+    at = 0
+    for i, part in enumerate(parts):
+        out = key[:, at : at + part.shape[1]]
+        np.multiply(part, 2, out=out, casting="unsafe")
+        out += i > 0
+        at += part.shape[1]
+    key.sort(axis=1)
+    gone = np.empty(key.shape, dtype=bool)
+    gone[:, 0] = False
+    np.less_equal(np.diff(key, axis=1), 1, out=gone[:, 1:])
+    gone |= (key & 1) == 0  # listed
+    gone |= key < 0  # no posting
+    key[gone] = np.iinfo(key.dtype).max
+    key.sort(axis=1)  # the candidates first
+    width = max(1, int((~gone).sum(1).max(initial=0)))
+    cand = key[:, :width] >> 1
+    cand[cand == np.iinfo(key.dtype).max >> 1] = -1  # a FAISS list ends at its first -1
+    return cand.astype(np.int64)
+
+
+def _merge(
+    nb: Neighbours, stamp: np.ndarray, rows: np.ndarray, new: tuple[np.ndarray, np.ndarray], round_: int
+) -> None:
+    """``rows`` of ``nb`` become the best k of their own entries and the ``new`` ones (which their
+    lists lack), and ``stamp`` marks the entries taken from ``new`` with ``round_``."""
+    idx = np.concatenate([nb.idx[rows], new[0]], 1)
+    sim = np.concatenate([nb.sim[rows], new[1]], 1)
+    came = np.concatenate([stamp[rows], np.full(new[0].shape, round_, dtype=stamp.dtype)], 1)
+    order = best_k_order(idx, sim, nb.k)
+    nb.idx[rows] = np.take_along_axis(idx, order, 1)
+    nb.sim[rows] = np.take_along_axis(sim, order, 1)
+    stamp[rows] = np.take_along_axis(came, order, 1)
 
 
 def _scorer(name: str, x: Any):
-    """How ``name``'s candidates are scored exactly: ``(cand, k, start) -> (idx, sim)``, best ``k`` first."""
+    """How ``name``'s candidates are scored exactly: ``(cand, k, rows) -> (idx, sim)``, best ``k`` first."""
     if name == "phash":
         codes = np.ascontiguousarray(x, dtype=np.uint8).view(np.uint64).ravel()
-        return lambda cand, k, start: _hamming_best(codes, cand, k, start)
+        return lambda cand, k, rows: _hamming_best(codes, cand, k, rows)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return lambda cand, k, start: rescore(x, np.ascontiguousarray(cand), k, start)
+    return lambda cand, k, rows: rescore(x, np.ascontiguousarray(cand), k, queries=x[rows])
 
 
-def _hamming_best(codes: np.ndarray, cand: np.ndarray, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` candidates nearest in Hamming distance to rows ``start...`` (ties by posting index)."""
-    dist = np.bitwise_count(codes[start : start + len(cand), None] ^ codes[np.maximum(cand, 0)])
+def _hamming_best(codes: np.ndarray, cand: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` candidates nearest in Hamming distance to ``rows`` (ties by posting index)."""
+    dist = np.bitwise_count(codes[rows, None] ^ codes[np.maximum(cand, 0)])
     sim = np.where(cand >= 0, 1.0 - dist.astype(np.float32) / PHASH_BITS, -np.inf).astype(np.float32)
     return best_k(cand, sim, k)

@@ -418,6 +418,7 @@ class _GalleryLists:
                     self.search.expand_rounds,
                     self.search.expand_sources,
                     self.search.n_threads,
+                    width=self.search.expand_width,
                 )
             for entry in entries:
                 entry.expanded = True

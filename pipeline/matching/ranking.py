@@ -35,6 +35,18 @@ def best_k(cand: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return idx, sim
 
 
+def best_k_order(cand: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) positions of each row's ``k`` best entries, in :func:`best_k`'s order, for when other
+    per-entry arrays ride along with the lists (its packed keys argsorted instead of sorted)."""
+    score = np.array(score, dtype=np.float32)
+    score[cand < 0] = -np.inf
+    key = descending_keys(score)
+    del score
+    key <<= np.uint64(32)
+    key |= index_keys(cand)
+    return np.argsort(key, axis=1)[:, :k]
+
+
 def descending_keys(sims: np.ndarray) -> np.ndarray:
     """uint64 keys (below 2**32) that sort float32 ``sims`` largest first, -inf and NaN last.
 

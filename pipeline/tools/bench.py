@@ -59,6 +59,7 @@ SEARCH_KEYS = (
     "tfidf_rare_floor",
     "expand_rounds",
     "expand_sources",
+    "expand_width",
 )
 
 

@@ -89,3 +89,46 @@ def test_a_gallery_expands_the_lists_of_a_hand_set_approximate_index_and_times_i
         np.testing.assert_array_equal(seen[m].idx, out[m].idx)
     again = gallery_neighbours(gallery, settings, SearchConfig(index="ivf", nprobe=1, nlist=64, k=20, expand_rounds=0))
     assert all(_recall(postings, {m: again[m]}, floors)[m] == before[m] for m in plain)
+
+
+def test_the_reverse_lists_name_every_row_listing_a_row_in_row_order():
+    from pipeline.matching.expansion import _Fresh, _Reverse
+
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.choice(40, 6, replace=False) for _ in range(40)])
+    idx[rng.random(idx.shape) < 0.2] = -1
+    nb = Neighbours(idx, np.zeros(idx.shape, np.float32))
+    reverse = _Reverse(nb, _Fresh(np.zeros(idx.shape, np.uint8), round_=1))
+    got = reverse.block(np.arange(40))
+    for row in range(40):
+        listing = [r for r in range(40) if row in idx[r]][: nb.k]
+        assert got[row][got[row] >= 0].tolist() == listing
+
+
+def test_a_second_round_scores_only_pairs_the_first_did_not_and_width_bounds_the_offers(postings, monkeypatch):
+    import pipeline.matching.expansion as expansion
+
+    floors = {"image": 0.3, "text": 0.3}
+    exact = {m: dense_knn(postings[m], 20) for m in ("image", "text")}
+    scored = []
+    rescore = expansion.rescore
+
+    def counting(x, cand, k, **queries):
+        scored.append(int((cand >= 0).sum()))
+        return rescore(x, cand, k, **queries)
+
+    monkeypatch.setattr(expansion, "rescore", counting)
+    runs = {}
+    for width in (20, 5):
+        lists = {m: _hidden(nb, 0.5, seed) for seed, (m, nb) in enumerate(exact.items())}
+        scored.clear()
+        expand_lists(postings, lists, rounds=2, sources=4, block=N, width=width)
+        runs[width] = (list(scored), _recall(postings, lists, floors))
+    (first, second, third, fourth), recall = runs[20]
+    assert third < first and fourth < second  # (image, text) in round 1, then round 2
+    assert min(recall.values()) > 0.97, recall
+    assert sum(runs[5][0]) < sum(runs[20][0]) * 0.75
+    # exact lists: the first round changes nothing, so the second has nothing left to offer
+    scored.clear()
+    expand_lists(postings, {"image": _copy(exact["image"])}, rounds=2, sources=4, block=N)
+    assert scored[0] > 0 and scored[1] == 0

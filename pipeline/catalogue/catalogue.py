@@ -142,7 +142,11 @@ class Catalogue:
     # ---- reading the database -----------------------------------------------------------------
 
     def live_count(self) -> int:
-        return int(self.con.execute("SELECT COUNT(*) FROM postings WHERE removed IS NULL").fetchone()[0])
+        """Postings not removed: the ids given (0 on, none ever deleted) less the tombstones, which
+        the ``removed`` index finds alone (:func:`~pipeline.catalogue.check.check` holds the ids to 0,
+        1, 2, ...); counting the live rows read every row, 32 ms at a million."""
+        removed = self.con.execute("SELECT COUNT(*) FROM postings WHERE removed IS NOT NULL").fetchone()[0]
+        return schema.next_id(self.con) - int(removed)
 
     def removed_ids(self) -> np.ndarray:
         return np.array(

@@ -24,10 +24,11 @@ from pipeline.catalogue.rule import Rule
 from pipeline.catalogue.store import VectorStore
 from pipeline.matching.candidates import Candidates, Gallery, build_candidates
 from pipeline.matching.decide import decide, union_mask
-from pipeline.matching.fusion import graph_blend
+from pipeline.matching.fusion import DENSE_SIGNALS, graph_blend
 from pipeline.matching.neighbours import Neighbours, search
 from pipeline.matching.pair_features import PairContext
 from pipeline.matching.pair_model import PAIR_SIGNAL
+from pipeline.matching.ranking import best_k
 
 IdLists = dict[str, tuple[np.ndarray, np.ndarray]]  # signal -> ((R, k) ids, (R, k) similarities)
 
@@ -59,14 +60,29 @@ class Scored:
 
 
 def search_batch(
-    store: VectorStore, rule: Rule, vectors: Mapping[str, Any], batch_ids: np.ndarray, within: bool = True
+    store: VectorStore,
+    rule: Rule,
+    vectors: Mapping[str, Any],
+    batch_ids: np.ndarray,
+    within: bool = True,
+    listed: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> IdLists:
     """Per searched signal, each batch posting's top-k among the catalogue and, with ``within``, the
-    batch itself; otherwise it lists itself alone besides the catalogue (a read-only query)."""
+    batch itself; otherwise it lists itself alone besides the catalogue (a read-only query).
+
+    Args:
+        listed: the stored lists of catalogue ids, ``(signal, ids) -> (idx, sim)``: with an
+            approximate dense index, each posting is also offered what its best finds list
+            (:func:`grown_from_lists`).
+    """
     k = rule.search.k
     out: IdLists = {}
     for s in rule.searched():
         sim_c, ids_c = store.search(s, vectors[s], k)
+        if listed is not None and rule.index.kind != "flat" and s in (*DENSE_SIGNALS, "concat"):
+            ids_c, sim_c = grown_from_lists(
+                lambda ids, s=s: store.fetch(s, ids), listed, s, vectors[s], ids_c, sim_c, rule.search
+            )
         if within:
             # Among the batch as predict searches its gallery: the run's index (``auto``: exact up
             # to 30,000 rows, HNSW above), so an init of a big first batch is not quadratic.
@@ -78,6 +94,41 @@ def search_batch(
             own_ids = np.where(np.isfinite(own_sim), own_ids, -1)
         out[s] = merge_rows(own_ids, own_sim, ids_c, sim_c, k)
     return out
+
+
+def grown_from_lists(
+    rows: Callable[[np.ndarray], np.ndarray],
+    listed: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    signal: str,
+    q: np.ndarray,
+    ids: np.ndarray,
+    sim: np.ndarray,
+    search: Any,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An approximate index's top-k of each query, with the best ``search.expand_width`` entries of
+    the stored lists of its ``search.expand_sources`` best finds offered too, every candidate
+    scored exactly: a neighbour's neighbour is likely a neighbour (as in
+    :mod:`pipeline.matching.expansion`), and the catalogue's stored lists are already there.
+
+    Args:
+        rows: the stored float32 rows of catalogue ids; listed: their stored lists.
+        q: (Q, D) the queries; ids, sim: (Q, k) the index's answer.
+    """
+    k, sources, width = ids.shape[1], search.expand_sources, search.expand_width
+    out_ids, out_sim = np.empty_like(ids), np.empty_like(sim)
+    for start in range(0, len(ids), block):
+        found = ids[start : start + block]
+        near = found[:, :sources]
+        grown = listed(signal, np.maximum(near, 0).ravel())[0][:, :width].reshape(len(near), sources, -1)
+        grown[near < 0] = -1
+        cand = np.sort(np.concatenate([found, grown.reshape(len(near), -1)], 1), axis=1)
+        cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1
+        x = np.zeros((*cand.shape, q.shape[1]), dtype=np.float32)
+        x[cand >= 0] = rows(cand[cand >= 0])
+        exact = np.einsum("qd,qcd->qc", q[start : start + block], x, optimize=False)
+        out_ids[start : start + block], out_sim[start : start + block] = best_k(cand, exact, k)
+    return out_ids, out_sim
 
 
 def _self_similarity(signal: str, x: Any) -> np.ndarray:
@@ -269,7 +320,8 @@ def score_batch(
         within: also search the batch among itself (an add); False: each query against the catalogue.
     """
     first_id, known = int(batch_ids[0]), int(batch_ids[0])
-    batch = search_batch(store, rule, vectors, batch_ids, within)
+    listed = lambda signal, ids: stored_rows(lists, signal, ids, known, removed)  # noqa: E731
+    batch = search_batch(store, rule, vectors, batch_ids, within, listed)
     updates = insert_batch(lists, batch, first_id, known, rule.search.k, removed)
     positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed)
     s = rule.settings

@@ -12,6 +12,7 @@ model's features and scores, and :func:`decide` with the thresholds moved to the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -320,7 +321,7 @@ def score_batch(
         within: also search the batch among itself (an add); False: each query against the catalogue.
     """
     first_id, known = int(batch_ids[0]), int(batch_ids[0])
-    listed = lambda signal, ids: stored_rows(lists, signal, ids, known, removed)  # noqa: E731
+    listed = functools.partial(stored_rows, lists, known=known, removed=removed)
     batch = search_batch(store, rule, vectors, batch_ids, within, listed)
     updates = insert_batch(lists, batch, first_id, known, rule.search.k, removed)
     positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed)

@@ -63,9 +63,9 @@ def expand_lists(
                 fresh = _Fresh(stamps[name], round_)
                 listed_by = _Reverse(nb, fresh)
                 for start in range(0, n, block):
-                    rows = np.arange(start, min(start + block, n))
+                    rows = slice(start, min(start + block, n))
                     cand = _candidates(lists, name, fresh, listed_by, rows, sources, width or nb.k)
-                    _merge(nb, stamps[name], rows, scorers[name](cand, nb.k, rows), round_)
+                    _merge(nb, stamps[name], rows, scorers[name](cand, nb.k, start), round_)
 
 
 class _Fresh:
@@ -103,13 +103,15 @@ class _Reverse:
         key &= np.uint64(2**32 - 1)
         self.rows = key.astype(np.int32 if n < 2**31 else np.int64)
 
-    def block(self, rows: np.ndarray) -> np.ndarray:
-        """(B, W) rows listing each of ``rows``, -1 padded, W at most k."""
-        counts = np.minimum(self.indptr[rows + 1] - self.indptr[rows], self.k)
-        owner = np.repeat(np.arange(len(rows)), counts)
-        rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        out = np.full((len(rows), max(1, int(counts.max(initial=0)))), -1, dtype=np.int64)
-        out[owner, rank] = self.rows[np.repeat(self.indptr[rows], counts) + rank]
+    def block(self, rows: slice) -> np.ndarray:
+        """(B, W) rows listing each of ``rows`` (a slice), -1 padded, W at most k."""
+        lo, hi = self.indptr[rows.start], self.indptr[rows.stop]
+        counts = np.diff(self.indptr[rows.start : rows.stop + 1])
+        owner = np.repeat(np.arange(len(counts)), counts)
+        rank = np.arange(hi - lo) - np.repeat(self.indptr[rows] - lo, counts)
+        keep = rank < self.k
+        out = np.full((len(counts), max(1, min(self.k, int(counts.max(initial=0))))), -1, dtype=np.int64)
+        out[owner[keep], rank[keep]] = self.rows[lo:hi][keep]
         return out
 
 
@@ -118,7 +120,7 @@ def _candidates(
     name: str,
     fresh: _Fresh,
     listed_by: _Reverse,
-    rows: np.ndarray,
+    rows: slice,
     sources: int,
     width: int,
 ) -> np.ndarray:
@@ -133,10 +135,10 @@ def _candidates(
     grown[offered_before | (own[:, :sources] < 0)[:, :, None]] = -1
     parts = [own]
     parts += [other.idx[rows] for other_name, other in lists.items() if other_name != name]
-    parts += [listed_by.block(rows), grown.reshape(len(rows), -1)]
+    parts += [listed_by.block(rows), grown.reshape(len(own), -1)]
     # twice the posting, plus 1 when offered: sorted, a listed posting's key comes just before its
     # offers, and an offer within 1 of the key before it is listed already or offered twice
-    key = np.empty((len(rows), sum(p.shape[1] for p in parts)), dtype=np.int32 if len(nb) < 2**30 else np.int64)
+    key = np.empty((len(own), sum(p.shape[1] for p in parts)), dtype=np.int32 if len(nb) < 2**30 else np.int64)
     at = 0
     for i, part in enumerate(parts):
         out = key[:, at : at + part.shape[1]]
@@ -157,9 +159,7 @@ def _candidates(
     return cand.astype(np.int64)
 
 
-def _merge(
-    nb: Neighbours, stamp: np.ndarray, rows: np.ndarray, new: tuple[np.ndarray, np.ndarray], round_: int
-) -> None:
+def _merge(nb: Neighbours, stamp: np.ndarray, rows: slice, new: tuple[np.ndarray, np.ndarray], round_: int) -> None:
     """``rows`` of ``nb`` become the best k of their own entries and the ``new`` ones (which their
     lists lack), and ``stamp`` marks the entries taken from ``new`` with ``round_``."""
     idx = np.concatenate([nb.idx[rows], new[0]], 1)
@@ -172,16 +172,16 @@ def _merge(
 
 
 def _scorer(name: str, x: Any):
-    """How ``name``'s candidates are scored exactly: ``(cand, k, rows) -> (idx, sim)``, best ``k`` first."""
+    """How ``name``'s candidates are scored exactly: ``(cand, k, start) -> (idx, sim)``, best ``k`` first."""
     if name == "phash":
         codes = np.ascontiguousarray(x, dtype=np.uint8).view(np.uint64).ravel()
-        return lambda cand, k, rows: _hamming_best(codes, cand, k, rows)
+        return lambda cand, k, start: _hamming_best(codes, cand, k, start)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return lambda cand, k, rows: rescore(x, np.ascontiguousarray(cand), k, queries=x[rows])
+    return lambda cand, k, start: rescore(x, np.ascontiguousarray(cand), k, start)
 
 
-def _hamming_best(codes: np.ndarray, cand: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` candidates nearest in Hamming distance to ``rows`` (ties by posting index)."""
-    dist = np.bitwise_count(codes[rows, None] ^ codes[np.maximum(cand, 0)])
+def _hamming_best(codes: np.ndarray, cand: np.ndarray, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` candidates nearest in Hamming distance to rows ``start...`` (ties by posting index)."""
+    dist = np.bitwise_count(codes[start : start + len(cand), None] ^ codes[np.maximum(cand, 0)])
     sim = np.where(cand >= 0, 1.0 - dist.astype(np.float32) / PHASH_BITS, -np.inf).astype(np.float32)
     return best_k(cand, sim, k)

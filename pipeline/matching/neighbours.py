@@ -262,11 +262,9 @@ def _auto_index(x: np.ndarray, k: int, settings: SearchConfig) -> str:
     return choose_index(x, k, settings.n_threads, settings.ef_search, settings.nprobe, settings.required_recall).index
 
 
-def rescore(
-    x: np.ndarray, idx: np.ndarray, k: int, start: int = 0, queries: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The listed rows of ``x`` rescored by exact inner product with ``queries`` (default: rows
-    ``x[start:start + len(idx)]``), the best ``k`` of each list kept, best first.
+def rescore(x: np.ndarray, idx: np.ndarray, k: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The listed rows of ``x`` rescored by exact inner product with queries ``x[start:start + len(idx)]``,
+    the best ``k`` of each list kept, best first.
 
     FAISS's threaded ``knn_inner_products_by_idx`` does it, a third of the time of :func:`pair_dots`
     over the lists and a sort (docs/speed.md). A row's list ends at its first -1, as FAISS's own lists do.
@@ -278,11 +276,10 @@ def rescore(
 
     n, m = idx.shape
     idx = np.ascontiguousarray(idx, dtype=np.int64)
-    queries = x[start : start + n] if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     out_idx = np.empty((n, k), dtype=np.int64)
     out_sim = np.empty((n, k), dtype=np.float32)
     faiss.knn_inner_products_by_idx(
-        faiss.swig_ptr(queries),
+        faiss.swig_ptr(x[start:]),
         faiss.swig_ptr(x),
         faiss.swig_ptr(idx),
         x.shape[1],

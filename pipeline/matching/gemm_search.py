@@ -92,13 +92,16 @@ def bf16_shortlists(
     n = x.shape[0]
     with torch_threads(threads), torch.inference_mode():
         xb = torch.from_numpy(x).to(torch.bfloat16)
+        # The right operand as a (D, N) contiguous copy: oneDNN reorders a transposed view on every
+        # product (70,000 x 512: 144 against 78 ms a block of 2,048 rows on an AMX machine).
+        xt = xb.T.contiguous()
         # One (block, N) buffer for every block's scores: a fresh one per block costs the kernel's
         # zeroing of its pages, which took 40% of the product's time at N = 70,000.
         buffer = torch.empty((min(block, n), n), dtype=torch.bfloat16)
         for start in range(0, n, block):
             stop = min(start + block, n)
             scores = buffer[: stop - start]
-            torch.matmul(xb[start:stop], xb.T, out=scores)  # (B, N) bfloat16
+            torch.matmul(xb[start:stop], xt, out=scores)  # (B, N) bfloat16
             yield start, stop, shortlist(scores, m)
 
 

@@ -202,9 +202,10 @@ def _probe_bf16(x: np.ndarray, k: int, threads: int) -> tuple[float, float]:
     m = min(len(base), k + MARGIN)
     with torch_threads(threads), torch.inference_mode():
         xb = torch.from_numpy(base).to(torch.bfloat16)
-        shortlist(xb[:64] @ xb.T, m)  # warm-up
+        xt = xb.T.contiguous()  # as the search lays it out
+        shortlist(xb[:64] @ xt, m)  # warm-up
         t0 = time.perf_counter()
-        scores = xb[:q] @ xb.T
+        scores = xb[:q] @ xt
         maxima = chunk_maxima(scores)
         t1 = time.perf_counter()
         _rescore_ip(base, shortlist(scores, m, maxima), min(k, len(base)), 0)

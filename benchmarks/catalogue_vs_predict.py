@@ -4,7 +4,8 @@ For each data set: ``synth``, then ``run`` (TF-IDF, phash, blending, the pair mo
 step), whose ``submission.csv`` is ``predict``'s answer on the test set. Then, per group mode and
 batch size, a catalogue of the run's training postings, the test set added in batches (thresholds
 moved to the test set's size, as ``predict`` moves them to its gallery), and the export of the
-test postings, scored against the same truth. The catalogue starts from the run's training
+test postings, scored against the same truth (mode ``run_stored``: ``run`` without rescoring the
+region's stored links). The catalogue starts from the run's training
 postings, or from the test set's first batch (then it ends holding ``predict``'s gallery):
 
     python -m benchmarks.catalogue_vs_predict --groups 40 30 --seed 1 --batches 1 10 0 \\
@@ -49,13 +50,15 @@ def catalogue_f1(
     training postings (labelled groups, the test set's sibling products among them); ``test``, one
     that starts from the test set's first batch, so it ends holding what ``predict``'s gallery holds."""
     step = batch or len(test)
+    options = {"size": len(test), "group": "run" if mode == "run_stored" else mode, "min2_joins": min2_joins}
+    options["rescore_region"] = mode != "run_stored"
     if init == "train":
-        cat, _ = init_from_run(run, out, size=len(test), group=mode, min2_joins=min2_joins)
+        cat, _ = init_from_run(run, out, **options)
         first = 0
     else:
         head = out.with_suffix(".first.csv")
         test.iloc[:step].to_csv(head, index=False)
-        cat, _ = init_from_run(run, out, postings=head, size=len(test), group=mode, min2_joins=min2_joins)
+        cat, _ = init_from_run(run, out, postings=head, **options)
         first = step
     for start in range(first, len(test), step):
         add_postings(cat, test.iloc[start : start + step].reset_index(drop=True), source="test.csv")
@@ -76,7 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--modalities", default="tfidf,phash", help="the run's modalities")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 10, 0], help="batch sizes (0: one batch)")
-    parser.add_argument("--modes", nargs="+", default=["components", "average", "run"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["components", "average", "run"],
+        help="group modes; run_stored: run weighing the region's stored links, not rescored ones",
+    )
     parser.add_argument("--min2-joins", action="store_true", help="a pair only min-2 accepted joins groups")
     parser.add_argument("--init", nargs="+", default=["train", "test"], help="what the catalogue starts from")
     parser.add_argument("--out", type=Path, help="CSV to write the rows to")

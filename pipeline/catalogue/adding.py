@@ -26,7 +26,7 @@ from pipeline.catalogue import schema
 from pipeline.catalogue.assign import Assignment, Links, assign, assign_average
 from pipeline.catalogue.catalogue import Catalogue, crash_point
 from pipeline.catalogue.evidence import decision_rows, link_rows
-from pipeline.catalogue.region import regroup_batch
+from pipeline.catalogue.region import region_of, regroup_batch
 from pipeline.catalogue.rule import Rule
 from pipeline.catalogue.schema import CatalogueError
 from pipeline.catalogue.scoring import Scored, score_batch
@@ -194,7 +194,9 @@ def _commit_batch(
     if cat.rule.group == "run" and labels is None:
         forced = cat.verdicts()[1]
         live = cat.live_count() + len(df)
-        result = regroup_batch(cat, ids, links, scored.accepted, live, forbidden, forced, next_group)
+        region = region_of(cat, ids, links, scored.accepted, live)
+        fresh = _rescored(cat, scored, vectors, ids, titles, live, region) if cat.rule.rescore_region else None
+        result = regroup_batch(cat, ids, links, scored.accepted, live, forbidden, forced, next_group, region, fresh)
     elif cat.rule.group == "average" and labels is None:
         sizes = dict(cat.con.execute("SELECT id, size FROM groups"))
         weight = links.accepted.astype(np.float64)
@@ -228,6 +230,44 @@ def _commit_batch(
         )
     )
     return decisions_of(cat, seq)
+
+
+def _rescored(
+    cat: Catalogue,
+    scored: Scored,
+    vectors: dict[str, Any],
+    ids: np.ndarray,
+    titles: np.ndarray,
+    live: int,
+    region: dict[int, int],
+) -> Links | None:
+    """The candidate links of the region's old postings, scored again with the batch inserted in
+    their lists (the batch's own search is reused)."""
+    if not region:
+        return None
+    old = np.array(sorted(region), np.int64)
+    again = score_batch(
+        cat.store,
+        cat.lists,
+        cat.rule,
+        vectors,
+        ids,
+        titles,
+        cat.column_titles,
+        cat.removed_ids(),
+        live=live,
+        threads=cat.threads,
+        requery=old,
+        searched=(scored.batch_lists, scored.updates),
+    )
+    c = again.candidates
+    mine = np.isin(again.ids[c.query], old)
+    return Links(
+        again.ids[c.query][mine],
+        again.ids[c.match][mine],
+        again.probability[mine].astype(np.float64),
+        again.accepted[mine],
+    )
 
 
 def _namer(cat: Catalogue, ids: np.ndarray, df: pd.DataFrame):

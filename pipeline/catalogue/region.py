@@ -31,6 +31,15 @@ def link_weights(group: GroupSettings, prob: np.ndarray, accepted: np.ndarray) -
     return accepted.astype(np.float64)
 
 
+def region_of(cat: Catalogue, ids: np.ndarray, links: Links, accepted: np.ndarray, live: int) -> dict[int, int]:
+    """Catalogue posting id -> group, for every live member of each group a batch posting links to
+    under the run's group step (the region's old postings)."""
+    group = cat.rule.group_settings().at_size(cat.rule.size or live)
+    linking = link_weights(group, group.probability(links.probability), accepted) > 0
+    reached = np.unique(links.b[linking & (links.b < ids[0])])
+    return _members(cat, sorted(set(cat.groups_of(reached).values())))
+
+
 def regroup_batch(
     cat: Catalogue,
     ids: np.ndarray,
@@ -40,6 +49,8 @@ def regroup_batch(
     forbidden: list[tuple[int, int]],
     forced: list[tuple[int, int]],
     next_group: int,
+    group_of: dict[int, int],
+    fresh: Links | None = None,
 ) -> Assignment:
     """The batch's groups under the run's group step, its region's old groups re-formed.
 
@@ -47,27 +58,30 @@ def regroup_batch(
         ids: the batch's posting ids; links: its candidate links (``a`` new); accepted: (P,) the
             threshold rule's decision on each, min-2's included (as ``predict`` passes it).
         live: the catalogue's live postings with the batch (the size the cut moves to).
+        group_of: the region's old postings and their groups (:func:`region_of`).
+        fresh: the region's old postings' candidate links scored again with the batch in the
+            catalogue (``a`` old; ``accepted`` the rule's decision): they stand in for the
+            region's stored rule links, scored when their batch came.
     """
     group = cat.rule.group_settings().at_size(cat.rule.size or live)
-    prob = group.probability(links.probability)
-    linking = link_weights(group, prob, accepted) > 0
-    reached = np.unique(links.b[linking & (links.b < ids[0])])
-    groups = sorted(set(cat.groups_of(reached).values()))
-    group_of = _members(cat, groups)
     old = np.array(sorted(group_of), np.int64)
     a, b, kind, raw, acc = _stored_links(cat, old)
     inside = np.isin(b, old)
     a, b, kind, raw, acc = a[inside], b[inside], kind[inside], raw[inside], acc[inside]
     labelled = kind == "label"
-    rule = kind == "rule"
+    if fresh is None:
+        rule = kind == "rule"
+        a_r, b_r, raw_r, acc_r = a[rule], b[rule], raw[rule], acc[rule]
+    else:
+        a_r, b_r, raw_r, acc_r = fresh.a, fresh.b, fresh.probability, fresh.accepted
     # Each pair once, its links' mean probability, accepted when any link was (as predict joins a
     # pair scored from both sides); the batch's ids are the catalogue's largest.
     edges = Edges.of(
-        np.r_[links.a, a[rule]],
-        np.r_[links.b, b[rule]],
-        np.r_[prob, group.probability(raw[rule])],
+        np.r_[links.a, a_r],
+        np.r_[links.b, b_r],
+        np.r_[group.probability(links.probability), group.probability(raw_r)],
         int(ids.max()) + 1,
-        np.r_[accepted, acc[rule]],
+        np.r_[accepted, acc_r],
     )
     bound = [*forced, *zip(a[labelled].tolist(), b[labelled].tolist())]
     pairs = (edges.a, edges.b, link_weights(group, edges.prob, edges.accepted > 0))

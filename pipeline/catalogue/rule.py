@@ -58,6 +58,9 @@ class Rule:
             singletons; a catalogue's new posting may be a new product, and one such pair would
             pull it (and, transitively, its batch) into a whole group. Off by default: the pair is
             kept, accepted, as evidence and for review, but does not join.
+        rescore_region: under ``run``, the region's old postings have their candidate pairs
+            scored again with the batch in the catalogue, and those scores, not the stored ones
+            (scored when each posting arrived, in a smaller catalogue), weigh their pairs.
     """
 
     settings: MatchSettings
@@ -72,6 +75,7 @@ class Rule:
     group: str = "components"
     group_cut: float = 0.5
     min2_joins: bool = False
+    rescore_region: bool = True
     _pair: PairModel | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -152,6 +156,7 @@ class Rule:
             "group": self.group,
             "group_cut": self.group_cut,
             "min2_joins": self.min2_joins,
+            "rescore_region": self.rescore_region,
         }
 
     @classmethod
@@ -169,6 +174,7 @@ class Rule:
             group=d.get("group", "components"),
             group_cut=float(d.get("group_cut", 0.5)),
             min2_joins=bool(d.get("min2_joins", False)),
+            rescore_region=bool(d.get("rescore_region", False)),
         )
 
 

@@ -236,12 +236,13 @@ def local_lists(
     updates: IdLists,
     known: int,
     removed: np.ndarray,
+    requery: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Neighbours]]:
     """The local gallery: (L,) posting ids and, per searched signal, (L, k) lists over local positions.
 
     Rows with lists: the batch, the catalogue postings its lists hold (with the batch inserted),
-    and for blending the blending neighbours of those; every other posting their lists name is a
-    position without a list of its own.
+    the ``requery`` postings, and for blending the blending neighbours of those; every other
+    posting their lists name is a position without a list of its own.
     """
     level = trims(rule)
     blocks: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in batch}
@@ -249,6 +250,10 @@ def local_lists(
         blocks[s].append((batch_ids, *_trimmed(idx, sim, level[s])))
     for s, (ids, idx, sim) in updates.items():
         blocks[s].append((ids, *_trimmed(idx, sim, level[s])))
+        # A requeried posting that no batch posting entered keeps its stored list.
+        got = np.setdiff1d(requery, ids) if requery is not None else ids[:0]
+        if len(got):
+            blocks[s].append((got, *_trimmed(*stored_rows(lists, s, got, known, removed), level[s])))
     if rule.blends:
         b = rule.settings.blend_signal
         have = np.concatenate([blk[0] for blk in blocks[b]])
@@ -309,6 +314,8 @@ def score_batch(
     live: int,
     within: bool = True,
     threads: int = 1,
+    requery: np.ndarray | None = None,
+    searched: tuple[IdLists, IdLists] | None = None,
 ) -> Scored:
     """Search, score and decide the candidate pairs of a batch whose postings get ``batch_ids``.
 
@@ -319,14 +326,21 @@ def score_batch(
         removed: the catalogue's removed ids (their stored list entries are dropped).
         live: the catalogue's live postings with the batch: the gallery size the thresholds move to.
         within: also search the batch among itself (an add); False: each query against the catalogue.
+        requery: catalogue postings whose candidate pairs are scored too, from their lists with the
+            batch inserted (sorted ids): a region's stored links, scored again as ``predict``
+            scores them in a gallery that holds the batch. ``c.query`` then also names them.
+        searched: ``(batch_lists, updates)`` of an earlier call on the same batch (no search again).
     """
     first_id, known = int(batch_ids[0]), int(batch_ids[0])
-    listed = functools.partial(stored_rows, lists, known=known, removed=removed)
-    batch = search_batch(store, rule, vectors, batch_ids, within, listed)
-    updates = insert_batch(lists, batch, first_id, known, rule.search.k, removed)
-    positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed)
+    if searched is None:
+        listed = functools.partial(stored_rows, lists, known=known, removed=removed)
+        batch = search_batch(store, rule, vectors, batch_ids, within, listed)
+        updates = insert_batch(lists, batch, first_id, known, rule.search.k, removed)
+    else:
+        batch, updates = searched
+    positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed, requery)
     s = rule.settings
-    queries = np.searchsorted(positions, batch_ids)
+    queries = np.searchsorted(positions, batch_ids if requery is None else np.r_[requery, batch_ids])
     if rule.blends:
         blended = nb[s.blend_signal]
         for round_ in range(s.blend_rounds):

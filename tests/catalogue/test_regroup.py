@@ -142,3 +142,34 @@ def test_a_killed_regrouping_add_is_repaired_and_resent_as_a_clean_add(synth_run
     assert again.equals(expected)
     assert check(cat) == []
     cat.close()
+
+
+def test_the_regions_old_postings_are_scored_again_with_the_batch_in_the_catalogue(synth_run, tmp_path, monkeypatch):
+    import pipeline.catalogue.adding as adding
+    from pipeline.catalogue.rule import Rule
+
+    test = read_postings(synth_run["data"] / "test.csv", labelled=False)
+    half = len(test) // 2
+    seen = []
+    rescored = adding._rescored
+    monkeypatch.setattr(adding, "_rescored", lambda *a, **k: seen.append(rescored(*a, **k)) or seen[-1])
+    for on in (True, False):
+        seen.clear()
+        cat, _ = init_from_run(synth_run["run"], tmp_path / f"C{on}", size=len(test), group="run", rescore_region=on)
+        add_postings(cat, test.iloc[:half].reset_index(drop=True), source="test.csv")
+        first = int(cat.con.execute("SELECT MAX(id) + 1 FROM postings").fetchone()[0])
+        add_postings(cat, test.iloc[half:].reset_index(drop=True), source="test.csv")
+        assert check(cat) == []
+        if not on:
+            assert seen == []  # the stored links weigh the region's pairs
+            cat.close()
+            continue
+        fresh = seen[-1]
+        region = set(cat.con.execute("SELECT id FROM postings WHERE id < ?", (first,)).fetchall())
+        assert len(fresh.a) and all((int(a),) in region for a in fresh.a)  # old postings only
+        assert (fresh.b >= first).any()  # ... and they now see the batch's postings
+        assert ((fresh.probability >= 0) & (fresh.probability <= 1)).all()
+        assert Rule.from_dict({**cat.rule.to_dict(), "rescore_region": True}).rescore_region
+        cat.close()
+    legacy = {k: v for k, v in cat.rule.to_dict().items() if k != "rescore_region"}
+    assert not Rule.from_dict(legacy).rescore_region  # a catalogue made before keeps its behaviour

@@ -10,6 +10,11 @@ postings, or from the test set's first batch (then it ends holding ``predict``'s
 
     python -m benchmarks.catalogue_vs_predict --groups 40 30 --seed 1 --batches 1 10 0 \\
         --modes components average run --out docs/results/catalogue_vs_predict.csv
+
+``--data`` adds data folders, such as the dev titles split by groups (no images: TF-IDF and phash):
+
+    python -m benchmarks.gallery_size split --tune-share 0.5 --seed 0 --out runs/dev_half
+    python -m benchmarks.catalogue_vs_predict --groups --data runs/dev_half --batches 100 --modes run run_stored
 """
 
 from __future__ import annotations
@@ -31,12 +36,18 @@ from pipeline.submission import read_matches
 FIELDS = ("data", "path", "group", "batch", "f1", "precision", "recall", "seconds")
 
 
-def trained_run(root: Path, groups: int, seed: int, image_size: int, modalities: str) -> tuple[Path, Path]:
+def trained_run(
+    root: Path, groups: int, seed: int, image_size: int, modalities: str, data: Path | None = None
+) -> tuple[Path, Path]:
+    """A run on ``data`` (a folder with train.csv, test.csv and test_truth.csv), or on a synthetic
+    data set of ``groups`` groups made first."""
     from pipeline.cli import main
     from pipeline.data.synth import make_synthetic
 
-    data, run = root / "data", root / "run"
-    make_synthetic(data, n_groups=groups, seed=seed, image_size=image_size, progress=False)
+    run = root / "run"
+    if data is None:
+        data = root / "data"
+        make_synthetic(data, n_groups=groups, seed=seed, image_size=image_size, progress=False)
     args = ["run", "--data", str(data), "--out", str(run), "--modalities", modalities]
     if main([*args, "folds.n_splits=3", "decision.cv_estimate=false"]) != 0:
         raise SystemExit(f"the run on {data} failed")
@@ -74,7 +85,15 @@ def _figures(score: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, nargs="+", default=[40, 30], help="synthetic data sets, by groups")
+    parser.add_argument("--groups", type=int, nargs="*", default=[40, 30], help="synthetic data sets, by groups")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="data folders (train.csv, test.csv, test_truth.csv) besides the synthetic sets, e.g. a dev "
+        "split written by `python -m benchmarks.gallery_size split`",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--modalities", default="tfidf,phash", help="the run's modalities")
@@ -91,9 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for groups in args.groups:
-            name = f"synth {groups} groups seed {args.seed}"
-            data, run = trained_run(Path(tmp) / str(groups), groups, args.seed, args.image_size, args.modalities)
+        sets = [(f"synth {g} groups seed {args.seed}", g, None) for g in args.groups]
+        sets += [(f"data {d.name}", 0, d) for d in args.data]
+        for name, groups, given in sets:
+            root = Path(tmp) / (str(groups) if given is None else given.name)
+            data, run = trained_run(root, groups, args.seed, args.image_size, args.modalities, given)
             test = read_postings(data / "test.csv", labelled=False)
             labels = pd.read_csv(data / "test_truth.csv")
             truth = true_sets_from_labels(labels["posting_id"].tolist(), labels["label_group"].tolist())
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:24} predict", _figures(rows[-1]))
             for init, mode, batch in itertools.product(args.init, args.modes, args.batches):
                 t0 = time.perf_counter()
-                out = Path(tmp) / f"C_{groups}_{init}_{mode}_{batch}"
+                out = root / f"C_{init}_{mode}_{batch}"
                 score = catalogue_f1(run, test, truth, out, mode, batch, init, args.min2_joins)
                 row = {"data": name, "path": f"catalogue from {init}", "group": mode, "batch": batch or len(test)}
                 rows.append({**row, **score, "seconds": round(time.perf_counter() - t0, 1)})

@@ -1,8 +1,9 @@
 """The run's group step on a catalogue (``group: run``): a batch's region, clustered again.
 
 The region is the batch's new postings and every live member of each group one of them links to.
-Its posting pairs are the batch's candidate links and the links stored by earlier batches between
-region members, weighted as the run's group step weighs them
+Its posting pairs are the batch's candidate links and, between region members, the candidate links
+of the region's old postings scored again with the batch in the catalogue (``Rule.rescore_region``;
+without it, the links stored when each arrived), weighted as the run's group step weighs them
 (:class:`~pipeline.matching.groups.GroupSettings`, moved to the catalogue's size): the pair
 model's calibrated probability, kept where the threshold rule accepted the pair (``weights:
 accepted``), on every candidate (``prob``), or 1 per accepted pair (``density``). Known labels

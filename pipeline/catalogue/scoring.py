@@ -39,7 +39,7 @@ class Scored:
     """The batch's candidate pairs, scored and decided.
 
     Attributes:
-        candidates: pairs over local positions; ``ids[c.query]`` are batch postings.
+        candidates: pairs over local positions; ``ids[c.query]`` are batch postings (or requeried ones).
         accepted: (P,) bool, the rule's decision.
         joins: (P,) bool, the accepted pairs that join groups (min-2's only with ``rule.min2_joins``).
         ids: (L,) posting id of each local position.

@@ -173,19 +173,7 @@ def _commit_batch(
     first_id = schema.next_id(cat.con)
     ids = np.arange(first_id, first_id + len(df), dtype=np.int64)
     titles = np.asarray(df["title"].tolist(), dtype=object)
-    scored = score_batch(
-        cat.store,
-        cat.lists,
-        cat.rule,
-        vectors,
-        ids,
-        titles,
-        cat.column_titles,
-        cat.removed_ids(),
-        live=cat.live_count() + len(df),
-        within=True,
-        threads=cat.threads,
-    )
+    scored = _scored(cat, vectors, ids, titles, cat.live_count() + len(df))
     links = _links(scored) if labels is None else _label_links(ids, labels)
     groups = cat.groups_of(links.b[links.b < first_id])
     forbidden, _ = cat.verdicts()
@@ -232,6 +220,24 @@ def _commit_batch(
     return decisions_of(cat, seq)
 
 
+def _scored(cat: Catalogue, vectors: dict[str, Any], ids: np.ndarray, titles: np.ndarray, live: int, **extra) -> Scored:
+    """:func:`score_batch` of a batch added to ``cat`` (``extra``: its ``requery`` and ``searched``)."""
+    return score_batch(
+        cat.store,
+        cat.lists,
+        cat.rule,
+        vectors,
+        ids,
+        titles,
+        cat.column_titles,
+        cat.removed_ids(),
+        live=live,
+        within=True,
+        threads=cat.threads,
+        **extra,
+    )
+
+
 def _rescored(
     cat: Catalogue,
     scored: Scored,
@@ -246,20 +252,7 @@ def _rescored(
     if not region:
         return None
     old = np.array(sorted(region), np.int64)
-    again = score_batch(
-        cat.store,
-        cat.lists,
-        cat.rule,
-        vectors,
-        ids,
-        titles,
-        cat.column_titles,
-        cat.removed_ids(),
-        live=live,
-        threads=cat.threads,
-        requery=old,
-        searched=(scored.batch_lists, scored.updates),
-    )
+    again = _scored(cat, vectors, ids, titles, live, requery=old, searched=(scored.batch_lists, scored.updates))
     c = again.candidates
     mine = np.isin(again.ids[c.query], old)
     return Links(

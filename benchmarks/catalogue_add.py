@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=1_000, help="postings added as one batch")
     parser.add_argument("--dim", type=int, default=64, help="width of each dense modality")
     parser.add_argument("--queries", type=int, default=200, help="single-posting matches timed")
-    parser.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq", "hnsw"])
+    parser.add_argument("--index", default="flat", choices=["auto", "flat", "ivf", "ivfsq", "hnsw"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recall-sample", type=int, default=500, help="batch postings whose lists are checked")

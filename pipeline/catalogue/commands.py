@@ -40,7 +40,12 @@ def _writing_actions(action: Callable[..., argparse.ArgumentParser]) -> None:
     q.add_argument("--out", required=True, type=Path, help="the catalogue folder to create (new or empty)")
     q.add_argument("--postings", type=Path, help="a CSV in the data contract instead of the run's train.csv")
     q.add_argument("--images", type=Path, help="the images of --postings")
-    q.add_argument("--index", default="flat", choices=["flat", "ivf", "ivfsq", "hnsw"], help="dense index kind")
+    q.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "flat", "ivf", "ivfsq", "hnsw"],
+        help="dense index kind (auto: exact below 200,000 live postings, IVF from there)",
+    )
     q.add_argument("--size", type=int, default=0, help="gallery size thresholds move to (0: live postings)")
     q.add_argument(
         "--group",

@@ -80,7 +80,7 @@ def search_batch(
     out: IdLists = {}
     for s in rule.searched():
         sim_c, ids_c = store.search(s, vectors[s], k)
-        if listed is not None and rule.index.kind != "flat" and s in (*DENSE_SIGNALS, "concat"):
+        if listed is not None and s in (*DENSE_SIGNALS, "concat") and store.approximate(s):
             ids_c, sim_c = grown_from_lists(
                 lambda ids, s=s: store.fetch(s, ids), listed, s, vectors[s], ids_c, sim_c, rule.search
             )

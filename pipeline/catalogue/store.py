@@ -62,6 +62,10 @@ class VectorStore(Protocol):
     def fetch(self, signal: str, ids: np.ndarray) -> Any:
         """The stored rows of ``ids``, in that order."""
 
+    def approximate(self, signal: str) -> bool:
+        """Whether ``signal``'s index answers approximately (a dense one that is not flat now)."""
+        return bool(getattr(self.indexes[signal], "approximate", False))
+
     def indexed_ids(self, signal: str) -> np.ndarray:
         """Every live id the signal's index answers with (for the integrity check)."""
 
@@ -291,6 +295,10 @@ class LocalVectorStore:
         rows = (lambda ids: self._rows(spec)[ids]) if spec.kind == "dense" else None
         with faiss_threads(self.threads):
             return self.indexes[signal].search(queries, k, rows)
+
+    def approximate(self, signal: str) -> bool:
+        """Whether ``signal``'s index answers approximately (a dense one that is not flat now)."""
+        return bool(getattr(self.indexes[signal], "approximate", False))
 
     def indexed_ids(self, signal: str) -> np.ndarray:
         index = self.indexes[signal]

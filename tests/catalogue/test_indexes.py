@@ -47,3 +47,25 @@ def test_hnsw_tombstones_until_stale_then_a_rebuild(tmp_path):
     remove_postings(cat, ["p7"])
     index = cat.store.indexes["text"]
     assert not index.dead and index.index.ntotal == 61 and check(cat) == []
+
+
+def test_auto_is_exact_while_small_and_turns_to_ivf_past_auto_rows(tmp_path):
+    from pipeline.catalogue import open_catalogue
+
+    rng = np.random.default_rng(5)
+    centres = unit(rng.normal(size=(20, DIM)))
+    x = unit(np.repeat(centres, 3, axis=0) + 0.01 * rng.normal(size=(60, DIM)))
+    rule = dataclasses.replace(vector_rule(), index=IndexConfig(kind="auto", auto_rows=64))
+    cat, _ = init_with_vectors(tmp_path / "C", rule, postings([f"p{i}" for i in range(60)]), {"text": x})
+    assert cat.store.indexes["text"].kind == "flat" and not cat.store.approximate("text")
+    new = unit(centres[:6] + 0.01 * rng.normal(size=(6, DIM)))
+    add_postings(cat, postings([f"n{i}" for i in range(6)]), vectors={"text": new})  # 66 live: past 64
+    assert cat.store.indexes["text"].kind == "ivf" and cat.store.approximate("text")
+    assert check(cat) == []
+    cat.close()
+    again = open_catalogue(tmp_path / "C")
+    got = match_postings(again, postings(["q"]), vectors={"text": unit(centres[:1] + 0.02)}, top=4)
+    assert {c.posting_id for c in got[0].candidates} >= {"p0", "p1", "p2", "n0"}  # a centre's whole group
+    assert again.store.indexes["text"].kind == "ivf"  # loaded: the snapshot says what it was built as
+    assert check(again) == []
+    again.close()

@@ -82,7 +82,7 @@ class DenseIndex:
 
     def __init__(self, dim: int, cfg: IndexConfig):
         self.dim, self.cfg = dim, cfg
-        self.kind = self.kind_for(0)  # what the index is now (``auto`` resolved)
+        self.kind = "flat" if cfg.kind == "auto" else cfg.kind  # what the index is now
         self.index = None
         self.dead: set[int] = set()
         self.built_rows = 0  # rows at the last (re)build: an IVF index retrains as the catalogue grows
@@ -111,10 +111,12 @@ class DenseIndex:
         self.add(ids, x)
 
     def kind_for(self, live: int) -> str:
-        """The kind an index of ``live`` postings is built as."""
+        """The kind an index of ``live`` postings is built as. ``auto`` turns back to exact only
+        below half of ``auto_rows``, so that a catalogue near the line is not rebuilt batch after batch."""
         if self.cfg.kind != "auto":
             return self.cfg.kind
-        return "ivf" if live >= self.cfg.auto_rows else "flat"
+        line = self.cfg.auto_rows // 2 if self.kind == "ivf" else self.cfg.auto_rows
+        return "ivf" if live >= line else "flat"
 
     @property
     def approximate(self) -> bool:

@@ -69,3 +69,5 @@ def test_auto_is_exact_while_small_and_turns_to_ivf_past_auto_rows(tmp_path):
     assert again.store.indexes["text"].kind == "ivf"  # loaded: the snapshot says what it was built as
     assert check(again) == []
     again.close()
+    index = again.store.indexes["text"]
+    assert not index.stale(40) and index.stale(31)  # back to exact only below half the line

@@ -254,13 +254,7 @@ def _rescored(
     old = np.array(sorted(region), np.int64)
     again = _scored(cat, vectors, ids, titles, live, requery=old, searched=(scored.batch_lists, scored.updates))
     c = again.candidates
-    mine = np.isin(again.ids[c.query], old)
-    return Links(
-        again.ids[c.query][mine],
-        again.ids[c.match][mine],
-        again.probability[mine].astype(np.float64),
-        again.accepted[mine],
-    )
+    return Links(again.ids[c.query], again.ids[c.match], again.probability.astype(np.float64), again.accepted)
 
 
 def _namer(cat: Catalogue, ids: np.ndarray, df: pd.DataFrame):

@@ -39,7 +39,8 @@ class Scored:
     """The batch's candidate pairs, scored and decided.
 
     Attributes:
-        candidates: pairs over local positions; ``ids[c.query]`` are batch postings (or requeried ones).
+        candidates: pairs over local positions; ``ids[c.query]`` are batch postings (the
+            requeried ones when ``score_batch`` was given ``requery``).
         accepted: (P,) bool, the rule's decision.
         joins: (P,) bool, the accepted pairs that join groups (min-2's only with ``rule.min2_joins``).
         ids: (L,) posting id of each local position.
@@ -326,9 +327,9 @@ def score_batch(
         removed: the catalogue's removed ids (their stored list entries are dropped).
         live: the catalogue's live postings with the batch: the gallery size the thresholds move to.
         within: also search the batch among itself (an add); False: each query against the catalogue.
-        requery: catalogue postings whose candidate pairs are scored too, from their lists with the
-            batch inserted (sorted ids): a region's stored links, scored again as ``predict``
-            scores them in a gallery that holds the batch. ``c.query`` then also names them.
+        requery: catalogue postings whose candidate pairs are scored instead of the batch's, from
+            their lists with the batch inserted: a region's stored links, scored again as
+            ``predict`` scores them in a gallery that holds the batch.
         searched: ``(batch_lists, updates)`` of an earlier call on the same batch (no search again).
     """
     first_id, known = int(batch_ids[0]), int(batch_ids[0])
@@ -340,7 +341,7 @@ def score_batch(
         batch, updates = searched
     positions, nb = local_lists(rule, lists, batch_ids, batch, updates, known, removed, requery)
     s = rule.settings
-    queries = np.searchsorted(positions, batch_ids if requery is None else np.r_[requery, batch_ids])
+    queries = np.searchsorted(positions, batch_ids if requery is None else requery)
     if rule.blends:
         blended = nb[s.blend_signal]
         for round_ in range(s.blend_rounds):

@@ -64,7 +64,6 @@ class VectorStore(Protocol):
 
     def approximate(self, signal: str) -> bool:
         """Whether ``signal``'s index answers approximately (a dense one that is not flat now)."""
-        return bool(getattr(self.indexes[signal], "approximate", False))
 
     def indexed_ids(self, signal: str) -> np.ndarray:
         """Every live id the signal's index answers with (for the integrity check)."""

@@ -33,7 +33,7 @@ from pipeline.data.contract import read_postings
 from pipeline.metric import score_matches, true_sets_from_labels
 from pipeline.submission import read_matches
 
-FIELDS = ("data", "path", "group", "batch", "f1", "precision", "recall", "seconds")
+FIELDS = ("data", "path", "group", "unseen", "batch", "f1", "precision", "recall", "seconds")
 
 
 def trained_run(
@@ -55,13 +55,23 @@ def trained_run(
 
 
 def catalogue_f1(
-    run: Path, test: pd.DataFrame, truth: dict, out: Path, mode: str, batch: int, init: str, min2_joins: bool = False
+    run: Path,
+    test: pd.DataFrame,
+    truth: dict,
+    out: Path,
+    mode: str,
+    batch: int,
+    init: str,
+    min2_joins: bool = False,
+    unseen: str = "hashed",
 ) -> dict:
     """The F1 of the test postings' exported groups. ``init``: ``train``, a catalogue of the run's
     training postings (labelled groups, the test set's sibling products among them); ``test``, one
-    that starts from the test set's first batch, so it ends holding what ``predict``'s gallery holds."""
+    that starts from the test set's first batch, so it ends holding what ``predict``'s gallery holds.
+    ``unseen``: what a title term the run's titles never held weighs (``catalogue init --unseen-terms``)."""
     step = batch or len(test)
     options = {"size": len(test), "group": "run" if mode == "run_stored" else mode, "min2_joins": min2_joins}
+    options["unseen_terms"] = unseen
     options["rescore_region"] = mode != "run_stored"
     if init == "train":
         cat, _ = init_from_run(run, out, **options)
@@ -106,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--min2-joins", action="store_true", help="a pair only min-2 accepted joins groups")
     parser.add_argument("--init", nargs="+", default=["train", "test"], help="what the catalogue starts from")
+    parser.add_argument(
+        "--unseen", nargs="+", default=["hashed"], choices=["hashed", "ignored"], help="unseen title terms"
+    )
     parser.add_argument("--out", type=Path, help="CSV to write the rows to")
     args = parser.parse_args(argv)
     rows = []
@@ -120,13 +133,14 @@ def main(argv: list[str] | None = None) -> None:
             truth = true_sets_from_labels(labels["posting_id"].tolist(), labels["label_group"].tolist())
             rows.append({"data": name, "path": "predict", **score_matches(read_matches(run / "submission.csv"), truth)})
             print(f"{name:24} predict", _figures(rows[-1]))
-            for init, mode, batch in itertools.product(args.init, args.modes, args.batches):
+            for unseen, init, mode, batch in itertools.product(args.unseen, args.init, args.modes, args.batches):
                 t0 = time.perf_counter()
-                out = root / f"C_{init}_{mode}_{batch}"
-                score = catalogue_f1(run, test, truth, out, mode, batch, init, args.min2_joins)
-                row = {"data": name, "path": f"catalogue from {init}", "group": mode, "batch": batch or len(test)}
+                out = root / f"C_{unseen}_{init}_{mode}_{batch}"
+                score = catalogue_f1(run, test, truth, out, mode, batch, init, args.min2_joins, unseen)
+                row = {"data": name, "path": f"catalogue from {init}", "group": mode, "unseen": unseen}
+                row["batch"] = batch or len(test)
                 rows.append({**row, **score, "seconds": round(time.perf_counter() - t0, 1)})
-                print(f"{name:24} {row['path']:20} {mode:10} {row['batch']:>4}", _figures(score))
+                print(f"{name:24} {row['path']:20} {mode:10} {unseen:8} {row['batch']:>4}", _figures(score))
     if args.out:
         with open(args.out, "w", newline="") as f:
             w = csv.DictWriter(f, FIELDS, extrasaction="ignore")

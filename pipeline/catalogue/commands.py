@@ -53,6 +53,12 @@ def _writing_actions(action: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["auto", "run", "components", "average"],
         help="how groups form (auto: the run's group step when it has one, else components)",
     )
+    q.add_argument(
+        "--unseen-terms",
+        default="hashed",
+        choices=["hashed", "ignored"],
+        help="a title term no training title held: a hashed term at the highest idf (default), or no weight",
+    )
     _threads(q)
 
     q = action("add", _add, "Add a batch of postings (one transaction); writes its decisions CSV.")
@@ -135,6 +141,7 @@ def _init(args) -> int:
         IndexConfig(kind=args.index),
         args.size,
         args.threads,
+        args.unseen_terms,
         group=args.group,
     )
     print(json.dumps({"catalogue": str(args.out), "postings": cat.live_count(), "groups": _groups(cat)}))

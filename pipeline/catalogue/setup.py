@@ -3,7 +3,7 @@
 Its first batch is the run's training postings, grouped by their ``label_group`` (known groups),
 or any CSV in the data contract: grouped by its ``label_group`` when it has one, otherwise by the
 run's rule, as an ``add`` into an empty catalogue would. The TF-IDF vocabulary is fitted on the
-run's training titles either way.
+run's training titles either way; a term they never held is hashed or ignored (``unseen_terms``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def init_from_run(
     index: IndexConfig | None = None,
     size: int = 0,
     threads: int = 1,
+    unseen_terms: str = "hashed",
     **rule_options,
 ) -> tuple[Catalogue, pd.DataFrame]:
     """A catalogue at ``out`` applying the run's rule, holding its first batch; (catalogue, decisions).
@@ -37,6 +38,8 @@ def init_from_run(
         postings: a CSV in the data contract (default: the run's train.csv).
         images_dir: the images of ``postings`` (default: the run's train_images when it is train.csv).
         size: the gallery size thresholds move to (0: the catalogue's live postings).
+        unseen_terms: what a title term the run's titles never held weighs: ``hashed``, a term of its
+            own at the highest idf, or ``ignored``, nothing (:mod:`pipeline.catalogue.vocabulary`).
         rule_options: other :class:`~pipeline.catalogue.rule.Rule` fields (``group``, ``group_cut``).
     """
     from pipeline.runs.folder import open_run
@@ -44,7 +47,9 @@ def init_from_run(
     check_new_folder(Path(out))  # before the embedding, which can take hours
     run = open_run(run_dir)
     rule = rule_of_run(run_dir, index or IndexConfig(), size, **rule_options)
-    vocabulary = TitleVocabulary.fit(run.train_df()["title"].tolist(), rule.tfidf) if "tfidf" in rule.stored() else None
+    vocabulary = None
+    if "tfidf" in rule.stored():
+        vocabulary = TitleVocabulary.fit(run.train_df()["title"].tolist(), rule.tfidf, unseen_terms)
     needs_images = "image" in rule.learned() or rule.phash_source == "image"
     if postings is None:
         df = run.data.read("train", check_images=needs_images)

@@ -2,24 +2,50 @@
 
 ``predict`` fits TF-IDF on the gallery it matches (:func:`pipeline.matching.signals.tfidf_vectors`).
 A catalogue cannot: refitting on every batch would move every stored vector. It fits the same
-vectoriser with the same settings once, on the run's training postings (or the ``init`` CSV), and
-transforms every later title with those terms and weights. A word no title of the fit held simply
-has no weight: a title made only of new words has a zero vector and no TF-IDF neighbour
+vectoriser with the same settings once, on the run's training postings, and transforms every later
+title with those terms and weights.
+
+A term that no fitted title held (``unseen``):
+
+- ``hashed`` (new catalogues): gets a column of its own among ``UNSEEN_BUCKETS`` hashed ones, with
+  the weight of a term in none of the fitted titles, the highest idf there is. Two postings that
+  share a new brand or model word match on it, as they would in ``predict``, whose vocabulary holds
+  the gallery's words. The weight never changes, so no stored vector moves.
+- ``ignored`` (catalogues written before the choice existed): has no weight, and a title made
+  only of new words has a zero vector and no TF-IDF neighbour.
+
+A term the fit dropped (``min_df``, ``max_df``, ``max_features``) stays dropped either way
 (docs/catalogue.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.utils import murmurhash3_32
 
 from pipeline.data.titles import normalise_title
 from pipeline.matching.signals import TfidfConfig, l2_rows
-from pipeline.settings import build
+from pipeline.settings import build, require
+
+UNSEEN = ("hashed", "ignored")
+UNSEEN_BUCKETS = 1 << 18  # columns the unseen terms are hashed into, per part
+
+
+@dataclass
+class VocabularyPart:
+    """One analyzer's frozen terms: ``vectoriser`` is None where the fit kept no term."""
+
+    analyzer: str  # word | char_wb
+    weight: float  # share of the cosine
+    vectoriser: TfidfVectorizer | None
+    dropped: frozenset[str] = frozenset()  # terms the fit held but dropped (min_df, max_df, max_features)
 
 
 class TitleVocabulary:
@@ -29,57 +55,97 @@ class TitleVocabulary:
     gives on them (tests/catalogue/test_vocabulary.py checks it).
     """
 
-    def __init__(self, cfg: TfidfConfig, parts: list[tuple[str, float, TfidfVectorizer | None]]):
-        self.cfg = cfg
-        self.parts = parts  # (analyzer, weight, vectoriser or None where it kept no term)
+    def __init__(self, cfg: TfidfConfig, parts: list[VocabularyPart], unseen: str = "ignored", fitted_titles: int = 0):
+        require(unseen in UNSEEN, "unseen", f"one of {list(UNSEEN)}", unseen)
+        self.cfg, self.parts, self.unseen, self.fitted_titles = cfg, parts, unseen, fitted_titles
 
     @classmethod
-    def fit(cls, titles: Sequence[str], cfg: TfidfConfig) -> TitleVocabulary:
+    def fit(cls, titles: Sequence[str], cfg: TfidfConfig, unseen: str = "hashed") -> TitleVocabulary:
         cleaned = [normalise_title(str(t)) for t in titles]
         parts = []
         if cfg.analyzer in ("word", "both"):
             weight = 1.0 - cfg.char_weight if cfg.analyzer == "both" else 1.0
-            parts.append(("word", weight, _fitted(cleaned, cfg, "word")))
+            parts.append(_part(cleaned, cfg, "word", weight))
         if cfg.analyzer in ("char_wb", "both"):
             weight = cfg.char_weight if cfg.analyzer == "both" else 1.0
-            parts.append(("char_wb", weight, _fitted(cleaned, cfg, "char_wb")))
-        return cls(cfg, parts)
+            parts.append(_part(cleaned, cfg, "char_wb", weight))
+        return cls(cfg, parts, unseen, len(cleaned))
 
     @property
     def size(self) -> int:
-        return sum(len(v.vocabulary_) if v is not None else 1 for _, _, v in self.parts)
+        return sum(len(p.vectoriser.vocabulary_) if p.vectoriser is not None else 1 for p in self.parts)
+
+    @property
+    def unseen_idf(self) -> float:
+        """The smoothed idf of a term in none of the fitted titles (scikit-learn's formula at df 0)."""
+        return math.log(1.0 + self.fitted_titles) + 1.0
 
     def transform(self, titles: Sequence[str]) -> sp.csr_matrix:
-        """(N, V) L2-normalised rows; a title with no known term is a zero row."""
+        """(N, V) L2-normalised rows; a title with no known term (nor, ``hashed``, a new one) is a zero row."""
         cleaned = [normalise_title(str(t)) for t in titles]
         blocks = []
-        for _, weight, v in self.parts:
-            x = sp.csr_matrix((len(cleaned), 1), dtype=np.float32) if v is None else v.transform(cleaned)
-            blocks.append(np.sqrt(weight) * sp.csr_matrix(x, dtype=np.float32))
+        for part in self.parts:
+            if part.vectoriser is None:
+                x = sp.csr_matrix((len(cleaned), 1), dtype=np.float32)
+            elif self.unseen == "hashed":
+                x = self._hashed(part, cleaned)
+            else:
+                x = part.vectoriser.transform(cleaned)
+            blocks.append(np.sqrt(part.weight) * sp.csr_matrix(x, dtype=np.float32))
         return l2_rows(sp.hstack(blocks, format="csr", dtype=np.float32))
+
+    def _hashed(self, part: VocabularyPart, titles: list[str]) -> sp.csr_matrix:
+        """One part's rows: known terms at their columns and idf, unseen ones in hashed columns
+        after them at ``unseen_idf``; counted, weighted and normalised as the vectoriser does."""
+        v = part.vectoriser
+        analyse, known = v.build_analyzer(), v.vocabulary_
+        width = len(known)
+        indices: list[int] = []
+        indptr = [0]
+        for title in titles:
+            for term in analyse(title):
+                j = known.get(term)
+                if j is None:
+                    if term in part.dropped:
+                        continue
+                    j = width + murmurhash3_32(term, positive=True) % UNSEEN_BUCKETS
+                indices.append(j)
+            indptr.append(len(indices))
+        x = sp.csr_matrix(
+            (np.ones(len(indices), np.float32), np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
+            shape=(len(titles), width + UNSEEN_BUCKETS),
+        )
+        x.sum_duplicates()
+        if v.sublinear_tf:
+            x.data = 1.0 + np.log(x.data)
+        idf = np.concatenate([np.asarray(v.idf_, np.float32), [np.float32(self.unseen_idf)]])
+        x.data *= idf[np.minimum(x.indices, width)]
+        return l2_rows(x)
 
     def to_dict(self) -> dict[str, Any]:
         parts = []
-        for analyzer, weight, v in self.parts:
-            if v is None:
-                parts.append({"analyzer": analyzer, "weight": weight, "terms": None, "idf": None})
-                continue
-            terms = sorted(v.vocabulary_, key=v.vocabulary_.get)
-            parts.append({"analyzer": analyzer, "weight": weight, "terms": terms, "idf": v.idf_.tolist()})
-        return {"config": {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__}, "parts": parts}
+        for p in self.parts:
+            entry: dict[str, Any] = {"analyzer": p.analyzer, "weight": p.weight, "terms": None, "idf": None}
+            if p.vectoriser is not None:
+                known = p.vectoriser.vocabulary_
+                entry.update(terms=sorted(known, key=known.get), idf=p.vectoriser.idf_.tolist())
+                entry["dropped"] = sorted(p.dropped)
+            parts.append(entry)
+        config = {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__}
+        return {"config": config, "parts": parts, "unseen": self.unseen, "fitted_titles": self.fitted_titles}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TitleVocabulary:
         cfg = build(TfidfConfig, d["config"], prefix="tfidf.")
         parts = []
         for p in d["parts"]:
-            if p["terms"] is None:
-                parts.append((p["analyzer"], float(p["weight"]), None))
-                continue
-            v = _vectoriser(cfg, p["analyzer"], vocabulary={t: i for i, t in enumerate(p["terms"])})
-            v.idf_ = np.asarray(p["idf"], dtype=np.float32)
-            parts.append((p["analyzer"], float(p["weight"]), v))
-        return cls(cfg, parts)
+            v = None
+            if p["terms"] is not None:
+                v = _vectoriser(cfg, p["analyzer"], vocabulary={t: i for i, t in enumerate(p["terms"])})
+                v.idf_ = np.asarray(p["idf"], dtype=np.float32)
+            parts.append(VocabularyPart(p["analyzer"], float(p["weight"]), v, frozenset(p.get("dropped", ()))))
+        # A catalogue written before ``unseen`` existed ignored new terms: it keeps doing so.
+        return cls(cfg, parts, d.get("unseen", "ignored"), int(d.get("fitted_titles", 0)))
 
 
 def _vectoriser(cfg: TfidfConfig, analyzer: str, **kwargs: Any) -> TfidfVectorizer:
@@ -91,6 +157,15 @@ def _vectoriser(cfg: TfidfConfig, analyzer: str, **kwargs: Any) -> TfidfVectoriz
         dtype=np.float32,
         **kwargs,
     )
+
+
+def _part(titles: list[str], cfg: TfidfConfig, analyzer: str, weight: float) -> VocabularyPart:
+    v = _fitted(titles, cfg, analyzer)
+    if v is None or (cfg.min_df == 1 and cfg.max_df >= 1.0 and cfg.max_features is None):
+        return VocabularyPart(analyzer, weight, v)  # the fit kept every term it met
+    analyse = v.build_analyzer()
+    held = set().union(*(analyse(t) for t in titles))
+    return VocabularyPart(analyzer, weight, v, frozenset(held - v.vocabulary_.keys()))
 
 
 def _fitted(titles: list[str], cfg: TfidfConfig, analyzer: str) -> TfidfVectorizer | None:

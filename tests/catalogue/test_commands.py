@@ -105,3 +105,18 @@ def test_init_with_bad_postings_creates_nothing(synth_run, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.csv, row 3" in err and "label_group" in err, err
     assert not (tmp_path / "C").exists()
+
+
+def test_init_keeps_the_chosen_weight_of_unseen_title_terms(synth_run, tmp_path):
+    from pipeline.catalogue import open_catalogue
+
+    base = ["catalogue", "init", "--run", str(synth_run["run"])]
+    assert main([*base, "--out", str(tmp_path / "H")]) == 0
+    assert main([*base, "--out", str(tmp_path / "I"), "--unseen-terms", "ignored"]) == 0
+    seen = {}
+    for name in ("H", "I"):
+        cat = open_catalogue(tmp_path / name)
+        seen[name] = (cat.vocabulary.unseen, cat.vocabulary.transform(["zorblax qwzx"]).nnz)
+        cat.close()
+    assert seen["H"][0] == "hashed" and seen["I"][0] == "ignored"
+    assert seen["H"][1] > seen["I"][1]  # the new words and their new character n-grams weigh

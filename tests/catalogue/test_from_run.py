@@ -46,13 +46,13 @@ def test_batches_agree_with_one_batch_and_with_predict(synth_run, data, tmp_path
         assert check(cat) == []
         scores[batch] = f1_of(export_groups(cat, only=test["posting_id"].tolist()), truth)
         cat.close()
-    # Batching changes little: a pair is scored once, when its later posting arrives, where one batch
-    # scores it from both sides (identical on this data; 0.016 apart on 30 groups: docs/catalogue.md).
-    assert scores[10] == pytest.approx(scores[len(test)], abs=0.03)
-    # Far better than leaving every posting alone, and near the run's own predict (transitive groups
-    # and min-2 pairs that do not join cost some recall: docs/catalogue.md).
+    # Batching changes little: groups form as the postings arrive (0.971 in batches of 10 against
+    # 1.000 at once on this data: docs/catalogue.md).
+    assert scores[10] == pytest.approx(scores[len(test)], abs=0.04)
+    # Far better than leaving every posting alone, and not below the run's own predict by more than the
+    # issue's 0.01 (the test titles' new words weigh, hashed: 0.869 when they were ignored).
     assert scores[10] > score_matches(singles, truth)["f1"] + 0.3
-    assert scores[10] > predicted - 0.1
+    assert min(scores.values()) >= predicted - 0.01
 
 
 def test_training_postings_keep_their_labelled_groups(synth_run, tmp_path):

@@ -259,6 +259,22 @@ class SparseIndex:
     def __init__(self, threads: int = 1):
         self.blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []  # (ids, (n, V) rows)
         self.threads = threads
+        # Each block's (V, n) transpose, made on its first search and kept: making it is O(the block's
+        # entries), far more than one posting's search, and it changes only with the block.
+        self._transposed: dict[int, sp.csr_matrix] = {}
+
+    @property
+    def blocks(self) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: list[tuple[np.ndarray, sp.csr_matrix]]) -> None:
+        self._blocks, self._transposed = blocks, {}
+
+    def _transpose(self, i: int) -> sp.csr_matrix:
+        if i not in self._transposed:
+            self._transposed[i] = self._blocks[i][1].T.tocsr()
+        return self._transposed[i]
 
     def build(self, ids: np.ndarray, x: sp.csr_matrix) -> None:
         self.blocks = []
@@ -306,9 +322,9 @@ class SparseIndex:
 
         q = sp.csr_matrix(q, dtype=np.float32)
         sims, idss = [np.full((q.shape[0], k), -np.inf, np.float32)], [np.full((q.shape[0], k), -1, np.int64)]
-        for ids, x in self.blocks:
+        for i, (ids, x) in enumerate(self.blocks):
             top = sp_matmul_topn(
-                q, x.T.tocsr(), top_n=min(k, x.shape[0]), threshold=0.0, sort=True, n_threads=self.threads
+                q, self._transpose(i), top_n=min(k, x.shape[0]), threshold=0.0, sort=True, n_threads=self.threads
             )
             counts = np.diff(top.indptr)
             row = np.repeat(np.arange(top.shape[0]), counts)

@@ -252,7 +252,8 @@ class BinaryIndex:
 
 class SparseIndex:
     """Exact cosine search of L2-normalised TF-IDF rows, one CSR block per batch (merged as they
-    accumulate), with sparse_dot_topn."""
+    accumulate), with sparse_dot_topn. Each block's transpose is kept once searched, so the rows
+    take twice their size in memory. One thread at a time, as every index here."""
 
     MAX_BLOCKS = 8
 

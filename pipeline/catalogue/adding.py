@@ -173,15 +173,14 @@ def _commit_batch(
     first_id = schema.next_id(cat.con)
     ids = np.arange(first_id, first_id + len(df), dtype=np.int64)
     titles = np.asarray(df["title"].tolist(), dtype=object)
-    scored = _scored(cat, vectors, ids, titles, cat.live_count() + len(df))
+    live = cat.live_count() + len(df)
+    scored = _scored(cat, vectors, ids, titles, live)
     links = _links(scored) if labels is None else _label_links(ids, labels)
     groups = cat.groups_of(links.b[links.b < first_id])
-    forbidden, _ = cat.verdicts()
+    forbidden, forced = cat.verdicts()
     groups.update(cat.groups_of(np.array([p for pair in forbidden for p in pair], dtype=np.int64)))
     next_group = int(cat.con.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM groups").fetchone()[0])
     if cat.rule.group == "run" and labels is None:
-        forced = cat.verdicts()[1]
-        live = cat.live_count() + len(df)
         region = region_of(cat, ids, links, scored.accepted, live)
         fresh = _rescored(cat, scored, vectors, ids, titles, live, region) if cat.rule.rescore_region else None
         result = regroup_batch(cat, ids, links, scored.accepted, live, forbidden, forced, next_group, region, fresh)

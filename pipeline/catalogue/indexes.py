@@ -260,9 +260,6 @@ class SparseIndex:
     def __init__(self, threads: int = 1):
         self.blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []  # (ids, (n, V) rows)
         self.threads = threads
-        # Each block's (V, n) transpose, made on its first search and kept: making it is O(the block's
-        # entries), far more than one posting's search, and it changes only with the block.
-        self._transposed: dict[int, sp.csr_matrix] = {}
 
     @property
     def blocks(self) -> list[tuple[np.ndarray, sp.csr_matrix]]:
@@ -270,6 +267,8 @@ class SparseIndex:
 
     @blocks.setter
     def blocks(self, blocks: list[tuple[np.ndarray, sp.csr_matrix]]) -> None:
+        # Each block's (V, n) transpose is made on its first search and kept until the blocks change:
+        # making it is O(the block's entries), far more than one posting's search.
         self._blocks, self._transposed = blocks, {}
 
     def _transpose(self, i: int) -> sp.csr_matrix:

@@ -118,8 +118,9 @@ class TitleVocabulary:
         x.sum_duplicates()
         if v.sublinear_tf:
             x.data = 1.0 + np.log(x.data)
-        idf = np.concatenate([np.asarray(v.idf_, np.float32), [np.float32(self.unseen_idf)]])
-        x.data *= idf[np.minimum(x.indices, width)]
+        known = x.indices < width
+        x.data[known] *= v.idf_[x.indices[known]]
+        x.data[~known] *= self.unseen_idf
         return l2_rows(x)
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ Variants (``--variants``), each tuned on the same galleries:
             after's accepted pairs only (g_accepted), or of those at 1 (g_density); complete linkage
             (g_complete). g_fixed: g_accepted with its cut fixed at 0.3 instead of tuned (the floor
             still tuned). The variants that differ only in their group rule share one pair tuning.
+  padded_g_fixed, padded_learn_g_fixed: padded and padded_learn, then g_fixed's group decision, tuned
+            among the same distractors.
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
@@ -88,6 +90,10 @@ VARIANTS = {
     "g_accepted": Variant(DEFAULT, True, group=GroupConfig("average", "accepted", cut=None)),
     "g_density": Variant(DEFAULT, True, group=GroupConfig("average", "density", cut=None)),
     "g_fixed": Variant(DEFAULT, True, group=GroupConfig("average", "accepted", cut=0.3)),
+    "padded_g_fixed": Variant(DEFAULT, False, padded=True, group=GroupConfig("average", "accepted", cut=0.3)),
+    "padded_learn_g_fixed": Variant(
+        DEFAULT, False, padded=True, learn_padding=True, group=GroupConfig("average", "accepted", cut=0.3)
+    ),
 }
 
 
@@ -273,8 +279,9 @@ def run_protocol(
     oracle: bool = False,
     part: int | None = None,
     oracle_group: str | None = None,
+    sizes: tuple[float, ...] = SIZES,
 ) -> dict[str, Any]:
-    """Tune each variant on one part, match the other (whole, and at each size of :data:`SIZES`)."""
+    """Tune each variant on one part, match the other (whole, and at each of ``sizes``)."""
     labels = df["label_group"].to_numpy()
     part_a = split_groups(labels, tune_share, seed, part)
     a, b = df[part_a].reset_index(drop=True), df[~part_a].reset_index(drop=True)
@@ -304,7 +311,7 @@ def run_protocol(
         out.update(_oracles(cfg, b, seed, "oracle_whole", oracle_group))
     rng = np.random.default_rng(seed + 1)
     b_labels = b["label_group"].to_numpy()
-    for mult in SIZES:
+    for mult in sizes:
         n_rows = int(round(mult * len(a)))
         if n_rows > len(b):
             continue
@@ -427,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one group split per seed")
     parser.add_argument("--repeats", type=int, default=3, help="sampled sub-galleries per size")
     parser.add_argument(
+        "--sizes", type=float, nargs="+", default=list(SIZES), help="sub-gallery sizes, in tuning galleries"
+    )
+    parser.add_argument(
         "--rotate",
         action="store_true",
         help="per seed, tune on each of the round(1/tune-share) shares of the groups in turn",
@@ -477,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.oracle,
                     part,
                     args.oracle_group,
+                    tuple(args.sizes),
                 )
             )
             print(json.dumps(results[-1]), flush=True)

@@ -59,7 +59,7 @@ from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.groups import GroupConfig
 from pipeline.matching.oof import OofGalleries, oof_galleries
-from pipeline.matching.pair_model import DEFAULT_GROUPS, PairModelConfig
+from pipeline.matching.pair_model import DEFAULT_GROUPS
 from pipeline.matching.predict import decide_lists, score_postings, uses_pair_model
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.matching.size_calibration import calibrate_size
@@ -186,7 +186,7 @@ def tune_variant(
 
 def variant_setup(cfg: Config, variant: Variant, seed: int) -> TuneSetup:
     """The run's tuning setup with the variant's pair-model features and group rule, on one thread."""
-    pair = PairModelConfig(enabled=cfg.pair.enabled, features=list(variant.groups))
+    pair = dataclasses.replace(cfg.pair, features=list(variant.groups))
     return dataclasses.replace(TuneSetup.from_config(cfg), pair=pair, seed=seed, threads=1, group=variant.group)
 
 

@@ -29,7 +29,6 @@ from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.oof import OofGalleries, oof_galleries
 from pipeline.matching.pair_features import FEATURE_GROUPS
-from pipeline.matching.pair_model import PairModelConfig
 from pipeline.matching.signals import unsupervised_vectors
 from pipeline.matching.tuning import TuneSetup, cross_validated
 
@@ -78,7 +77,8 @@ def galleries_from_run(run_dir: Path) -> tuple[OofGalleries, np.ndarray, np.ndar
 
 def pair_setup(cfg, groups=None) -> TuneSetup:
     """The run's tuning setup with the pair model on (``groups``: its feature groups), on one thread."""
-    pair = PairModelConfig(enabled=True, features=list(groups if groups is not None else cfg.pair.features))
+    features = list(groups if groups is not None else cfg.pair.features)
+    pair = dataclasses.replace(cfg.pair, enabled=True, features=features)
     return dataclasses.replace(TuneSetup.from_config(cfg), pair=pair, threads=1)
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only is not None and name not in args.only:
             continue
         t0 = time.perf_counter()
-        pair = PairModelConfig(enabled=True, features=list(groups))
+        pair = dataclasses.replace(setup.pair, features=list(groups))
         cv = cross_validated(
             galleries.candidates, labels, fold_of, dataclasses.replace(setup, pair=pair), galleries.context
         )

@@ -207,7 +207,7 @@ def _fit_pair_model(
     context it reads the similarities alone."""
     groups = setup.pair.features if context is not None else ("sims",)
     c.sims[PAIR_SIGNAL], fitted, per_fold = cross_fit(
-        c, labels, folds, sorted(c.sims), context, setup.seed, groups, setup.threads, learn_rows
+        c, labels, folds, sorted(c.sims), context, setup.seed, groups, setup.threads, learn_rows, setup.pair.trees
     )
     return fitted, per_fold
 

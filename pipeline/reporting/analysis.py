@@ -40,7 +40,15 @@ def oof_pairs(run_dir: str | Path) -> pd.DataFrame:
     if uses_pair_model(settings):
         saved = load_pair_model(run.paths.pair_model, settings, run.cfg.threads)
         c.sims[PAIR_SIGNAL], _, _ = cross_fit(
-            c, labels, fold_of, saved.signals, galleries.context(settings), run.cfg.seed, saved.groups, run.cfg.threads
+            c,
+            labels,
+            fold_of,
+            saved.signals,
+            galleries.context(settings),
+            run.cfg.seed,
+            saved.groups,
+            run.cfg.threads,
+            trees=saved.trees,
         )
     return pairs_frame(c, df, settings)
 

@@ -231,6 +231,37 @@ def test_tampered_or_foreign_files_are_refused(clustered, tmp_path):
             PairModel.load(path)
 
 
+def test_the_trees_shape_is_configured_fitted_and_read_back(clustered, tmp_path):
+    """The configured shape reaches LightGBM (no tree has more leaves), is saved with the model, and a
+    model saved before the shape was recorded reads back as the shape it was fitted with."""
+    build, context, labels, folds = clustered
+    c = build(MatchSettings())
+    cfg = PairModelConfig(num_leaves=3, min_data_in_leaf=5, lambda_l2=0.0, feature_fraction=1.0)
+    assert cfg.trees == {"num_leaves": 3, "min_data_in_leaf": 5, "lambda_l2": 0.0, "feature_fraction": 1.0}
+    model = PairModel(sorted(c.sims), groups=["sims"], threads=1, rounds=10, trees=cfg.trees).fit(c, labels)
+    leaves = [t["num_leaves"] for t in model.booster.dump_model()["tree_info"]]
+    assert max(leaves) == 3
+    path = model.save(tmp_path / "p.json")
+    assert PairModel.load(path).trees == cfg.trees
+    blob = json.loads(path.read_text())
+    del blob["trees"]
+    path.write_text(json.dumps(blob))
+    assert PairModel.load(path).trees == pairs.LEGACY_TREES
+    _, full, per_fold = cross_fit(c, labels, folds, sorted(c.sims), None, 0, ["sims"], 1, trees=cfg.trees)
+    assert full.trees == cfg.trees and all(m.trees == cfg.trees for m in per_fold.values())
+    assert PairModel(sorted(c.sims), threads=1).trees == pairs.DEFAULT_TREES
+
+
+@pytest.mark.parametrize(
+    "key, value", [("num_leaves", 1), ("min_data_in_leaf", 0), ("lambda_l2", -1.0), ("feature_fraction", 0.0)]
+)
+def test_a_tree_shape_out_of_range_is_refused(key, value):
+    with pytest.raises(ValueError, match=key):
+        PairModelConfig(**{key: value})
+    with pytest.raises(ValueError, match="unknown tree parameters"):
+        PairModel(["tfidf"], trees={"max_depth": 3})
+
+
 def test_a_group_rule_is_tuned_after_the_pairs_and_predict_gives_whole_groups(clustered):
     """The group rule is tuned after the pairs, survives thresholds.json, moves with the gallery, is
     cross-validated, and predict's lists are then whole groups: everyone in a posting's set has the

@@ -27,6 +27,9 @@ Variants (``--variants``), each tuned on the same galleries:
 
     python -m benchmarks.gallery_size --modalities tfidf,phash --tune-share 0.2 --seeds 0 1 2 --out runs/gs/tp
 
+``--sizes 1.0`` matches only the whole other part and the 1x draws (a padded variant then tunes again
+only for the whole part).
+
 With the title encoder: write the split as a data folder, train a run on its first part (the
 test.csv of that folder is the other part), then point ``--text-run`` at it. The first part's
 out-of-fold vectors come from the run's fold models, the other part's from its ``full`` model

@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.data import Dataset
+from pipeline.matching.pair_model import LEGACY_TREES
 from pipeline.paths import RunPaths
 
 log = logging.getLogger("pipeline")
@@ -41,6 +42,9 @@ STAGES = ("prepare", "train-image", "train-text", "embed", "tune", "predict", "r
 MODEL_IGNORED = frozenset({"train.num_workers", "train.final", "embed_batch_size"})
 # The sections tuning and prediction compute from (what ``tune`` overrides may change).
 MATCHING_SECTIONS = ("tfidf", "phash", "search", "fusion", "decision", "pair")
+# Keys added after runs were recorded without them, each with the value that does what those runs
+# did: a record that lacks one reads as made with that value, so adding a key sweeps no run.
+ADDED_KEYS = {f"pair.{k}": v for k, v in LEGACY_TREES.items()}
 
 
 def required(stage: str, cfg: Config) -> list[str]:
@@ -197,7 +201,9 @@ def _upstream_problem(
 
 
 def _diff(then: dict[str, Any], now: dict[str, Any]) -> str:
-    """``key=old (now new)`` for the first few keys that differ; empty when none does."""
+    """``key=old (now new)`` for the first few keys that differ (a key of :data:`ADDED_KEYS` that
+    ``then`` lacks counts as its value there); empty when none does."""
+    then = {**{k: v for k, v in ADDED_KEYS.items() if k in now}, **then}
     keys = sorted(k for k in set(then) | set(now) if then.get(k, "<absent>") != now.get(k, "<absent>"))
     shown = [f"{k}={then.get(k, '<absent>')!r} (now {now.get(k, '<absent>')!r})" for k in keys[:3]]
     return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")

@@ -150,3 +150,16 @@ def test_folders_from_before_provenance_still_work_with_a_warning(done_run, capl
     io.write_json(manifest, paths.manifest)
     assert main(["predict", "--run", str(done_run)]) == 0
     assert "predates provenance" in caplog.text
+
+
+def test_a_record_made_before_a_key_was_added_holds_while_the_key_keeps_the_old_behaviour(done_run):
+    """Runs tuned before the pair trees' shape was a setting are not swept by the upgrade; setting
+    another shape sweeps them as any changed key does."""
+    paths = RunPaths(done_run)
+    prov = io.read_json(paths.manifest)["provenance"]
+    for name in ("tune", "predict"):
+        prov[name]["config"] = {k: v for k, v in prov[name]["config"].items() if k not in provenance.ADDED_KEYS}
+    assert provenance.sweep(prov, paths, load_config(paths.config)) == []
+    smaller = load_config(paths.config, ["pair.num_leaves=7"])
+    assert provenance.sweep(prov, paths, smaller) == ["tune", "predict", "report"]
+    assert not paths.thresholds.exists()

@@ -255,8 +255,10 @@ class PairModel:
             if not isinstance(blob.get(key), kind):
                 raise PairModelError(f"{where}: field {key!r} missing or not a {kind.__name__}")
         trees = blob.get("trees", LEGACY_TREES)
-        if not isinstance(trees, dict):
-            raise PairModelError(f"{where}: field 'trees' is not a dict")
+        if not isinstance(trees, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in trees.values()
+        ):
+            raise PairModelError(f"{where}: field 'trees' is not a mapping of numbers")
         try:
             out = cls(
                 blob["signals"], blob["groups"], blob["vector_signals"], blob["seed"], threads, blob["rounds"], trees

@@ -224,6 +224,8 @@ def test_tampered_or_foreign_files_are_refused(clustered, tmp_path):
         "features this code does not compute": json.dumps({**blob, "features": blob["features"][::-1]}).encode(),
         "LightGBM cannot read": json.dumps({**blob, "lightgbm_model": "not a tree"}).encode(),
         "field 'seed'": json.dumps({**blob, "seed": "os.system"}).encode(),
+        "field 'trees'": json.dumps({**blob, "trees": {"num_leaves": "31"}}).encode(),
+        "unknown tree parameters": json.dumps({**blob, "trees": {"max_depth": 3}}).encode(),
     }
     for message, raw in cases.items():
         path.write_bytes(raw)

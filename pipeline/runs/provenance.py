@@ -41,7 +41,7 @@ STAGES = ("prepare", "train-image", "train-text", "embed", "tune", "predict", "r
 # pipeline.training.checkpoint.RESUME_IGNORED (not imported: it would load torch).
 MODEL_IGNORED = frozenset({"train.num_workers", "train.final", "embed_batch_size"})
 # The sections tuning and prediction compute from (what ``tune`` overrides may change).
-MATCHING_SECTIONS = ("tfidf", "phash", "search", "fusion", "decision", "pair")
+MATCHING_SECTIONS = ("tfidf", "phash", "search", "fusion", "decision", "pair", "group")
 # Keys added after runs were recorded without them, each with the value that does what those runs
 # did: a record that lacks one reads as made with that value, so adding a key sweeps no run.
 ADDED_KEYS = {f"pair.{k}": v for k, v in LEGACY_TREES.items()}

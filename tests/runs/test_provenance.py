@@ -163,3 +163,13 @@ def test_a_record_made_before_a_key_was_added_holds_while_the_key_keeps_the_old_
     smaller = load_config(paths.config, ["pair.num_leaves=7"])
     assert provenance.sweep(prov, paths, smaller) == ["tune", "predict", "report"]
     assert not paths.thresholds.exists()
+
+
+def test_another_group_rule_in_the_config_makes_the_tuning_stale(two_datasets, done_run, capsys):
+    """The group step is tuned, so its settings are matching keys like search.k: changed in the
+    folder's config, they sweep the tuning and what follows it."""
+    assert main(["prepare", "--data", str(two_datasets[0]), "--out", str(done_run), *TP, "group.cut=0.4"]) == 0
+    assert set(records(done_run)) == {"prepare"}
+    capsys.readouterr()
+    assert main(["predict", "--run", str(done_run)]) == 2
+    assert "tune" in error_line(capsys)

@@ -25,6 +25,7 @@ from pipeline.config import load_config
 from pipeline.data.contract import read_postings
 from pipeline.data.folds import make_folds
 from pipeline.matching.decide import MatchSettings
+from pipeline.matching.pair_features import pair_features
 from pipeline.matching.pair_model import PairModel
 
 SMALL = "num_leaves=7,min_data_in_leaf=200,lambda_l2=30,feature_fraction=0.5"
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = df["label_group"].to_numpy()
     galleries = tuning_galleries(cfg, df, make_folds(labels, cfg.folds.n_splits, cfg.seed), None)
     c, context = galleries.candidates(MatchSettings()), galleries.context(MatchSettings())
-    PairModel(sorted(c.sims), threads=1)._features(c, context)  # the context's caches, untimed
+    pair_features(c, PairModel(sorted(c.sims)).features, context)  # the context's caches, untimed
     for text in args.shape:
         model = PairModel(sorted(c.sims), threads=1, trees=parse_shape(text)).fit(c, labels, context)
         t0 = time.perf_counter()
-        x = model._features(c, context)
+        x = pair_features(c, model.features, context)
         features = time.perf_counter() - t0
         x = np.tile(x, (args.repeat, 1))
         t0 = time.perf_counter()

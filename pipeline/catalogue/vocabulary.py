@@ -118,9 +118,9 @@ class TitleVocabulary:
         x.sum_duplicates()
         if v.sublinear_tf:
             x.data = 1.0 + np.log(x.data)
-        known = x.indices < width
-        x.data[known] *= v.idf_[x.indices[known]]
-        x.data[~known] *= self.unseen_idf
+        seen = x.indices < width
+        x.data[seen] *= v.idf_[x.indices[seen]]
+        x.data[~seen] *= self.unseen_idf
         return l2_rows(x)
 
     def to_dict(self) -> dict[str, Any]:
